@@ -1,0 +1,124 @@
+"""The record every reader returns: pixels plus their placement in physical space."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.space import FRAME
+
+
+class ReadError(ValueError):
+    """A file of a supported type could not be read (corrupt, truncated, inconsistent)."""
+
+    def __init__(self, path, problem: str):
+        super().__init__(f"cannot read {Path(path)}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass
+class ImageRecord:
+    """An image as read from a file: data, world affine and metadata.
+
+    Attributes
+    ----------
+    data : array-like or list of array-like
+        numpy or dask array; a list (largest level first) for multiscale images.
+    affine : ndarray, shape (n + 1, n + 1)
+        Maps a spatial array index to the world (LPS frame, napari axis order,
+        see :mod:`napari_mmfuse.core.space`). ``n`` counts spatial axes only.
+    name : str
+        Layer name.
+    units : str
+        World units: "mm" for volumes, "um" for slides, "pixel" when unknown.
+    metadata : dict
+        At least ``source_path``, ``frame``; ``modality`` when known; anything else the
+        reader found (spacing, orientation, channel names, vendor fields).
+    channel_axis : int, optional
+        Axis of ``data`` holding separate channels (split into one layer each).
+    channel_names : list of str, optional
+    rgb : bool
+        Last axis is RGB(A).
+    layer_type : str
+        "image" or "labels".
+    axis_labels : tuple of str, optional
+        Names of the non-channel axes, e.g. ("t", "z", "y", "x").
+    """
+
+    data: Any
+    affine: np.ndarray
+    name: str
+    units: str = "mm"
+    metadata: dict = field(default_factory=dict)
+    channel_axis: int | None = None
+    channel_names: list[str] | None = None
+    rgb: bool = False
+    layer_type: str = "image"
+    axis_labels: tuple[str, ...] | None = None
+
+    @property
+    def multiscale(self) -> bool:
+        return isinstance(self.data, (list, tuple))
+
+    @property
+    def level0(self):
+        """The full-resolution array."""
+        return self.data[0] if self.multiscale else self.data
+
+    @property
+    def spatial_ndim(self) -> int:
+        return self.affine.shape[0] - 1
+
+    def __post_init__(self):
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        self.metadata.setdefault("frame", FRAME)
+        self.metadata.setdefault("units", self.units)
+
+    def layer_affine(self) -> np.ndarray:
+        """The affine over all non-channel, non-RGB axes (leading axes get identity)."""
+        n_axes = self.level0.ndim - (self.channel_axis is not None) - int(self.rgb)
+        n = self.spatial_ndim
+        full = np.eye(n_axes + 1)
+        full[n_axes - n :, n_axes - n :] = self.affine
+        return full
+
+    def to_layer_data(self) -> tuple:
+        """napari ``LayerDataTuple`` (data, kwargs, layer_type)."""
+        n_axes = self.level0.ndim - (self.channel_axis is not None) - int(self.rgb)
+        units = self.units if self.units != "pixel" else "pixel"
+        kwargs: dict[str, Any] = {
+            "name": self.name,
+            "affine": self.layer_affine(),
+            "metadata": dict(self.metadata),
+            "units": (units,) * n_axes,
+        }
+        if self.axis_labels is not None:
+            kwargs["axis_labels"] = tuple(self.axis_labels)
+        if self.layer_type == "image":
+            if self.multiscale:
+                kwargs["multiscale"] = True
+            if self.rgb:
+                kwargs["rgb"] = True
+            if self.channel_axis is not None:
+                kwargs["channel_axis"] = self.channel_axis
+                names = self.channel_names or [f"ch{i}" for i in range(self.level0.shape[self.channel_axis])]
+                kwargs["name"] = [f"{self.name} [{c}]" for c in names]
+                kwargs["metadata"] = [dict(self.metadata, channel=c) for c in names]
+        elif self.multiscale:
+            kwargs["multiscale"] = True
+        return (self.data, kwargs, self.layer_type)
+
+
+def report_non_finite(data, path) -> int:
+    """Count NaN/Inf voxels of an in-memory float array and warn about them (they are kept)."""
+    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.floating):
+        return 0
+    count = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if count:
+        warnings.warn(f"{Path(path).name}: {count} NaN/Inf voxels kept as they are", stacklevel=3)
+    return count
