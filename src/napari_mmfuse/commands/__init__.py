@@ -1,0 +1,1 @@
+"""One module per ``mmfuse`` subcommand (see :mod:`napari_mmfuse.cli`)."""
