@@ -1,0 +1,77 @@
+"""npe2 writer contributions: NIfTI, OME-TIFF and OME-Zarr for image and labels layers.
+
+The layer's full world placement (affine composed with scale/translate/rotate/shear) is
+written. Existing files are never replaced: choose a new name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _world_affine(attributes: dict, ndim: int) -> np.ndarray:
+    from napari.utils.transforms import Affine, CompositeAffine
+
+    data2physical = CompositeAffine(
+        scale=attributes.get("scale", np.ones(ndim)),
+        translate=attributes.get("translate", np.zeros(ndim)),
+        rotate=attributes.get("rotate", np.eye(ndim)),
+        shear=attributes.get("shear", np.zeros(ndim * (ndim - 1) // 2)),
+        ndim=ndim,
+    )
+    affine = attributes.get("affine")
+    physical2world = affine if isinstance(affine, Affine) else Affine(affine_matrix=np.asarray(affine), ndim=ndim)
+    return physical2world.affine_matrix @ data2physical.affine_matrix
+
+
+def _spatial(data, attributes: dict):
+    """Split a layer into (array, spatial affine, channel/RGB flags) for the file writers."""
+    data = np.asarray(data[0] if attributes.get("multiscale") else data)
+    rgb = bool(attributes.get("rgb", False))
+    ndim = data.ndim - int(rgb)
+    full = _world_affine(attributes, ndim)
+    n = 3 if ndim >= 3 else 2
+    affine = np.eye(n + 1)
+    affine[:n, :n] = full[ndim - n : ndim, ndim - n : ndim]
+    affine[:n, n] = full[ndim - n : ndim, ndim]
+    return data, affine, rgb
+
+
+def _units(attributes: dict) -> str:
+    units = attributes.get("units") or ("pixel",)
+    text = str(units[-1])
+    return {"millimeter": "mm", "micrometer": "um", "pixel": "pixel"}.get(text, text)
+
+
+def write_nifti_layer(path: str, data, attributes: dict) -> list[str]:
+    """Write an image or labels layer as NIfTI (.nii / .nii.gz) with its world affine."""
+    from .io.nifti import write_nifti
+
+    array, affine, rgb = _spatial(data, attributes)
+    if rgb:
+        raise ValueError("NIfTI does not hold RGB slides here; save as OME-TIFF (.ome.tif)")
+    labels = np.issubdtype(array.dtype, np.integer) and "colormap" not in attributes
+    written = write_nifti(Path(path), array, affine, metadata=attributes.get("metadata"), labels=labels)
+    return [str(written)]
+
+
+def write_ome_tiff_layer(path: str, data, attributes: dict) -> list[str]:
+    """Write an image or labels layer as OME-TIFF with its physical pixel size."""
+    from .io.tiff import write_ome_tiff
+
+    array, affine, rgb = _spatial(data, attributes)
+    write_ome_tiff(Path(path), array, affine, rgb=rgb, units=_units(attributes), metadata=attributes.get("metadata"))
+    return [str(path)]
+
+
+def write_ome_zarr_layer(path: str, data, attributes: dict) -> list[str]:
+    """Write an image or labels layer as an OME-Zarr pyramid (for large data)."""
+    from .io.omezarr import write_ome_zarr
+
+    array, affine, rgb = _spatial(data, attributes)
+    if rgb:
+        array = np.moveaxis(array, -1, 0)
+    write_ome_zarr(Path(path), array, affine, channel_axis=0 if rgb else None, units=_units(attributes))
+    return [str(path)]
