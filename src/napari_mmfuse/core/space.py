@@ -282,23 +282,24 @@ def resample(
     reference_affine = _check_affine(reference_affine, n)
     device = get_device(device)
 
-    # reference index -> image index
+    # reference index -> image index; float64 where the device has it (MPS does not)
     mapping = np.linalg.inv(affine) @ reference_affine
     in_shape = np.array(array.shape[1:], dtype=np.float64)
     source = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)[None]
     mode = "bilinear" if interpolation == "linear" else "nearest"
-    linear = torch.as_tensor(mapping[:n, :n], dtype=torch.float64, device=device)
-    offset = torch.as_tensor(mapping[:n, n], dtype=torch.float64, device=device)
-    scale = torch.as_tensor(np.where(in_shape > 1, 2.0 / np.maximum(in_shape - 1, 1), 0.0), device=device)
-    upper = torch.as_tensor(in_shape - 0.5, device=device)
+    precise = torch.float32 if device.type == "mps" else torch.float64
+    linear = torch.as_tensor(mapping[:n, :n], dtype=precise, device=device)
+    offset = torch.as_tensor(mapping[:n, n], dtype=precise, device=device)
+    scale = torch.as_tensor(np.where(in_shape > 1, 2.0 / np.maximum(in_shape - 1, 1), 0.0), dtype=precise, device=device)
+    upper = torch.as_tensor(in_shape - 0.5, dtype=precise, device=device)
 
     out = np.empty((array.shape[0],) + reference_shape, dtype=out_dtype)
     plane = int(np.prod(reference_shape[1:]))
     step = max(1, max_chunk_voxels // max(plane, 1))
-    rest = [torch.arange(s, dtype=torch.float64, device=device) for s in reference_shape[1:]]
+    rest = [torch.arange(s, dtype=precise, device=device) for s in reference_shape[1:]]
     for start in range(0, reference_shape[0], step):
         stop = min(start + step, reference_shape[0])
-        first = torch.arange(start, stop, dtype=torch.float64, device=device)
+        first = torch.arange(start, stop, dtype=precise, device=device)
         grids = torch.meshgrid(first, *rest, indexing="ij")
         index = torch.stack(grids, dim=-1) @ linear.T + offset  # (..., n) image indices
         inside = ((index >= -0.5) & (index <= upper)).all(dim=-1)

@@ -1,0 +1,646 @@
+"""DICOM reader: CT/MR/PET/SPECT series (single- or multi-frame) and whole-slide images.
+
+Volumes are placed in the LPS patient frame from each slice's ImagePositionPatient and
+ImageOrientationPatient (or the per-frame functional groups of enhanced multi-frame
+files): slices are ordered by their position along the slice normal, never by file
+name or InstanceNumber, and the slice spacing comes from those positions. Whole-slide
+images (VL Whole Slide Microscopy) are assembled from their tiles into one 2D slide in
+micrometres.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels import iter_pixels
+from pydicom.uid import UID
+
+from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
+from ._common import ImageRecord, ReadError
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+_MODALITIES = {"PT": "PET", "NM": "SPECT", "SM": "microscopy"}
+_DUPLICATE_MM = 1e-3  # slices closer than this along the normal share a position
+_IRREGULAR = 0.01  # relative deviation from the median slice spacing that is reported
+_SHEAR = 0.1  # in-plane drift of slice positions, in pixels, that is reported
+
+
+@dataclass
+class _Series:
+    uid: str
+    number: int | None
+    description: str
+    modality: str
+    patient_id: str
+
+    @property
+    def name(self) -> str:
+        if self.description:
+            return self.description
+        return f"{self.modality or 'DICOM'} {self.number if self.number is not None else ''}".strip()
+
+
+@dataclass
+class _Slice:
+    path: Path
+    frame: int
+    shape: tuple[int, int]
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    pixel_spacing: tuple[float, float] | None  # (between rows, between columns), mm
+    thickness: float | None
+    spacing_between: float | None
+    slope: float
+    intercept: float
+    instance: int
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _candidates(folder: Path) -> list[Path]:
+    return [f for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
+
+
+def is_dicom(path) -> bool:
+    """Tell whether ``path`` is a DICOM file or a folder holding at least one.
+
+    Only the 132-byte preamble of each file is read (``DICM`` at offset 128).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    bool
+        False as well when the path cannot be read.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return any(_has_preamble(f) for f in _candidates(path))
+        return path.is_file() and _has_preamble(path)
+    except OSError:
+        return False
+
+
+def read_dicom(path) -> list[ImageRecord]:
+    """Read DICOM series and whole-slide images into records in the LPS world frame.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder (every DICOM file directly in it is read, other files are skipped) or
+        one file, in which case the files of its folder that share its
+        SeriesInstanceUID are read.
+
+    Returns
+    -------
+    list of ImageRecord
+        One per series, sorted by SeriesNumber. A series that mixes orientations or
+        frame sizes gives one record per stack. Volumes are 3D ``(slice, row, column)``
+        arrays reoriented to the nearest world axes (see
+        :func:`~napari_mmfuse.core.space.reorient_to_nearest`), in millimetres, with
+        RescaleSlope/RescaleIntercept applied per slice (float32, e.g. HU for CT, when
+        they are not 1 and 0). Whole-slide images are 2D (RGB or with a channel axis
+        per optical path) in micrometres (in pixels when the file has no PixelSpacing).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ReadError
+        If the folder holds no DICOM files, a file is not DICOM, or a file is corrupt
+        or truncated (the error names the file).
+
+    Warns
+    -----
+    UserWarning
+        Irregular slice spacing (gaps, duplicate positions, varying steps), slices off
+        the slice normal, mixed orientations in one series, a slide without pixel
+        spacing, or focal planes left out.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = [f for f in _candidates(path) if _has_preamble(f)]
+        if not files:
+            raise ReadError(path, "no DICOM files")
+    elif path.is_file():
+        if not _has_preamble(path):
+            raise ReadError(path, "not a DICOM file (no 'DICM' marker at byte 128)")
+        files = _same_series(path)
+    else:
+        raise FileNotFoundError(f"no such file or folder: {path}")
+
+    series: dict[str, _Series] = {}
+    stacks: dict[tuple, list[_Slice]] = defaultdict(list)
+    slides: list[tuple[str, Path]] = []
+    for file in files:
+        header = _read_header(file)
+        if not _is_image(header):
+            continue
+        uid = str(header.get("SeriesInstanceUID", ""))
+        series.setdefault(uid, _series_of(header))
+        if _is_slide(header):
+            slides.append((uid, file))
+            continue
+        for item in _slices_of(header, file):
+            spacing = None if item.pixel_spacing is None else tuple(np.round(item.pixel_spacing, 4))
+            orientation = None if item.orientation is None else tuple(np.round(item.orientation, 3))
+            stacks[(uid, orientation, item.shape, spacing)].append(item)
+    if not stacks and not slides:
+        raise ReadError(path, "no DICOM images (only non-image objects such as reports or a DICOMDIR)")
+
+    by_series: dict[str, list[list[_Slice]]] = defaultdict(list)
+    for (uid, *_), items in stacks.items():
+        by_series[uid].append(items)
+    slides_per_series = defaultdict(int)
+    for uid, _ in slides:
+        slides_per_series[uid] += 1
+
+    records = []
+    for uid, groups in by_series.items():
+        info = series[uid]
+        if len(groups) > 1:
+            warnings.warn(
+                f"DICOM series {info.name!r} ({uid}) mixes {len(groups)} orientations, frame sizes or "
+                "pixel spacings; each is read as a separate volume",
+                stacklevel=2,
+            )
+        for part, items in enumerate(groups, start=1):
+            name = info.name if len(groups) == 1 else f"{info.name} [{part}]"
+            records.append(_build_volume(info, items, name, path))
+    for uid, file in slides:
+        records.append(_build_slide(series[uid], file, path, several=slides_per_series[uid] > 1))
+    records.sort(key=lambda r: (_number_key(r.metadata.get("series_number")), r.name))
+    return records
+
+
+def _number_key(number) -> float:
+    return math.inf if number is None else float(number)
+
+
+def _same_series(file: Path) -> list[Path]:
+    try:
+        wanted = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception as error:  # pydicom raises many types on corrupt headers
+        raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
+    uid = wanted.get("SeriesInstanceUID")
+    if uid is None:
+        return [file]
+    same = []
+    for other in _candidates(file.parent):
+        if other == file:
+            same.append(other)
+        elif _has_preamble(other):
+            try:
+                header = pydicom.dcmread(other, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            except Exception:  # an unreadable sibling belongs to no series we read
+                continue
+            if header.get("SeriesInstanceUID") == uid:
+                same.append(other)
+    return same
+
+
+def _read_header(file: Path):
+    try:
+        return pydicom.dcmread(file, stop_before_pixels=True)
+    except Exception as error:  # pydicom raises many types on corrupt headers
+        raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
+
+
+def _is_image(header) -> bool:
+    """True for images; False for other objects (reports, DICOMDIR); ReadError when broken."""
+    if "Rows" in header and "Columns" in header:
+        return True
+    sop = header.get("SOPClassUID") or header.file_meta.get("MediaStorageSOPClassUID")
+    if not sop:
+        raise ReadError(header.filename, "no SOP Class UID and no image size; the header is corrupt")
+    if "Image" in UID(str(sop)).name:
+        raise ReadError(header.filename, "image header is incomplete (no Rows/Columns); the file may be truncated")
+    return False
+
+
+def _is_slide(header) -> bool:
+    image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+    return (
+        header.get("Modality") == "SM"
+        or header.get("SOPClassUID") == WSI_SOP_CLASS
+        or ("VOLUME" in image_type and "TotalPixelMatrixColumns" in header)
+    )
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    return list(value)
+
+
+def _series_of(header) -> _Series:
+    number = header.get("SeriesNumber")
+    return _Series(
+        uid=str(header.get("SeriesInstanceUID", "")),
+        number=None if number in (None, "") else int(number),
+        description=str(header.get("SeriesDescription", "") or "").strip(),
+        modality=str(header.get("Modality", "") or ""),
+        patient_id=str(header.get("PatientID", "") or ""),
+    )
+
+
+def _first_item(dataset, keyword):
+    if dataset is None or keyword not in dataset:
+        return None
+    sequence = dataset[keyword].value
+    return sequence[0] if sequence else None
+
+
+def _find(groups, datasets, macro: str, keyword: str):
+    """A value from a functional-group macro (per-frame, then shared) or else a plain dataset."""
+    for group in groups:
+        item = _first_item(group, macro)
+        if item is not None and item.get(keyword) not in (None, ""):
+            return item.get(keyword)
+    for dataset in datasets:
+        if dataset is not None and dataset.get(keyword) not in (None, ""):
+            return dataset.get(keyword)
+    return None
+
+
+def _floats(value) -> np.ndarray | None:
+    return None if value is None else np.array([float(v) for v in _as_list(value)], dtype=np.float64)
+
+
+def _slices_of(header, file: Path) -> list[_Slice]:
+    """One entry per frame, with its own geometry and rescale where the file has them."""
+    shape = (int(header.Rows), int(header.Columns))
+    n_frames = int(header.get("NumberOfFrames") or 1)
+    instance = int(header.get("InstanceNumber") or 0)
+    shared = _first_item(header, "SharedFunctionalGroupsSequence")
+    datasets = (header, _first_item(header, "DetectorInformationSequence"))
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != n_frames:
+        per_frame = [None] * n_frames
+
+    slices = []
+    for frame, group in enumerate(per_frame):
+        groups = (group, shared)
+        pixel_spacing = _floats(_find(groups, datasets, "PixelMeasuresSequence", "PixelSpacing"))
+        if pixel_spacing is None:
+            pixel_spacing = _floats(header.get("ImagerPixelSpacing"))
+        thickness = _find(groups, datasets, "PixelMeasuresSequence", "SliceThickness")
+        between = _find(groups, datasets, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        slope = _find(groups, datasets, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _find(groups, datasets, "PixelValueTransformationSequence", "RescaleIntercept")
+        slices.append(
+            _Slice(
+                path=file,
+                frame=frame,
+                shape=shape,
+                position=_floats(_find(groups, datasets, "PlanePositionSequence", "ImagePositionPatient")),
+                orientation=_floats(_find(groups, datasets, "PlaneOrientationSequence", "ImageOrientationPatient")),
+                pixel_spacing=None if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1])),
+                thickness=None if thickness is None else float(thickness),
+                spacing_between=None if between is None else float(between),
+                slope=1.0 if slope is None else float(slope),
+                intercept=0.0 if intercept is None else float(intercept),
+                instance=instance,
+            )
+        )
+    if n_frames > 1 and all(s.position is not None for s in slices):
+        same = all(np.allclose(s.position, slices[0].position) for s in slices)
+        if same and slices[0].orientation is not None:
+            # classic multi-frame (e.g. NM): one position, frames stacked along the normal
+            step = slices[0].spacing_between or slices[0].thickness or 1.0
+            normal = _normal(slices[0].orientation)
+            for k, item in enumerate(slices):
+                item.position = slices[0].position + k * step * normal
+    return slices
+
+
+def _normal(orientation: np.ndarray) -> np.ndarray:
+    row, col = _cosines(orientation)
+    normal = np.cross(row, col)
+    return normal / np.linalg.norm(normal)
+
+
+def _cosines(orientation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    row = orientation[:3] / np.linalg.norm(orientation[:3])
+    col = orientation[3:6] / np.linalg.norm(orientation[3:6])
+    return row, col
+
+
+def _stack_geometry(items: list[_Slice], label: str):
+    """Order slices along their normal; return (ordered slices, affine, slice spacing, irregular)."""
+    first = items[0]
+    row, col = _cosines(first.orientation)
+    normal = _normal(first.orientation)
+    if first.pixel_spacing is None:
+        warnings.warn(f"{label}: no PixelSpacing; 1 mm pixels assumed", stacklevel=4)
+    row_spacing, col_spacing = first.pixel_spacing or (1.0, 1.0)
+    depth = np.array([item.position @ normal for item in items])
+    order = np.argsort(depth, kind="stable")
+
+    kept = [order[0]]
+    for index in order[1:]:
+        if depth[index] - depth[kept[-1]] < _DUPLICATE_MM:
+            continue
+        kept.append(index)
+    problems = []
+    if len(kept) < len(items):
+        problems.append(f"{len(items) - len(kept)} slice(s) repeat an earlier position (the first one is kept)")
+
+    kept_depth = depth[kept]
+    if len(kept) == 1:
+        step = first.spacing_between or first.thickness or 1.0
+    else:
+        steps = np.diff(kept_depth)
+        step = float(np.median(steps))
+        for k in np.flatnonzero(np.abs(steps - step) > _IRREGULAR * step):
+            where = f"{steps[k]:.4g} mm between slices at {kept_depth[k]:.4g} and {kept_depth[k + 1]:.4g} mm"
+            missing = int(round(steps[k] / step)) - 1
+            problems.append(f"gap of {where} ({missing} missing slice(s)?)" if missing >= 1 else f"step of {where}")
+    if problems:
+        warnings.warn(
+            f"{label}: irregular slice spacing along the normal (median {step:.4g} mm): " + "; ".join(problems)
+            + ". Loaded on a regular grid with the median spacing.",
+            stacklevel=4,
+        )
+
+    origin = items[kept[0]].position
+    offsets = np.array([items[k].position for k in kept]) - origin
+    lateral = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.max(np.linalg.norm(lateral, axis=1)))
+    if drift > _SHEAR * min(row_spacing, col_spacing):
+        warnings.warn(
+            f"{label}: slice positions drift up to {drift:.3g} mm off the slice normal (gantry tilt?); "
+            "the volume is loaded without that shear",
+            stacklevel=4,
+        )
+    direction = np.column_stack([row, col, normal])
+    affine = affine_from_itk([col_spacing, row_spacing, step], origin, direction)
+    return [items[k] for k in kept], affine, step, bool(problems)
+
+
+def _build_volume(info: _Series, items: list[_Slice], name: str, source: Path) -> ImageRecord:
+    label = f"DICOM series {name!r} ({info.uid})"
+    if all(item.position is not None and item.orientation is not None for item in items):
+        ordered, affine, step, irregular = _stack_geometry(items, label)
+    else:
+        warnings.warn(
+            f"{label}: no ImagePositionPatient/ImageOrientationPatient; slices are ordered by InstanceNumber "
+            "and placed with an identity orientation at the origin",
+            stacklevel=3,
+        )
+        ordered = sorted(items, key=lambda item: (item.instance, str(item.path), item.frame))
+        step = items[0].spacing_between or items[0].thickness or 1.0
+        row_spacing, col_spacing = items[0].pixel_spacing or (1.0, 1.0)
+        affine = affine_from_itk([col_spacing, row_spacing, step], [0.0, 0.0, 0.0])
+        irregular = False
+    data, rescaled = _read_stack(ordered)
+    rgb = data.ndim == 4
+    data, affine = reorient_to_nearest(data, affine)
+    data = np.ascontiguousarray(data)
+
+    slopes = {item.slope for item in ordered}
+    intercepts = {item.intercept for item in ordered}
+    metadata = {
+        "source_path": str(source),
+        "modality": _MODALITIES.get(info.modality, info.modality),
+        "dicom_modality": info.modality,
+        "series_description": info.description,
+        "series_uid": info.uid,
+        "series_number": info.number,
+        "patient_id": info.patient_id,
+        "spacing": tuple(float(s) for s in spacing_of(affine)),
+        "slice_spacing": float(step),
+        "orientation": orientation_code(affine),
+        "n_slices": len(ordered),
+        "rescale_applied": rescaled,
+        "rescale_slope": slopes.pop() if len(slopes) == 1 else "per slice",
+        "rescale_intercept": intercepts.pop() if len(intercepts) == 1 else "per slice",
+        "irregular_spacing": irregular,
+    }
+    if info.modality == "CT" and not rgb:
+        metadata["value_units"] = "HU"
+    return ImageRecord(data=data, affine=affine, name=name, units="mm", metadata=metadata, rgb=rgb)
+
+
+def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
+    """Fill a (slice, row, column[, sample]) array file by file, rescaling each slice."""
+    rescale = any(item.slope != 1.0 or item.intercept != 0.0 for item in ordered)
+    by_file: dict[Path, list[tuple[int, _Slice]]] = defaultdict(list)
+    for index, item in enumerate(ordered):
+        by_file[item.path].append((index, item))
+    out = None
+    for file, entries in by_file.items():
+        entries.sort(key=lambda entry: entry[1].frame)
+        for (index, item), frame in zip(entries, _frames(file, [item.frame for _, item in entries])):
+            if frame.shape[:2] != item.shape:
+                raise ReadError(file, f"decoded frame has shape {frame.shape[:2]}, header says {item.shape}")
+            if out is None:
+                dtype = np.float32 if rescale and frame.ndim == 2 else frame.dtype
+                out = np.empty((len(ordered),) + frame.shape, dtype=dtype)
+            elif frame.shape != out.shape[1:]:
+                raise ReadError(file, f"frame shape {frame.shape} differs from the rest of its series {out.shape[1:]}")
+            elif out.dtype != np.float32 and frame.dtype != out.dtype:
+                out = out.astype(np.result_type(out.dtype, frame.dtype))
+            if out.dtype == np.float32 and frame.ndim == 2:
+                out[index] = frame * item.slope + item.intercept
+            else:
+                out[index] = frame
+    return out, bool(rescale and out.ndim == 3)
+
+
+def _frames(file: Path, indices: list[int]):
+    """Decoded frames ``indices`` (sorted) of one file, as ReadError on any failure."""
+    try:
+        dataset = pydicom.dcmread(file)
+        frames = list(iter_pixels(dataset, indices=indices))
+    except Exception as error:  # pydicom and its decoders raise many types
+        raise ReadError(file, f"pixel data cannot be read ({type(error).__name__}: {error})") from error
+    if len(frames) != len(indices):
+        raise ReadError(file, f"expected {len(indices)} frame(s), decoded {len(frames)}")
+    return frames
+
+
+def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> ImageRecord:
+    """Assemble the tiles of a whole-slide image instance into one 2D slide."""
+    try:
+        dataset = pydicom.dcmread(file)
+    except Exception as error:  # pydicom raises many types on corrupt files
+        raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
+    tile = (int(dataset.Rows), int(dataset.Columns))
+    total = (
+        int(dataset.get("TotalPixelMatrixRows") or tile[0]),
+        int(dataset.get("TotalPixelMatrixColumns") or tile[1]),
+    )
+    n_frames = int(dataset.get("NumberOfFrames") or 1)
+    samples = int(dataset.get("SamplesPerPixel") or 1)
+    shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
+    optical_paths = list(dataset.get("OpticalPathSequence") or [])
+    path_ids = [str(p.get("OpticalPathIdentifier") or i + 1) for i, p in enumerate(optical_paths)]
+    path_names = [str(p.get("OpticalPathDescription") or path_ids[i]) for i, p in enumerate(optical_paths)]
+
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    declared = (per_frame is not None and len(per_frame) == n_frames) or dataset.get("DimensionOrganizationType")
+    layout = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=False)
+    for identifier in dict.fromkeys(p for _, _, p, _ in layout):
+        if identifier not in path_ids:
+            path_ids.append(identifier)
+            path_names.append(identifier)
+    planes = sorted({z for _, _, _, z in layout})
+    if len(planes) > 1:
+        warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=3)
+    wanted = [f for f, (_, _, _, z) in enumerate(layout) if z == planes[0]]
+    frames = dict(zip(wanted, _frames(file, wanted)))
+
+    if not declared:
+        # no per-frame positions and no declared organisation: TILED_FULL order is only
+        # a convention, and some writers stored tiles column by column; keep the order
+        # whose tiles join without seams
+        column_major = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=True)
+        if _seam_cost(frames, column_major, tile, total) < _seam_cost(frames, layout, tile, total):
+            warnings.warn(
+                f"{file.name}: frame order not declared (no DimensionOrganizationType); the tiles join up "
+                "when placed column by column rather than row by row, so they are placed that way",
+                stacklevel=3,
+            )
+            layout = column_major
+
+    first = next(iter(frames.values()))
+    fill = np.iinfo(first.dtype).max if samples == 3 and first.dtype.kind == "u" else 0
+    out = np.full((len(path_ids),) + total + first.shape[2:], fill, dtype=first.dtype)
+    for frame_index, frame in frames.items():
+        row, col, identifier, _ = layout[frame_index]
+        height = min(tile[0], total[0] - row)
+        width = min(tile[1], total[1] - col)
+        if height > 0 and width > 0:
+            out[path_ids.index(identifier), row : row + height, col : col + width] = frame[:height, :width]
+    del frames
+
+    pixel_spacing = _floats(_find((shared,), (dataset,), "PixelMeasuresSequence", "PixelSpacing"))
+    if pixel_spacing is None:
+        warnings.warn(f"{file.name}: no PixelSpacing; the slide is placed in pixels", stacklevel=3)
+        spacing_um = (1.0, 1.0)
+        units = "pixel"
+    else:
+        spacing_um = (float(pixel_spacing[0]) * 1000.0, float(pixel_spacing[1]) * 1000.0)
+        units = "um"
+    affine = affine_from_itk([spacing_um[1], spacing_um[0]], [0.0, 0.0])
+
+    multichannel = out.shape[0] > 1
+    data = out if multichannel else out[0]
+    image_type = [str(v) for v in _as_list(dataset.get("ImageType"))]
+    name = info.name
+    if several:
+        flavour = image_type[2].lower() if len(image_type) > 2 else "image"
+        name = f"{name} {flavour} {total[1]}x{total[0]}"
+    origin = _first_item(dataset, "TotalPixelMatrixOriginSequence")
+    metadata = {
+        "source_path": str(source),
+        "file": str(file),
+        "modality": _MODALITIES.get(info.modality, info.modality),
+        "dicom_modality": info.modality,
+        "series_description": info.description,
+        "series_uid": info.uid,
+        "series_number": info.number,
+        "patient_id": info.patient_id,
+        "spacing": spacing_um,
+        "image_type": image_type,
+        "total_pixel_matrix": total,
+        "tile_size": tile,
+        "n_frames": n_frames,
+        "focal_planes": len(planes),
+    }
+    if origin is not None:
+        metadata["slide_origin_mm"] = (
+            float(origin.get("XOffsetInSlideCoordinateSystem", 0.0)),
+            float(origin.get("YOffsetInSlideCoordinateSystem", 0.0)),
+        )
+    if dataset.get("ImageOrientationSlide") is not None:
+        metadata["slide_orientation"] = [float(v) for v in dataset.ImageOrientationSlide]
+    return ImageRecord(
+        data=data,
+        affine=affine,
+        name=name,
+        units=units,
+        metadata=metadata,
+        channel_axis=0 if multichannel else None,
+        channel_names=path_names[: out.shape[0]] if multichannel else None,
+        rgb=samples == 3,
+    )
+
+
+def _tile_layout(
+    dataset, tile, total, n_frames, shared, path_ids, *, column_major
+) -> list[tuple[int, int, str, float]]:
+    """(row, column, optical path, focal plane) of each frame; 0-based pixel offsets.
+
+    Per-frame PlanePositionSlideSequence when present, else TILED_FULL order: tiles row
+    by row (column by column when ``column_major``), then focal planes, then optical paths.
+    """
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) == n_frames:
+        layout = []
+        for frame, group in enumerate(per_frame):
+            position = _first_item(group, "PlanePositionSlideSequence")
+            if position is None:
+                raise ReadError(dataset.filename, f"frame {frame + 1} has no PlanePositionSlideSequence")
+            identifier = _find((group, shared), (), "OpticalPathIdentificationSequence", "OpticalPathIdentifier")
+            layout.append(
+                (
+                    int(position.RowPositionInTotalImagePixelMatrix) - 1,
+                    int(position.ColumnPositionInTotalImagePixelMatrix) - 1,
+                    str(identifier) if identifier is not None else (path_ids[0] if path_ids else "1"),
+                    float(position.get("ZOffsetInSlideCoordinateSystem") or 0.0),
+                )
+            )
+        return layout
+    across = -(-total[1] // tile[1])
+    down = -(-total[0] // tile[0])
+    planes = int(dataset.get("TotalPixelMatrixFocalPlanes") or 1)
+    paths = path_ids or [str(i + 1) for i in range(int(dataset.get("NumberOfOpticalPaths") or 1))]
+    if across * down * planes * len(paths) != n_frames:
+        raise ReadError(
+            dataset.filename,
+            f"{n_frames} frames do not tile a {total[1]}x{total[0]} matrix with {tile[1]}x{tile[0]} tiles "
+            f"({planes} focal plane(s), {len(paths)} optical path(s))",
+        )
+    layout = []
+    for frame in range(n_frames):
+        position, plane_path = frame % (across * down), frame // (across * down)
+        row, col = (position % down, position // down) if column_major else divmod(position, across)
+        layout.append((row * tile[0], col * tile[1], paths[plane_path // planes], float(plane_path % planes)))
+    return layout
+
+
+def _seam_cost(frames: dict, layout, tile, total) -> float:
+    """Mean absolute step across the borders of neighbouring tiles of one plane and path."""
+    first_path = layout[next(iter(frames))][2]
+    grid = {layout[f][:2]: frame for f, frame in frames.items() if layout[f][2] == first_path}
+    steps = []
+    for (row, col), frame in grid.items():
+        height = min(tile[0], total[0] - row)
+        width = min(tile[1], total[1] - col)
+        right = grid.get((row, col + tile[1]))
+        below = grid.get((row + tile[0], col))
+        if right is not None:
+            steps.append(np.abs(frame[:height, -1].astype(np.float64) - right[:height, 0]).mean())
+        if below is not None:
+            steps.append(np.abs(frame[-1, :width].astype(np.float64) - below[0, :width]).mean())
+    return float(np.mean(steps)) if steps else 0.0
