@@ -1,0 +1,155 @@
+"""MetaImage (.mha/.mhd) and NRRD (.nrrd/.nhdr) via SimpleITK, in the LPS napari-order world frame."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.space import affine_from_itk, itk_from_affine, orientation_code, reorient_to_nearest, spacing_of
+from ._common import ImageRecord, ReadError, report_non_finite
+from .nifti import _names_labels, _stem, as_labels, guess_modality
+
+SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    """The ITK error sentence, without source locations and object addresses."""
+    lines = [line for line in str(exc).splitlines() if "ERROR" in line] or str(exc).splitlines()[-1:]
+    return re.sub(r"^.*ERROR: (\w+\(0x[0-9a-fA-F]+\): )?", "", lines[-1]).strip()
+
+
+def read_itk_image(path) -> list[ImageRecord]:
+    """Read a 2D or 3D MetaImage or NRRD image with SimpleITK.
+
+    ITK geometry is already LPS; spacing, origin and direction become a napari-order
+    affine and the array axes are permuted/flipped (no interpolation) to run along the
+    world axes, the obliquity staying in the affine.
+
+    Parameters
+    ----------
+    path : str or Path
+        A .mha, .mhd, .nrrd or .nhdr file.
+
+    Returns
+    -------
+    list of ImageRecord
+        One record. Scalar data has shape (Z, Y, X) or (Y, X). Vector pixels get their
+        components on axis 0 (``channel_axis=0``), except 2D 8-bit images with 3 or 4
+        components, which are returned as RGB(A) (``rgb=True``, components last). A
+        scalar file whose name contains "mask", "label" or "seg" holding at most 256
+        integer values is returned as ``layer_type="labels"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ReadError
+        If SimpleITK cannot read it, it is not 2D or 3D, or its geometry is degenerate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ReadError(path, f"SimpleITK could not read it ({_itk_reason(exc)})") from exc
+    ndim = image.GetDimension()
+    if ndim not in (2, 3):
+        raise ReadError(path, f"{ndim}D images are not supported (2D or 3D only)")
+    components = image.GetNumberOfComponentsPerPixel()
+    data = sitk.GetArrayFromImage(image)
+    affine = affine_from_itk(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    rgb = ndim == 2 and components in (3, 4) and image.GetPixelID() == sitk.sitkVectorUInt8
+    channel_axis = None
+    if components > 1 and not rgb:
+        data = np.moveaxis(data, -1, 0)
+        channel_axis = 0
+    try:
+        original_orientation = orientation_code(affine)
+        data, affine = reorient_to_nearest(data, affine, first_axis=int(channel_axis is not None))
+    except ValueError as exc:
+        raise ReadError(path, f"invalid geometry ({exc})") from exc
+    data = np.ascontiguousarray(data)
+
+    name = _stem(path, SUFFIXES)
+    layer_type = "image"
+    if components == 1 and _names_labels(name):
+        labels = as_labels(data)
+        if labels is not None:
+            data, layer_type = labels, "labels"
+    metadata = {
+        "source_path": str(path),
+        "spacing": tuple(float(s) for s in spacing_of(affine)),
+        "orientation": orientation_code(affine),
+        "original_orientation": original_orientation,
+        "itk_metadata": {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()},
+        "non_finite_voxels": report_non_finite(data, path),
+    }
+    modality = guess_modality(name)
+    if modality is not None and layer_type == "image":
+        metadata["modality"] = modality
+    return [
+        ImageRecord(
+            data=data,
+            affine=affine,
+            name=name,
+            units="mm",
+            metadata=metadata,
+            channel_axis=channel_axis,
+            rgb=rgb,
+            layer_type=layer_type,
+            axis_labels=("z", "y", "x")[3 - ndim :],
+        )
+    ]
+
+
+def write_itk_image(path, data, affine, *, overwrite: bool = False) -> Path:
+    """Write a 2D or 3D scalar image as MetaImage or NRRD with SimpleITK (compressed).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file ending in .mha, .mhd, .nrrd or .nhdr.
+    data : array-like, shape (Y, X) or (Z, Y, X)
+        Numpy axis order (reversed ITK index order). bool is written as uint8.
+    affine : ndarray, shape (ndim + 1, ndim + 1)
+        Index -> world affine, LPS frame, napari order.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ValueError
+        Wrong suffix, data not 2D/3D, or an affine of the wrong size.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"an ITK image file name must end in one of {', '.join(SUFFIXES)}: {path}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    data = np.asarray(data)
+    if data.ndim not in (2, 3):
+        raise ValueError(f"write_itk_image takes 2D or 3D data, got {data.ndim}D")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (data.ndim + 1, data.ndim + 1):
+        raise ValueError(f"a {data.ndim}D image needs a {data.ndim + 1}x{data.ndim + 1} affine, got {affine.shape}")
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    spacing, origin, direction = itk_from_affine(affine)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(d) for d in direction.ravel()])
+    sitk.WriteImage(image, str(path), True)
+    return path

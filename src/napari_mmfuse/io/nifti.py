@@ -1,0 +1,362 @@
+"""NIfTI-1/2 (.nii, .nii.gz) reader and writer, in the LPS napari-order world frame."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+from ..core.space import (
+    affine_from_nifti,
+    nifti_from_affine,
+    orientation_code,
+    reorient_to_nearest,
+    spacing_of,
+)
+from ._common import ImageRecord, ReadError, report_non_finite
+
+SUFFIXES = (".nii.gz", ".nii")
+#: Files smaller than this are read completely at once, so that truncation shows up here.
+EAGER_READ_BYTES = 512 * 2**20
+#: Most distinct values an integer image may hold to be opened as labels.
+MAX_LABELS = 256
+#: File-name words that mark a segmentation (any substring of the lower-case name).
+LABEL_WORDS = ("mask", "label", "seg")
+#: File-name tokens -> modality, used only when exactly one modality is named.
+#: MR values follow :mod:`napari_mmfuse.sample_data` ("MR-T1"), the others DICOM's names.
+MODALITY_TOKENS = {
+    "t1": "MR-T1", "t1w": "MR-T1", "t1c": "MR-T1", "t1ce": "MR-T1", "t1gd": "MR-T1", "mprage": "MR-T1",
+    "t2": "MR-T2", "t2w": "MR-T2",
+    "flair": "MR-FLAIR",
+    "dwi": "MR-DWI",
+    "ct": "CT",
+    "pet": "PET",
+    "spect": "SPECT",
+}
+_VECTOR_INTENTS = {"displacement vector", "vector", "quaternion", "rgb vector", "rgba vector", "fnirt disp field"}
+_SPACE_SCALE = {"meter": 1000.0, "micron": 1e-3}  # -> mm; "mm" and "unknown" are kept as mm
+_NIBABEL_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+
+
+def _stem(path: Path, suffixes=SUFFIXES) -> str:
+    name = path.name
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _names_labels(name: str) -> bool:
+    lower = name.lower()
+    return any(word in lower for word in LABEL_WORDS)
+
+
+def guess_modality(name: str) -> str | None:
+    """Guess the imaging modality from a file name, only when it is unambiguous.
+
+    Parameters
+    ----------
+    name : str
+        File name or stem, e.g. ``"sub-01_T1w.nii.gz"``.
+
+    Returns
+    -------
+    str or None
+        One of the values of :data:`MODALITY_TOKENS` (``"MR-T1"``, ``"MR-T2"``,
+        ``"MR-FLAIR"``, ``"MR-DWI"``, ``"CT"``, ``"PET"``, ``"SPECT"``), or None when the
+        name names no modality, several different ones, or a mask/label/segmentation.
+    """
+    if _names_labels(name):
+        return None
+    found = {MODALITY_TOKENS[t] for t in re.split(r"[^a-z0-9]+", name.lower()) if t in MODALITY_TOKENS}
+    return found.pop() if len(found) == 1 else None
+
+
+def as_labels(data) -> np.ndarray | None:
+    """Return ``data`` as an integer label array if it holds few integer values.
+
+    Parameters
+    ----------
+    data : ndarray
+        In-memory image (lazy arrays are not inspected).
+
+    Returns
+    -------
+    ndarray or None
+        The data with an integer dtype (integer input keeps its dtype, bool becomes
+        uint8, integral floats the smallest integer type holding their range), or None
+        when the data is not integral or has more than :data:`MAX_LABELS` distinct values.
+    """
+    if not isinstance(data, np.ndarray) or data.size == 0:
+        return None
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)) or np.any(np.modf(data)[0]):
+            return None
+    elif not np.issubdtype(data.dtype, np.integer):
+        return None
+    values = np.unique(data)
+    if values.size > MAX_LABELS:
+        return None
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    low, high = int(values[0]), int(values[-1])
+    if low < np.iinfo(np.int64).min or high > np.iinfo(np.int64).max:
+        return None
+    dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
+    return data.astype(dtype)
+
+
+def _select_affine(header) -> tuple[np.ndarray, str]:
+    sform, sform_code = header.get_sform(coded=True)
+    if sform_code > 0:
+        return sform, "sform"
+    qform, qform_code = header.get_qform(coded=True)
+    if qform_code > 0:
+        return qform, "qform"
+    return header.get_base_affine(), "fallback"
+
+
+def _intent_name(header) -> str:
+    code = int(header["intent_code"])
+    try:
+        return nib.nifti1.intent_codes.label[code]
+    except KeyError:
+        return f"unknown ({code})"
+
+
+def _text(value) -> str:
+    raw = np.asarray(value).item()
+    if isinstance(raw, bytes):
+        raw = raw.split(b"\0", 1)[0].decode("latin-1")
+    return str(raw).strip()
+
+
+def read_nifti(path) -> list[ImageRecord]:
+    """Read a NIfTI-1 or NIfTI-2 image (.nii or .nii.gz).
+
+    The affine is the sform when its code is positive, else the qform when its code is
+    positive, else nibabel's fallback (voxel sizes only); ``metadata["affine_source"]``
+    says which. It is converted to the LPS napari-order frame and the array axes are
+    permuted/flipped (no interpolation) to run along the world axes, so axial slices
+    show in napari; any obliquity stays in the affine. Scaling (``scl_slope``,
+    ``scl_inter``) is applied and spatial units are converted to millimetres.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    list of ImageRecord
+        One record. 3D data has shape (Z, Y, X) (a 2D file gets one slice); 4D data has
+        its 4th NIfTI axis first, as time (``axis_labels`` ``("t", "z", "y", "x")``) or,
+        for vector intents and 5D files with a singleton time axis, as channels
+        (``channel_axis=0``). A file whose name contains "mask", "label" or "seg", or
+        whose intent is "label", holding at most :data:`MAX_LABELS` integer values is
+        returned as ``layer_type="labels"`` with an integer dtype.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ReadError
+        If the file is not a valid NIfTI image, its data is truncated or unreadable,
+        its affine is degenerate, or it has more than 4 non-singleton axes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such NIfTI file: {path}")
+    try:
+        image = nib.load(str(path))
+    except _NIBABEL_ERRORS as exc:
+        raise ReadError(path, f"not a readable NIfTI file ({exc})") from exc
+    if not isinstance(image.header, nib.Nifti1Header):
+        raise ReadError(path, f"not a NIfTI image (nibabel sees {type(image).__name__})")
+    header = image.header
+    try:
+        nifti_affine, affine_source = _select_affine(header)
+        space_unit, time_unit = header.get_xyzt_units()
+        intent = _intent_name(header)
+        data = np.asanyarray(image.dataobj)  # decompresses .nii.gz; memory-maps plain .nii
+        if isinstance(data, np.memmap) and path.stat().st_size < EAGER_READ_BYTES:
+            data = np.array(data)
+        lazy = isinstance(data, np.memmap)
+    except _NIBABEL_ERRORS as exc:
+        raise ReadError(path, f"image data could not be read ({exc})") from exc
+
+    nifti_affine = np.array(nifti_affine, dtype=np.float64)
+    nifti_affine[:3] *= _SPACE_SCALE.get(space_unit, 1.0)
+    vector = intent in _VECTOR_INTENTS
+    if data.dtype.names:  # RGB24 / RGBA32 records -> trailing channel axis
+        data = np.stack([data[field] for field in data.dtype.names], axis=-1)
+        if data.ndim == 3:  # a 2D image of records: add the slice axis before the channels
+            data = data[:, :, np.newaxis]
+        vector = True
+    if data.ndim == 2:
+        data = data[..., np.newaxis]
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vectors: dim5 holds the components
+        data, vector = data[:, :, :, 0], True
+    if data.ndim > 4:
+        raise ReadError(path, f"{data.ndim}D images are not supported (3 spatial axes plus time or channels at most)")
+    leading = data.ndim - 3
+    if leading:
+        data = np.moveaxis(data, 3, 0)
+
+    affine = affine_from_nifti(nifti_affine)
+    try:
+        original_orientation = orientation_code(affine)
+        data, affine = reorient_to_nearest(data, affine, first_axis=leading)
+    except ValueError as exc:
+        raise ReadError(path, f"invalid {affine_source} affine ({exc})") from exc
+    if not lazy:
+        data = np.ascontiguousarray(data)
+
+    name = _stem(path)
+    channel_axis = 0 if leading and vector else None
+    layer_type = "image"
+    if channel_axis is None and (_names_labels(name) or intent == "label"):
+        labels = as_labels(data)
+        if labels is not None:
+            data, layer_type = labels, "labels"
+    metadata = {
+        "source_path": str(path),
+        "spacing": tuple(float(s) for s in spacing_of(affine)),
+        "orientation": orientation_code(affine),
+        "original_orientation": original_orientation,
+        "affine_source": affine_source,
+        "sform_code": int(header["sform_code"]),
+        "qform_code": int(header["qform_code"]),
+        "descrip": _text(header["descrip"]),
+        "intent": intent,
+        "non_finite_voxels": report_non_finite(data, path),
+    }
+    modality = guess_modality(name)
+    if modality is not None and layer_type == "image":
+        metadata["modality"] = modality
+    axis_labels = ("z", "y", "x")
+    if leading and channel_axis is None:
+        axis_labels = ("t",) + axis_labels
+        metadata["time_step"] = float(header.get_zooms()[3])
+        metadata["time_units"] = time_unit
+    return [
+        ImageRecord(
+            data=data,
+            affine=affine,
+            name=name,
+            units="mm",
+            metadata=metadata,
+            channel_axis=channel_axis,
+            layer_type=layer_type,
+            axis_labels=axis_labels,
+        )
+    ]
+
+
+def _nifti_dtype(data: np.ndarray, labels: bool) -> np.ndarray:
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if labels:
+        if np.issubdtype(data.dtype, np.floating):
+            if not np.all(np.isfinite(data)) or np.any(np.modf(data)[0]):
+                raise ValueError("labels=True needs integer-valued data")
+        elif not np.issubdtype(data.dtype, np.integer):
+            raise ValueError(f"labels=True needs integer data, got {data.dtype}")
+        if data.dtype.itemsize <= 4 and np.issubdtype(data.dtype, np.integer):
+            return data
+        low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high), np.uint8)
+        if dtype.itemsize > 4:
+            raise ValueError(f"label values {low}..{high} do not fit a 32-bit integer")
+        return data.astype(dtype)
+    if data.dtype == np.float16:
+        return data.astype(np.float32)
+    if data.dtype in (np.int64, np.uint64):
+        low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+        dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
+        return data.astype(dtype if dtype.itemsize <= 4 else np.float64)
+    return data
+
+
+def write_nifti(
+    path, data, affine, *, overwrite: bool = False, metadata: dict | None = None, labels: bool = False
+) -> Path:
+    """Write an image as NIfTI-1 with scanner (code 1) sform and qform.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; must end in ``.nii`` or ``.nii.gz`` (compressed).
+    data : array-like
+        Shape (Y, X), (Z, Y, X) or (T, Z, Y, X) (time first), numpy axis order.
+    affine : ndarray, shape (4, 4), or (3, 3) for 2D data
+        Spatial index -> world affine, LPS frame, napari order. 2D data is written as
+        one slice; a 3x3 affine is embedded with a 1 mm slice spacing at z = 0.
+    overwrite : bool
+        Replace an existing file.
+    metadata : dict, optional
+        ``"descrip"`` (at most 80 characters are kept) and, for 4D data,
+        ``"time_step"`` (pixdim[4], seconds) are written when present.
+    labels : bool
+        Write a label image: integer dtype (int64 data is narrowed to the smallest
+        type holding its values) and intent "label".
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ValueError
+        Wrong suffix, unsupported number of axes, affine of the wrong size, or
+        non-integer data with ``labels=True``.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(SUFFIXES):
+        raise ValueError(f"a NIfTI file name must end in .nii or .nii.gz: {path}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    data = np.asarray(data)
+    affine = np.asarray(affine, dtype=np.float64)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+        if affine.shape == (3, 3):
+            embedded = np.eye(4)
+            embedded[1:, 1:] = affine
+            affine = embedded
+    if data.ndim not in (3, 4):
+        raise ValueError(f"write_nifti takes 2D, 3D or 4D (time first) data, got {data.ndim}D")
+    if affine.shape != (4, 4):
+        raise ValueError(f"a {data.ndim}D image needs a 4x4 spatial affine, got {affine.shape}")
+    nifti_affine = nifti_from_affine(affine)
+    data = _nifti_dtype(data, labels)
+    if data.ndim == 4:
+        data = np.moveaxis(data, 0, -1)
+
+    image = nib.Nifti1Image(data, nifti_affine)
+    header = image.header
+    header.set_data_dtype(data.dtype)
+    header.set_sform(nifti_affine, code=1)
+    header.set_qform(nifti_affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    metadata = metadata or {}
+    if data.ndim == 4 and "time_step" in metadata:
+        header["pixdim"][4] = float(metadata["time_step"])
+    if "descrip" in metadata:
+        header["descrip"] = str(metadata["descrip"])[:80].encode("latin-1", "replace")
+    if labels:
+        header.set_intent("label")
+    nib.save(image, str(path))
+    return path
