@@ -1,0 +1,78 @@
+"""PNG, JPEG and BMP reader: pixels only, world = pixel coordinates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from ._common import ImageRecord, ReadError
+
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def read_plain(path) -> list[ImageRecord]:
+    """Read a PNG, JPEG or BMP picture with imageio.
+
+    These formats carry no physical calibration, so world = pixel coordinates
+    (identity affine, units "pixel"). Grey pictures give a 2D array; RGB/RGBA give
+    ``rgb=True`` (an alpha channel that is constant over the picture is dropped,
+    grey-with-alpha is expanded to RGBA when its alpha varies). A grey picture stored
+    as RGB (R == G == B) stays RGB: the file says RGB.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    list of ImageRecord
+        One record; ``metadata`` holds ``source_path``, ``units`` ("pixel"),
+        ``pixel_size_um`` (None) and ``format`` (the file suffix without dot).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ReadError
+        If the file cannot be decoded, or decodes to something other than one grey,
+        grey+alpha, RGB or RGBA picture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such picture file: {path}")
+    try:
+        data = np.asarray(iio.imread(path))
+    except Exception as exc:  # imageio/Pillow raise OSError, ValueError, SyntaxError, ...
+        raise ReadError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 3 and data.shape[-1] in (2, 4):
+        alpha = data[..., -1]
+        if alpha.min() == alpha.max():
+            data = data[..., :-1]
+        elif data.shape[-1] == 2:
+            data = np.concatenate([np.repeat(data[..., :1], 3, axis=-1), data[..., 1:]], axis=-1)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+    if data.ndim != 2 and not rgb:
+        raise ReadError(path, f"expected one grey or colour picture, decoded an array of shape {data.shape}")
+    metadata = {
+        "source_path": str(path),
+        "units": "pixel",
+        "pixel_size_um": None,
+        "format": path.suffix.lower().lstrip("."),
+    }
+    record = ImageRecord(
+        data=data,
+        affine=np.eye(3),
+        name=path.stem,
+        units="pixel",
+        metadata=metadata,
+        rgb=rgb,
+        axis_labels=("y", "x"),
+    )
+    return [record]
