@@ -192,3 +192,9 @@ def test_oom_retry_halves_tiles():
     assert tried == [256, 128, 64]
     with pytest.raises(ValueError):
         with_oom_retry(lambda tile: (_ for _ in ()).throw(ValueError("other")), tile=64)
+
+
+def test_obliquity():
+    assert space.obliquity_deg(np.diag([2.0, 1.0, 0.5, 1.0])) == pytest.approx(0.0)
+    tilted = space.affine_from_itk((1.0, 1.0, 1.0), (0, 0, 0), Rotation.from_euler("x", 7, degrees=True).as_matrix())
+    assert space.obliquity_deg(tilted) == pytest.approx(7.0)

@@ -34,6 +34,7 @@ def describe(record) -> dict:
         "frame": record.metadata.get("frame"),
         "spacing": [round(float(s), 6) for s in space.spacing_of(record.affine)],
         "orientation": space.orientation_code(record.affine) if record.spatial_ndim == 3 else None,
+        "obliquity_deg": round(space.obliquity_deg(record.affine), 3),
         "world_bounds": {"low": np.round(low, 4).tolist(), "high": np.round(high, 4).tolist()},
         "axis_order": "napari (z, y, x) = reversed LPS (x, y, z)" if record.spatial_ndim == 3 else "(y, x)",
         "affine": np.round(record.affine, 6).tolist(),

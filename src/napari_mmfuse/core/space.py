@@ -128,6 +128,18 @@ def orientation_code(affine: np.ndarray) -> str:
     return "".join(letters)
 
 
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle, in degrees, between an array axis and its nearest world axis.
+
+    napari's 2D view ignores the out-of-slice part of a rotation, so a layer tilted by
+    more than about a degree is shown exactly only in 3D or after resampling.
+    """
+    affine = _check_affine(affine)
+    linear = affine[:-1, :-1] / spacing_of(affine)
+    cosines = np.clip(np.abs(linear).max(axis=0), 0.0, 1.0)
+    return float(np.degrees(np.arccos(cosines.min())))
+
+
 def voxel_to_world(affine: np.ndarray, index) -> np.ndarray:
     """Map array indices, shape (..., n), to world points, shape (..., n)."""
     affine = _check_affine(affine)

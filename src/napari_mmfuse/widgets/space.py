@@ -36,6 +36,12 @@ def describe_layer(layer) -> str:
         f"world low    {np.round(low, 2).tolist()}",
         f"world high   {np.round(high, 2).tolist()}",
     ]
+    tilt = space.obliquity_deg(affine)
+    if tilt > 1.0:
+        lines.append(
+            f"oblique      axes tilted {tilt:.1f} deg: 2D slices show it untilted; use the 3D view, "
+            "or resample onto a reference grid for an exact 2D overlay"
+        )
     for key in ("modality", "source_path", "step", "method"):
         if meta.get(key) is not None:
             lines.append(f"{key:12s} {meta[key]}")
