@@ -45,33 +45,63 @@ def _units(attributes: dict) -> str:
     return {"millimeter": "mm", "micrometer": "um", "pixel": "pixel"}.get(text, text)
 
 
-def write_nifti_layer(path: str, data, attributes: dict) -> list[str]:
-    """Write an image or labels layer as NIfTI (.nii / .nii.gz) with its world affine."""
+def _write_nifti(path, data, attributes, labels: bool) -> list[str]:
     from .io.nifti import write_nifti
 
     array, affine, rgb = _spatial(data, attributes)
     if rgb:
         raise ValueError("NIfTI does not hold RGB slides here; save as OME-TIFF (.ome.tif)")
-    labels = np.issubdtype(array.dtype, np.integer) and "colormap" not in attributes
-    written = write_nifti(Path(path), array, affine, metadata=attributes.get("metadata"), labels=labels)
-    return [str(written)]
+    return [str(write_nifti(Path(path), array, affine, metadata=attributes.get("metadata"), labels=labels))]
 
 
-def write_ome_tiff_layer(path: str, data, attributes: dict) -> list[str]:
-    """Write an image or labels layer as OME-TIFF with its physical pixel size."""
+def _write_ome_tiff(path, data, attributes, layer_type: str) -> list[str]:
     from .io.tiff import write_ome_tiff
 
     array, affine, rgb = _spatial(data, attributes)
-    write_ome_tiff(Path(path), array, affine, rgb=rgb, units=_units(attributes), metadata=attributes.get("metadata"))
-    return [str(path)]
+    written = write_ome_tiff(
+        Path(path), array, affine, rgb=rgb, units=_units(attributes), metadata=attributes.get("metadata"),
+        layer_type=layer_type,
+    )
+    return [str(written)]
 
 
-def write_ome_zarr_layer(path: str, data, attributes: dict) -> list[str]:
-    """Write an image or labels layer as an OME-Zarr pyramid (for large data)."""
+def _write_ome_zarr(path, data, attributes, layer_type: str) -> list[str]:
     from .io.omezarr import write_ome_zarr
 
     array, affine, rgb = _spatial(data, attributes)
     if rgb:
         array = np.moveaxis(array, -1, 0)
-    write_ome_zarr(Path(path), array, affine, channel_axis=0 if rgb else None, units=_units(attributes))
-    return [str(path)]
+    written = write_ome_zarr(
+        Path(path), array, affine, channel_axis=0 if rgb else None, units=_units(attributes), layer_type=layer_type
+    )
+    return [str(written)]
+
+
+def write_nifti_image(path: str, data, attributes: dict) -> list[str]:
+    """Write an image layer as NIfTI (.nii / .nii.gz) with its world affine."""
+    return _write_nifti(path, data, attributes, labels=False)
+
+
+def write_nifti_labels(path: str, data, attributes: dict) -> list[str]:
+    """Write a labels layer as NIfTI with an integer type and its world affine."""
+    return _write_nifti(path, data, attributes, labels=True)
+
+
+def write_ome_tiff_image(path: str, data, attributes: dict) -> list[str]:
+    """Write an image layer as OME-TIFF with its physical pixel size and affine."""
+    return _write_ome_tiff(path, data, attributes, "image")
+
+
+def write_ome_tiff_labels(path: str, data, attributes: dict) -> list[str]:
+    """Write a labels layer as OME-TIFF."""
+    return _write_ome_tiff(path, data, attributes, "labels")
+
+
+def write_ome_zarr_image(path: str, data, attributes: dict) -> list[str]:
+    """Write an image layer as an OME-Zarr pyramid (for large data)."""
+    return _write_ome_zarr(path, data, attributes, "image")
+
+
+def write_ome_zarr_labels(path: str, data, attributes: dict) -> list[str]:
+    """Write a labels layer as an OME-Zarr pyramid (nearest-neighbour downsampling)."""
+    return _write_ome_zarr(path, data, attributes, "labels")
