@@ -12,18 +12,16 @@ import numpy as np
 
 
 def _world_affine(attributes: dict, ndim: int) -> np.ndarray:
-    from napari.utils.transforms import Affine, CompositeAffine
+    from .widgets._layers import compose_world_affine
 
-    data2physical = CompositeAffine(
+    return compose_world_affine(
+        affine=attributes.get("affine", np.eye(ndim + 1)),
         scale=attributes.get("scale", np.ones(ndim)),
         translate=attributes.get("translate", np.zeros(ndim)),
         rotate=attributes.get("rotate", np.eye(ndim)),
         shear=attributes.get("shear", np.zeros(ndim * (ndim - 1) // 2)),
         ndim=ndim,
     )
-    affine = attributes.get("affine")
-    physical2world = affine if isinstance(affine, Affine) else Affine(affine_matrix=np.asarray(affine), ndim=ndim)
-    return physical2world.affine_matrix @ data2physical.affine_matrix
 
 
 def _spatial(data, attributes: dict):

@@ -20,7 +20,12 @@ def open_demo(sample: str = "head_phantom"):
     manifest = PluginManager.instance().get_manifest("napari-mmfuse")
     for contribution in manifest.contributions.widgets or []:
         viewer.window.add_plugin_dock_widget("napari-mmfuse", contribution.display_name, tabify=True)
+    viewer.window._qt_window.resize(1500, 950)
     viewer.dims.current_step = tuple(s // 2 for s in viewer.dims.nsteps)
+    viewer.reset_view()
+    first_image = next((layer for layer in viewer.layers if layer._type_string == "image"), None)
+    if first_image is not None:
+        viewer.layers.selection.active = first_image
     return viewer
 
 

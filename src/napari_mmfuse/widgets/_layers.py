@@ -7,6 +7,15 @@ import numpy as np
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
 
 
+def compose_world_affine(*, affine, scale, translate, rotate, shear, ndim: int) -> np.ndarray:
+    """napari's data -> world matrix: ``affine`` after (translate . rotate . shear . scale)."""
+    from napari.utils.transforms import Affine, CompositeAffine
+
+    data2physical = CompositeAffine(scale=scale, translate=translate, rotate=rotate, shear=shear, ndim=ndim)
+    physical2world = affine if isinstance(affine, Affine) else Affine(affine_matrix=np.asarray(affine), ndim=ndim)
+    return np.asarray(physical2world.affine_matrix) @ np.asarray(data2physical.affine_matrix)
+
+
 def world_affine(layer) -> np.ndarray:
     """Full index -> world affine of a layer (its ``affine`` composed with scale/translate/rotate/shear).
 
@@ -18,7 +27,14 @@ def world_affine(layer) -> np.ndarray:
     -------
     ndarray, shape (layer.ndim + 1, layer.ndim + 1)
     """
-    return np.asarray(layer.affine.affine_matrix) @ np.asarray(layer._transforms["data2physical"].affine_matrix)
+    return compose_world_affine(
+        affine=layer.affine,
+        scale=layer.scale,
+        translate=layer.translate,
+        rotate=layer.rotate,
+        shear=layer.shear,
+        ndim=layer.ndim,
+    )
 
 
 def spatial_affine(layer, n_spatial: int | None = None) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
@@ -19,6 +21,9 @@ from qtpy.QtWidgets import (
 
 from ..core import space
 from ._layers import spatial_affine
+
+if TYPE_CHECKING:
+    import napari
 
 
 def describe_layer(layer) -> str:
@@ -67,10 +72,10 @@ class PhysicalSpaceWidget(QWidget):
 
     Parameters
     ----------
-    viewer : napari.Viewer
+    viewer : napari.viewer.Viewer
     """
 
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
         self.worker = None
