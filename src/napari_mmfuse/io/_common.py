@@ -122,3 +122,22 @@ def report_non_finite(data, path) -> int:
     if count:
         warnings.warn(f"{Path(path).name}: {count} NaN/Inf voxels kept as they are", stacklevel=3)
     return count
+
+
+def refuse_overwrite(path: Path, overwrite: bool) -> None:
+    """Guard a writer's output path.
+
+    Parameters
+    ----------
+    path : Path
+        File or folder about to be written.
+    overwrite : bool
+        Whether replacing an existing ``path`` is allowed.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")

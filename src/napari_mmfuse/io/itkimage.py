@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.space import affine_from_itk, itk_from_affine, orientation_code, reorient_to_nearest, spacing_of
-from ._common import ImageRecord, ReadError, report_non_finite
+from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
 from .nifti import _names_labels, _stem, as_labels, guess_modality
 
 SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -136,8 +136,7 @@ def write_itk_image(path, data, affine, *, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"an ITK image file name must end in one of {', '.join(SUFFIXES)}: {path}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    refuse_overwrite(path, overwrite)
     data = np.asarray(data)
     if data.ndim not in (2, 3):
         raise ValueError(f"write_itk_image takes 2D or 3D data, got {data.ndim}D")

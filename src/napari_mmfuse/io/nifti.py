@@ -18,7 +18,7 @@ from ..core.space import (
     reorient_to_nearest,
     spacing_of,
 )
-from ._common import ImageRecord, ReadError, report_non_finite
+from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
 
 SUFFIXES = (".nii.gz", ".nii")
 #: Files smaller than this are read completely at once, so that truncation shows up here.
@@ -326,8 +326,7 @@ def write_nifti(
     path = Path(path)
     if not path.name.lower().endswith(SUFFIXES):
         raise ValueError(f"a NIfTI file name must end in .nii or .nii.gz: {path}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    refuse_overwrite(path, overwrite)
     data = np.asarray(data)
     affine = np.asarray(affine, dtype=np.float64)
     if data.ndim == 2:

@@ -17,14 +17,13 @@ import numpy as np
 import zarr
 
 from ..core.space import spacing_of
-from ._common import ImageRecord, ReadError
+from ._common import ImageRecord, ReadError, refuse_overwrite
 from .tiff import (
     WRITE_UNITS,
     canonical_layout,
     downsample2,
     project_units,
     pyramid_count,
-    refuse_overwrite,
     um_per_unit,
 )
 

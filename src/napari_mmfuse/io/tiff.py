@@ -20,7 +20,7 @@ import tifffile
 import zarr
 
 from ..core.space import spacing_of
-from ._common import ImageRecord, ReadError, report_non_finite
+from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".qptiff", ".ndpi", ".btf")
 #: Single-level images smaller than this are read into memory at once.
@@ -109,25 +109,6 @@ def _stem(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- writing helpers
-
-
-def refuse_overwrite(path: Path, overwrite: bool) -> None:
-    """Guard a writer's output path.
-
-    Parameters
-    ----------
-    path : Path
-        File or folder about to be written.
-    overwrite : bool
-        Whether replacing an existing ``path`` is allowed.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
-    """
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
 
 
 def canonical_layout(data, affine, channel_axis, rgb: bool) -> tuple:
