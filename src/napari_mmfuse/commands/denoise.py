@@ -1,0 +1,204 @@
+"""``mmfuse denoise`` and ``mmfuse normalize``: clean one image file, keep its world placement.
+
+Examples::
+
+    mmfuse denoise t1.nii.gz --method nlm -o t1_nlm.nii.gz
+    mmfuse denoise cells.tif --method n2v --steps 800 --save-model cells_n2v -o cells_n2v.ome.tif
+    mmfuse normalize t1.nii.gz --method n4 -o t1_n4.nii.gz
+    mmfuse normalize slide.png --method macenko --reference target.png -o slide_norm.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# CLI flag -> (core keyword, methods that take it)
+_DENOISE_FLAGS = {
+    "sigma": ("sigma", ("gaussian", "nlm")),
+    "radius": ("radius", ("median",)),
+    "sigma_spatial": ("sigma_spatial", ("bilateral",)),
+    "sigma_range": ("sigma_range", ("bilateral",)),
+    "weight": ("weight", ("tv",)),
+    "h": ("h", ("nlm",)),
+    "patch_radius": ("patch_radius", ("nlm",)),
+    "search_radius": ("search_radius", ("nlm",)),
+    "kappa": ("kappa", ("diffusion",)),
+    "iterations": ("n_iter", ("diffusion",)),
+    "steps": ("steps", ("n2v",)),
+    "patch": ("patch", ("n2v",)),
+}
+
+
+def add_parser(subparsers) -> None:
+    from ..core.denoise import METHODS
+    from ..core.normalize import METHODS as NORMALIZE_METHODS
+
+    parser = subparsers.add_parser(
+        "denoise",
+        help="denoise an image (tv, nlm, bilateral, median, gaussian, diffusion, n2v)",
+        description="Denoise a 2D/3D grey image. Distances are in the file's world units (mm or µm); "
+        "unset parameters are proposed from the estimated noise level.",
+    )
+    parser.add_argument("input", help="image file (NIfTI, TIFF, PNG, ...)")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("-o", "--output", required=True, help="output file: .nii/.nii.gz, .tif/.ome.tif or .png")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--series", type=int, default=0, help="which image of a multi-image file (default 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    parser.add_argument("--sigma", type=float, help="gaussian: std (world units); nlm: noise std (intensity)")
+    parser.add_argument("--radius", type=float, help="median: half-width (world units)")
+    parser.add_argument("--sigma-spatial", type=float, help="bilateral: spatial std (world units)")
+    parser.add_argument("--sigma-range", type=float, help="bilateral: intensity std")
+    parser.add_argument("--weight", type=float, help="tv: regularisation weight (intensity units)")
+    parser.add_argument("--h", type=float, help="nlm: cut-off (intensity units)")
+    parser.add_argument("--patch-radius", type=float, help="nlm: patch half-width (world units)")
+    parser.add_argument("--search-radius", type=float, help="nlm: search half-width (world units)")
+    parser.add_argument("--kappa", type=float, help="diffusion: edge threshold (intensity units)")
+    parser.add_argument("--iterations", type=int, help="diffusion: number of iterations")
+    parser.add_argument("--steps", type=int, help="n2v: training steps")
+    parser.add_argument("--patch", type=int, help="n2v: training patch edge (pixels)")
+    parser.add_argument("--model", help="n2v: apply this saved model (.pt/.json stem) instead of training")
+    parser.add_argument("--save-model", help="n2v: save the trained model to this stem (.pt + .json)")
+    parser.set_defaults(func=run_denoise)
+
+    parser = subparsers.add_parser(
+        "normalize",
+        help="normalise intensities (percentile, zscore, histogram, n4) or H&E stains (macenko, reinhard)",
+    )
+    parser.add_argument("input", help="image file")
+    parser.add_argument("--method", required=True, choices=NORMALIZE_METHODS)
+    parser.add_argument("--reference", help="reference image (histogram: required; macenko/reinhard: target slide)")
+    parser.add_argument("-o", "--output", required=True, help="output file: .nii/.nii.gz, .tif/.ome.tif or .png")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--series", type=int, default=0, help="which image of a multi-image file (default 0)")
+    parser.add_argument("--low", type=float, default=1.0, help="percentile: low percentile")
+    parser.add_argument("--high", type=float, default=99.8, help="percentile: high percentile")
+    parser.add_argument("--degree", type=int, default=3, help="n4: polynomial degree of the bias field")
+    parser.set_defaults(func=run_normalize)
+
+
+def _read_one(path, series: int):
+    from ..io import read
+
+    records = read(path)
+    if not 0 <= series < len(records):
+        raise ValueError(f"{path} holds {len(records)} image(s); --series {series} is out of range")
+    record = records[series]
+    if record.channel_axis is not None:
+        raise ValueError(f"{path} has a channel axis; write one channel to its own file first")
+    return record, np.asarray(record.level0)
+
+
+def _check_output(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def write_result(path, data: np.ndarray, record, *, overwrite: bool, provenance: dict) -> Path:
+    """Write ``data`` with ``record``'s affine, choosing the writer by the file suffix.
+
+    PNG keeps the input's integer type (values rounded and clipped); float results need a
+    TIFF or NIfTI file.
+    """
+    path = Path(path)
+    _check_output(path, overwrite)
+    name = path.name.lower()
+    rgb = bool(record.rgb) and data.ndim == record.level0.ndim
+    if name.endswith((".nii", ".nii.gz")):
+        from ..io.nifti import write_nifti
+
+        descrip = f"mmfuse {provenance['step']} {provenance['method']}"
+        return write_nifti(path, data, record.affine, overwrite=overwrite, metadata={"descrip": descrip})
+    if name.endswith((".tif", ".tiff")):
+        from ..io.tiff import write_ome_tiff
+
+        units = record.units if record.units in ("um", "mm") else "pixel"
+        return write_ome_tiff(
+            path, data, record.affine, overwrite=overwrite, rgb=rgb, units=units, metadata={"mmfuse": provenance}
+        )
+    if name.endswith(".png"):
+        import imageio.v3 as iio
+
+        dtype = np.asarray(record.level0).dtype
+        if data.ndim != 2 and not rgb:
+            raise ValueError("PNG holds one 2D picture; write volumes to .nii.gz or .tif")
+        if not np.issubdtype(dtype, np.integer) or dtype.itemsize > 2:
+            raise ValueError(f"PNG cannot hold {data.dtype} results of a {dtype} input; use .tif or .nii.gz")
+        info = np.iinfo(dtype)
+        iio.imwrite(path, np.clip(np.rint(data), info.min, info.max).astype(dtype))
+        return path
+    raise ValueError(f"unsupported output suffix for {path.name}: use .nii, .nii.gz, .tif, .ome.tif or .png")
+
+
+def run_denoise(args) -> int:
+    from ..core import denoise as core
+    from ..core.space import spacing_of
+
+    output = Path(args.output)
+    _check_output(output, args.overwrite)
+    record, data = _read_one(args.input, args.series)
+    if record.rgb:
+        raise ValueError(f"{args.input} is RGB; denoising works on grey images (convert or split the channels)")
+    params = {}
+    for flag, (keyword, methods) in _DENOISE_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if args.method not in methods:
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
+        params[keyword] = value
+    if args.method != "n2v" and (args.model or args.save_model):
+        raise ValueError("--model and --save-model apply to --method n2v only")
+    if args.method == "n2v":
+        if args.model:
+            model = core.N2VModel.load(args.model, device=args.device)
+        else:
+            training = core.n2v_train(data, device=args.device, **params)
+            while True:
+                try:
+                    step = next(training)
+                except StopIteration as done:
+                    model = done.value
+                    break
+                if step.step % 100 == 0:
+                    print(f"step {step.step}: loss {step.loss:.4f}", file=sys.stderr)
+            if args.save_model:
+                print(f"model saved to {model.save(args.save_model)}", file=sys.stderr)
+        result = model.predict(data, device=args.device)
+    else:
+        spacing = spacing_of(record.affine)[-data.ndim :] if record.spatial_ndim == data.ndim else None
+        result = core.denoise(data, args.method, spacing=spacing, device=args.device, **params)
+    provenance = {"step": "denoise", "method": args.method, "params": params, "input": str(args.input)}
+    written = write_result(output, result, record, overwrite=args.overwrite, provenance=provenance)
+    print(f"{written}: {args.method} {json.dumps(params)}")
+    return 0
+
+
+def run_normalize(args) -> int:
+    from ..core import normalize as core
+    from ..core.space import spacing_of
+
+    output = Path(args.output)
+    _check_output(output, args.overwrite)
+    record, data = _read_one(args.input, args.series)
+    reference = _read_one(args.reference, 0)[1] if args.reference else None
+    params: dict = {}
+    if args.method == "percentile":
+        params = {"low": args.low, "high": args.high}
+    elif args.method == "n4":
+        params = {"degree": args.degree, "spacing": spacing_of(record.affine).tolist()}
+    if args.method in core.RGB_METHODS and not record.rgb:
+        raise ValueError(f"{args.method} normalises RGB H&E slides; {args.input} is not RGB")
+    if args.method in core.GREY_METHODS and record.rgb:
+        raise ValueError(f"{args.method} works on grey images; {args.input} is RGB")
+    result = core.normalize(data, args.method, reference=reference, **params)
+    provenance = {"step": "normalize", "method": args.method, "params": params, "input": str(args.input)}
+    if args.reference:
+        provenance["reference"] = str(args.reference)
+    written = write_result(output, result, record, overwrite=args.overwrite, provenance=provenance)
+    print(f"{written}: {args.method}")
+    return 0
