@@ -1,0 +1,329 @@
+"""Image-quality metrics.
+
+Fusion metrics (the ``fusion_*`` functions and :func:`fusion_metrics`) follow the
+conventions of the image-fusion literature: 2D grey images on a 0-255 scale, 256-bin
+histograms for entropy and mutual information, Sobel gradients for Q^AB/F
+(Xydeas & Petrovic 2000), a 7x7 window SSIM matching ``skimage.metrics.structural_similarity``
+and pixel-domain VIF (Sheikh & Bovik 2006) summed over the sources.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Xydeas-Petrovic constants (edge strength g, orientation alpha), L = 1.
+QABF_CONSTANTS = {
+    "gamma_g": 0.9994,
+    "kappa_g": -15.0,
+    "sigma_g": 0.5,
+    "gamma_a": 0.9879,
+    "kappa_a": -22.0,
+    "sigma_a": 0.8,
+}
+
+
+def _grey2d(image, name: str = "image") -> np.ndarray:
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2D grey image, got shape {array.shape}; take a slice or the luminance")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds NaN/Inf values")
+    return array
+
+
+def _same_shape(fused: np.ndarray, sources: Sequence[np.ndarray]) -> list[np.ndarray]:
+    if len(sources) < 1:
+        raise ValueError("give at least one source image")
+    out = [_grey2d(s, f"source {i}") for i, s in enumerate(sources)]
+    for i, s in enumerate(out):
+        if s.shape != fused.shape:
+            raise ValueError(f"source {i} has shape {s.shape} but the fused image {fused.shape}")
+    return out
+
+
+def _histogram(image: np.ndarray, bins: int, data_range: float) -> np.ndarray:
+    """Bin index of every pixel: ``bins`` equal bins over [0, data_range] (values outside clipped)."""
+    return np.clip(np.floor(image / data_range * bins), 0, bins - 1).astype(np.int64)
+
+
+def fusion_entropy(fused, *, bins: int = 256, data_range: float = 255.0) -> float:
+    """Shannon entropy EN (bits) of the fused image's ``bins``-bin histogram over [0, data_range].
+
+    Parameters
+    ----------
+    fused : ndarray, shape (H, W)
+    """
+    index = _histogram(_grey2d(fused, "fused"), bins, data_range)
+    p = np.bincount(index.ravel(), minlength=bins) / index.size
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+def fusion_sd(fused) -> float:
+    """Standard deviation SD of the fused image, shape (H, W) (population, ddof 0)."""
+    return float(np.std(_grey2d(fused, "fused")))
+
+
+def fusion_sf(fused) -> float:
+    """Spatial frequency SF = sqrt(RF^2 + CF^2) of neighbour differences along rows and columns."""
+    image = _grey2d(fused, "fused")
+    row_frequency = np.mean(np.diff(image, axis=1) ** 2)
+    column_frequency = np.mean(np.diff(image, axis=0) ** 2)
+    return float(np.sqrt(row_frequency + column_frequency))
+
+
+def mutual_information(a, b, *, bins: int = 256, data_range: float = 255.0, base: float = 2.0) -> float:
+    """Mutual information of two images from their joint ``bins``x``bins`` histogram.
+
+    Parameters
+    ----------
+    a, b : ndarray, shape (H, W)
+    base : float
+        Logarithm base: 2 gives bits, ``math.e`` nats (scikit-learn's ``mutual_info_score``).
+    """
+    a, b = _grey2d(a, "a"), _grey2d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
+    ia, ib = _histogram(a, bins, data_range).ravel(), _histogram(b, bins, data_range).ravel()
+    joint = np.bincount(ia * bins + ib, minlength=bins * bins).reshape(bins, bins) / ia.size
+    pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nonzero = joint > 0
+    return float((joint[nonzero] * np.log(joint[nonzero] / (pa @ pb)[nonzero])).sum() / math.log(base))
+
+
+def fusion_mi(fused, sources, *, bins: int = 256, data_range: float = 255.0, base: float = 2.0) -> float:
+    """MI: mutual information between the fused image and each source, summed."""
+    fused = _grey2d(fused, "fused")
+    sources = _same_shape(fused, sources)
+    return float(sum(mutual_information(fused, s, bins=bins, data_range=data_range, base=base) for s in sources))
+
+
+def _sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel responses (x, y) with zero padding, as 'same' 2D convolution."""
+    x = torch.from_numpy(image)[None, None]
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype)
+    ky = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=x.dtype)
+    # convolution (not correlation): flip the kernels
+    sx = F.conv2d(x, kx.flip(0, 1)[None, None], padding=1)[0, 0].numpy()
+    sy = F.conv2d(x, ky.flip(0, 1)[None, None], padding=1)[0, 0].numpy()
+    return sx, sy
+
+
+def _edge_strength_orientation(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    sx, sy = _sobel(image)
+    strength = np.hypot(sx, sy)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        orientation = np.where(sx == 0, np.pi / 2, np.arctan(sy / np.where(sx == 0, 1, sx)))
+    return strength, orientation
+
+
+def _edge_preservation(g_s, a_s, g_f, a_f) -> np.ndarray:
+    c = QABF_CONSTANTS
+    high, low = np.maximum(g_s, g_f), np.minimum(g_s, g_f)
+    relative_strength = np.divide(low, high, out=np.zeros_like(low), where=high > 0)
+    relative_orientation = 1 - np.abs(a_s - a_f) / (np.pi / 2)
+    q_g = c["gamma_g"] / (1 + np.exp(c["kappa_g"] * (relative_strength - c["sigma_g"])))
+    q_a = c["gamma_a"] / (1 + np.exp(c["kappa_a"] * (relative_orientation - c["sigma_a"])))
+    return q_g * q_a
+
+
+def fusion_qabf(fused, sources) -> float:
+    """Q^AB/F (Xydeas-Petrovic): edge information carried from the sources to the fused image.
+
+    Sobel edge strength g and orientation alpha = arctan(s_y / s_x); the per-pixel edge
+    preservation Q^SF = Q_g Q_alpha (sigmoids with :data:`QABF_CONSTANTS`) is averaged
+    with the source edge strengths as weights (L = 1). Its maximum, for a fused image
+    identical to every source, is Q_g(1) Q_alpha(1) = 0.9748 with these constants.
+
+    Parameters
+    ----------
+    fused : ndarray, shape (H, W)
+    sources : sequence of ndarray, each shape (H, W)
+    """
+    fused = _grey2d(fused, "fused")
+    g_f, a_f = _edge_strength_orientation(fused)
+    numerator = denominator = 0.0
+    for source in _same_shape(fused, sources):
+        g_s, a_s = _edge_strength_orientation(source)
+        numerator += float((_edge_preservation(g_s, a_s, g_f, a_f) * g_s).sum())
+        denominator += float(g_s.sum())
+    if denominator == 0:
+        raise ValueError("the sources have no edges (all flat): Q^AB/F is undefined")
+    return numerator / denominator
+
+
+def ssim(a, b, *, data_range: float = 255.0, win_size: int = 7, gaussian: bool = False) -> float:
+    """Mean structural similarity, computed as ``skimage.metrics.structural_similarity``.
+
+    Parameters
+    ----------
+    a, b : ndarray, shape (H, W)
+    data_range : float
+    win_size : int
+        Side of the uniform window (ignored with ``gaussian``).
+    gaussian : bool
+        Gaussian window (sigma 1.5, truncate 3.5, 11x11) instead of the uniform one.
+        Like skimage's defaults: sample covariance, K1 = 0.01, K2 = 0.03, and the
+        border of half a window left out of the mean.
+    """
+    a, b = _grey2d(a, "a"), _grey2d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
+    if gaussian:
+        radius = int(3.5 * 1.5 + 0.5)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        k1 = torch.exp(-0.5 * (t / 1.5) ** 2)
+        kernel = torch.outer(k1, k1) / k1.sum() ** 2
+    else:
+        if win_size % 2 == 0 or win_size < 3:
+            raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
+        kernel = torch.full((win_size, win_size), 1.0 / win_size**2, dtype=torch.float64)
+    side = kernel.shape[0]
+    covariance_norm = side**2 / (side**2 - 1)
+    if min(a.shape) < side:
+        raise ValueError(f"images of shape {a.shape} are smaller than the {side}x{side} SSIM window")
+    pad = side // 2
+    x = torch.from_numpy(np.stack([a, b, a * a, b * b, a * b]))[:, None]
+    filtered = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), kernel[None, None])[:, 0].numpy()
+    ux, uy, uxx, uyy, uxy = filtered
+    vx = covariance_norm * (uxx - ux * ux)
+    vy = covariance_norm * (uyy - uy * uy)
+    vxy = covariance_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return float(s[pad:-pad, pad:-pad].mean())
+
+
+def fusion_ssim(fused, sources, *, data_range: float = 255.0, gaussian: bool = False) -> float:
+    """SSIM between the fused image and each source, summed."""
+    fused = _grey2d(fused, "fused")
+    return float(sum(ssim(fused, s, data_range=data_range, gaussian=gaussian) for s in _same_shape(fused, sources)))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def fusion_scd(fused, sources) -> float:
+    """SCD (Aslantas & Bendes): sum over sources of corr(F - sum of the other sources, source)."""
+    fused = _grey2d(fused, "fused")
+    sources = _same_shape(fused, sources)
+    if len(sources) < 2:
+        raise ValueError("SCD needs at least two sources")
+    total = sum(sources)
+    return float(sum(_correlation(fused - (total - s), s) for s in sources))
+
+
+def _gaussian_window(size: int) -> np.ndarray:
+    sigma = size / 5.0
+    half = (size - 1) / 2
+    y, x = np.mgrid[-half : half + 1, -half : half + 1]
+    window = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    window[window < np.finfo(float).eps * window.max()] = 0
+    return window / window.sum()
+
+
+def _valid_filter(image: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(image[None, None], window[None, None])[0, 0]
+
+
+def vif_pixel(reference, distorted, *, sigma_nsq: float = 2.0) -> float:
+    """Pixel-domain visual information fidelity VIFP (Sheikh & Bovik 2006), four scales.
+
+    Gaussian windows of 17, 9, 5, 3 pixels (sigma = size / 5); each coarser scale
+    filters and subsamples by 2. Equals 1 for identical images.
+
+    Parameters
+    ----------
+    reference, distorted : ndarray, shape (H, W)
+    """
+    ref = torch.from_numpy(_grey2d(reference, "reference").copy())
+    dist = torch.from_numpy(_grey2d(distorted, "distorted").copy())
+    if ref.shape != dist.shape:
+        raise ValueError(f"images differ in shape: {tuple(ref.shape)} and {tuple(dist.shape)}")
+    eps = 1e-10
+    numerator = denominator = 0.0
+    for scale in range(1, 5):
+        size = 2 ** (4 - scale + 1) + 1
+        window = torch.from_numpy(_gaussian_window(size))
+        if scale > 1:
+            ref = _valid_filter(ref, window)[::2, ::2]
+            dist = _valid_filter(dist, window)[::2, ::2]
+        if min(ref.shape) < size:
+            raise ValueError(f"images are too small for VIF (need at least about {8 * 17} pixels a side)")
+        mu1, mu2 = _valid_filter(ref, window), _valid_filter(dist, window)
+        sigma1_sq = (_valid_filter(ref * ref, window) - mu1 * mu1).clamp(min=0)
+        sigma2_sq = (_valid_filter(dist * dist, window) - mu2 * mu2).clamp(min=0)
+        sigma12 = _valid_filter(ref * dist, window) - mu1 * mu2
+        g = sigma12 / (sigma1_sq + eps)
+        sv_sq = sigma2_sq - g * sigma12
+        flat_ref = sigma1_sq < eps
+        g = torch.where(flat_ref, torch.zeros_like(g), g)
+        sv_sq = torch.where(flat_ref, sigma2_sq, sv_sq)
+        sigma1_sq = torch.where(flat_ref, torch.zeros_like(sigma1_sq), sigma1_sq)
+        flat_dist = sigma2_sq < eps
+        g = torch.where(flat_dist, torch.zeros_like(g), g)
+        sv_sq = torch.where(flat_dist, torch.zeros_like(sv_sq), sv_sq)
+        negative = g < 0
+        sv_sq = torch.where(negative, sigma2_sq, sv_sq)
+        g = g.clamp(min=0)
+        sv_sq = sv_sq.clamp(min=eps)
+        numerator += float(torch.log10(1 + g * g * sigma1_sq / (sv_sq + sigma_nsq)).sum())
+        denominator += float(torch.log10(1 + sigma1_sq / sigma_nsq).sum())
+    if denominator == 0:
+        raise ValueError("the reference image is flat: VIF is undefined")
+    return numerator / denominator
+
+
+def fusion_vif(fused, sources) -> float:
+    """VIF of the fused image against each source (pixel-domain VIFP), summed."""
+    fused = _grey2d(fused, "fused")
+    return float(sum(vif_pixel(s, fused) for s in _same_shape(fused, sources)))
+
+
+def fusion_metrics(
+    fused,
+    sources,
+    *,
+    data_range: float = 255.0,
+    mi_base: float = 2.0,
+    vif: bool = True,
+) -> dict[str, float]:
+    """Every fusion metric of a 2D grey fused image against its sources.
+
+    Parameters
+    ----------
+    fused : ndarray, shape (H, W)
+        On the same 0..``data_range`` scale as the sources (the literature uses 0-255).
+    sources : sequence of ndarray, each shape (H, W)
+    mi_base : float
+        Logarithm base of MI (2: bits; ``math.e``: nats, as scikit-learn).
+    vif : bool
+        Also compute VIF (needs images of about 136 pixels a side or more).
+
+    Returns
+    -------
+    dict
+        EN, SD, SF, MI, Qabf, SSIM, SCD (and VIF).
+    """
+    fused = _grey2d(fused, "fused")
+    sources = _same_shape(fused, sources)
+    metrics = {
+        "EN": fusion_entropy(fused, data_range=data_range),
+        "SD": fusion_sd(fused),
+        "SF": fusion_sf(fused),
+        "MI": fusion_mi(fused, sources, data_range=data_range, base=mi_base),
+        "Qabf": fusion_qabf(fused, sources),
+        "SSIM": fusion_ssim(fused, sources, data_range=data_range),
+        "SCD": fusion_scd(fused, sources),
+    }
+    if vif:
+        metrics["VIF"] = fusion_vif(fused, sources)
+    return metrics

@@ -1,0 +1,289 @@
+"""Core fusion (napari_mmfuse.core.fuse) and the ``mmfuse fuse`` / ``fuse-metrics`` commands."""
+
+import json
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_mmfuse.cli import main
+from napari_mmfuse.core import fuse as fz
+
+GREY_METHODS = [m for m in fz.METHODS if m != "learned"]
+FAST = {"learned": {"n_iter": 5, "crop": 32}}
+
+
+def _pair(shape=(48, 56), seed=0):
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij")
+    radius = np.sqrt(sum(g**2 for g in grids))
+    a = (radius < 0.6).astype(np.float32) + 0.05 * rng.standard_normal(shape).astype(np.float32)
+    b = (np.sin(8 * grids[-1]) > 0).astype(np.float32) * 0.7 + 0.1 * grids[0]
+    return a, b
+
+
+def test_core_imports_no_qt():
+    code = (
+        "import sys, napari_mmfuse.core.fuse, napari_mmfuse.core.quality; "
+        "print('qtpy' in sys.modules or 'napari' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("method", list(fz.METHODS))
+@pytest.mark.parametrize("shape", [(40, 52), (12, 20, 18)])
+def test_every_method_shapes_weights_and_inputs_untouched(method, shape):
+    a, b = _pair(shape)
+    c = np.flip(a, axis=-1).copy()
+    copies = [a.copy(), b.copy(), c.copy()]
+    result = fz.fuse([a, b, c], method=method, device="cpu", **FAST.get(method, {}))
+    assert result.fused.shape == shape and result.fused.dtype == np.float32
+    assert result.weights.shape == (3, *shape) and result.weights.dtype == np.float32
+    np.testing.assert_allclose(result.weights.sum(0), 1, atol=1e-5)
+    assert result.weights.min() >= -1e-6
+    assert 0 <= result.fused.min() and result.fused.max() <= 1
+    assert result.method == method and set(fz.METHODS[method].defaults) <= set(result.params)
+    for original, kept in zip((a, b, c), copies):
+        np.testing.assert_array_equal(original, kept)
+
+
+@pytest.mark.parametrize("method", list(fz.METHODS))
+def test_identical_inputs_give_the_input(method):
+    a, _ = _pair()
+    scaled = (a - a.min()) / (a.max() - a.min())
+    result = fz.fuse([a, a.copy()], method=method, **FAST.get(method, {}))
+    np.testing.assert_allclose(result.fused, scaled, atol=1e-5)
+
+
+def test_selection_methods_by_hand():
+    a = np.array([[0.0, 0.5], [1.0, 0.2]], np.float32)
+    b = np.array([[1.0, 0.1], [0.0, 0.9]], np.float32)
+    maximum = fz.fuse([a, b], method="maximum", normalise=False)
+    np.testing.assert_array_equal(maximum.fused, np.maximum(a, b))
+    np.testing.assert_array_equal(maximum.weights[0], (a >= b).astype(np.float32))
+    minimum = fz.fuse([a, b], method="minimum", normalise=False)
+    np.testing.assert_array_equal(minimum.fused, np.minimum(a, b))
+    average = fz.fuse([a, b], method="average", normalise=False, weights=[3, 1])
+    np.testing.assert_allclose(average.fused, 0.75 * a + 0.25 * b, atol=1e-6)
+    np.testing.assert_allclose(average.weights[0], 0.75)
+
+
+def test_pca_weights_follow_the_principal_component():
+    rng = np.random.default_rng(3)
+    a = rng.random((30, 30)).astype(np.float32)
+    b = (0.2 * a + 0.8 * rng.random((30, 30))).astype(np.float32)
+    result = fz.fuse([a, b], method="pca", normalise=False)
+    values, vectors = np.linalg.eigh(np.cov(np.stack([a.ravel(), b.ravel()]).astype(np.float64)))
+    expected = np.abs(vectors[:, -1]) / np.abs(vectors[:, -1]).sum()
+    np.testing.assert_allclose(result.weights[:, 0, 0], expected, atol=1e-5)
+
+
+def test_laplacian_keeps_the_stronger_detail():
+    a = np.zeros((64, 64), np.float32)
+    a[:, 32:] = 1.0  # an edge only in a
+    b = np.full((64, 64), 0.5, np.float32)
+    b[10, 10] = 0.6  # almost flat
+    result = fz.fuse([a, b], method="laplacian", normalise=False, base="mean")
+    step = result.fused[:, 40].mean() - result.fused[:, 24].mean()
+    assert step > 0.45  # the full edge contrast of a survives (averaging would give 0.5 * 1)
+    assert result.weights[0, :, 30:34].mean() > 0.6
+
+
+@pytest.mark.parametrize("wavelet", ["haar", "db2"])
+@pytest.mark.parametrize("shape", [(2, 30, 22), (2, 8, 12, 10)])
+def test_dwt_is_orthogonal_and_inverts(wavelet, shape):
+    x = torch.rand(shape, dtype=torch.float64)
+    bank = fz._filter_bank(wavelet, "cpu").double()
+    n = len(shape) - 1
+    approximation, details = fz.dwt(x, bank, n)
+    assert len(details) == 2**n - 1
+    energy = float((approximation**2).sum() + sum((d**2).sum() for d in details))
+    assert energy == pytest.approx(float((x**2).sum()), rel=1e-6)  # float32 filter taps
+    np.testing.assert_allclose(fz.idwt(approximation, details, bank, n).numpy(), x.numpy(), atol=1e-6)
+    low = bank[0].numpy()
+    assert low.sum() == pytest.approx(np.sqrt(2)) and (low**2).sum() == pytest.approx(1.0)
+
+
+def test_guided_filter_reduces_to_box_mean_for_flat_guide():
+    source = torch.rand(1, 20, 24)
+    guide = torch.full_like(source, 0.3)
+    out = fz._guided_filter(guide, source, 2, 0.1, 2)
+    expected = torch.nn.functional.avg_pool2d(source[None], 5, 1, 2, count_include_pad=False)[0]
+    box_of_box = fz._box_mean(expected, 2, 2)
+    np.testing.assert_allclose(out.numpy(), box_of_box.numpy(), atol=1e-5)
+
+
+def test_learned_is_seeded_and_yields_progress():
+    a, b = _pair((40, 40))
+    steps = fz.fuse_steps([a, b], method="learned", n_iter=6, crop=24, seed=1)
+    ticks = []
+    while True:
+        try:
+            ticks.append(next(steps))
+        except StopIteration as done:
+            result = done.value
+            break
+    assert [t.step for t in ticks] == list(range(1, 7)) and all(t.total == 6 for t in ticks)
+    again = fz.fuse([a, b], method="learned", n_iter=6, crop=24, seed=1)
+    np.testing.assert_allclose(result.fused, again.fused, atol=1e-6)
+    assert result.weights.std() > 0  # weights vary per pixel
+
+
+def test_colour_fusion_keeps_functional_chroma():
+    a, b = _pair((32, 32))
+    pet_rgb = fz.apply_colormap((b - b.min()) / (b.max() - b.min()), "hot")
+    result = fz.fuse([a, (pet_rgb * 255).astype(np.uint8)], method="colour")
+    assert result.fused.shape == (32, 32, 3) and result.weights.shape == (2, 32, 32)
+    assert result.params["functional"] == 1 and result.params["inner"] == fz.DEFAULT_METHOD
+    fused_ycc = fz.rgb_to_ycbcr(result.fused)
+    pet_ycc = fz.rgb_to_ycbcr(pet_rgb)
+    in_gamut = (result.fused > 0.01).all(-1) & (result.fused < 0.99).all(-1)
+    np.testing.assert_allclose(fused_ycc[in_gamut][:, 1:], pet_ycc[in_gamut][:, 1:], atol=0.02)
+    grey = fz.fuse([a, b], method="colour", colormap="jet", inner="average")
+    assert grey.fused.shape == (32, 32, 3) and grey.params["functional"] == 1
+
+
+def test_ycbcr_round_trip_and_colormap():
+    rgb = np.random.default_rng(0).random((10, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(fz.ycbcr_to_rgb(fz.rgb_to_ycbcr(rgb)), rgb, atol=1e-5)
+    np.testing.assert_allclose(fz.luminance(np.ones((2, 2, 3))), 1.0, atol=1e-6)
+    hot = fz.apply_colormap(np.array([0.0, 1 / 3, 2 / 3, 1.0]), "hot")
+    np.testing.assert_allclose(hot, [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], atol=1e-6)
+
+
+def test_normalise_intensity_windows():
+    ct = np.linspace(-1000, 2000, 1000, dtype=np.float32)
+    out = fz.normalise_intensity(ct, modality="CT")
+    assert out[np.argmin(np.abs(ct - 300))] == pytest.approx(0.5, abs=0.01)
+    assert out.min() == 0 and out.max() == 1 and out.dtype == np.float32
+    pet = np.linspace(0, 10, 1001, dtype=np.float32)
+    assert fz.normalise_intensity(pet, modality="PET", high=90)[0] == 0
+    assert fz.normalise_intensity(pet, modality="PET", high=90)[500] == pytest.approx(5 / 9, abs=1e-3)
+    mri = np.arange(101, dtype=np.float32)
+    np.testing.assert_allclose(fz.normalise_intensity(mri, low=10, high=90)[[10, 50, 90]], [0, 0.5, 1], atol=1e-6)
+    np.testing.assert_allclose(fz.normalise_intensity(mri, window=(0, 200))[100], 0.5)
+
+
+def test_fuse_on_reference_resamples_through_affines():
+    fine = np.zeros((40, 40), np.float32)
+    fine[10:30, 10:30] = 1
+    coarse = np.zeros((20, 20), np.float32)
+    coarse[5:15, 5:15] = 1
+    affine_fine = np.diag([0.5, 0.5, 1.0])
+    affine_coarse = np.diag([1.0, 1.0, 1.0])
+    affine_coarse[:2, 2] = 0.25  # pixel centres of the coarse grid sit between fine ones
+    result = fz.fuse_on_reference(
+        [fine, coarse], [affine_fine, affine_coarse], method="minimum", low=0, high=100
+    )
+    assert result.fused.shape == (40, 40) and result.params["reference_index"] == 0
+    assert result.fused[20, 20] == pytest.approx(1) and result.fused[2, 2] == 0
+    volume = np.random.default_rng(0).random((6, 20, 20)).astype(np.float32)
+    plane = fz.fuse_on_reference([volume, volume * 2], [np.eye(4)] * 2, method="average", plane=3)
+    full = fz.fuse_on_reference([volume, volume * 2], [np.eye(4)] * 2, method="average")
+    np.testing.assert_allclose(plane.fused, full.fused[3], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images, kwargs, message",
+    [
+        ([np.ones((8, 8))], {}, "at least two"),
+        ([np.random.rand(8, 8), np.random.rand(4, 8, 8)], {}, "one dimensionality"),
+        ([np.random.rand(8, 8), np.random.rand(9, 8)], {}, "one grid"),
+        ([np.random.rand(8, 8), np.random.rand(8, 8, 3)], {"method": "laplacian"}, "method='colour'"),
+        ([np.random.rand(8, 8), np.zeros((8, 8))], {}, "constant"),
+        ([np.random.rand(8, 8), np.full((8, 8), np.nan)], {}, "NaN"),
+        ([np.random.rand(8, 8), np.random.rand(8, 8)], {"method": "nope"}, "unknown fusion method"),
+        ([np.random.rand(8, 8), np.random.rand(8, 8)], {"method": "laplacian", "sigma": 2}, "no parameter"),
+        ([np.random.rand(8, 8, 3), np.random.rand(8, 8, 3)], {"method": "colour"}, "one functional"),
+    ],
+)
+def test_bad_input_raises_actionable_errors(images, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fz.fuse(images, **kwargs)
+
+
+def test_non_overlapping_images_raise():
+    a, b = _pair((16, 16))
+    far = np.eye(3)
+    far[:2, 2] = 1000
+    with pytest.raises(ValueError, match="does not overlap"):
+        fz.fuse_on_reference([a, b], [np.eye(3), far])
+
+
+def test_parse_parameter_types():
+    assert fz.parse_parameter("laplacian", "levels", "5") == 5
+    assert fz.parse_parameter("guided", "eps1", "0.1") == pytest.approx(0.1)
+    assert fz.parse_parameter("colour", "wavelet", "haar", inner="wavelet") == "haar"
+    assert fz.parse_parameter("average", "weights", "1,2") == [1.0, 2.0]
+    with pytest.raises(ValueError, match="one of"):
+        fz.parse_parameter("laplacian", "rule", "median")
+    with pytest.raises(ValueError, match="no parameter"):
+        fz.parse_parameter("maximum", "levels", "3")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    a, b = _pair((40, 48))
+    grey = np.round((a - a.min()) / (a.max() - a.min()) * 255).astype(np.uint8)
+    other = np.round((b - b.min()) / (b.max() - b.min()) * 255).astype(np.uint8)
+    colour = (fz.apply_colormap(other / 255.0) * 255).astype(np.uint8)
+    paths = {"a": tmp_path / "a.png", "b": tmp_path / "b.png", "pet": tmp_path / "pet.png"}
+    iio.imwrite(paths["a"], grey)
+    iio.imwrite(paths["b"], other)
+    iio.imwrite(paths["pet"], colour)
+    return paths
+
+
+def test_cli_fuse_png_with_weights(pngs, tmp_path, capsys):
+    out = tmp_path / "fused.png"
+    code = main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "laplacian", "--param", "levels=2",
+                 "-o", str(out), "--weights-out", str(tmp_path / "w")])
+    assert code == 0
+    fused = iio.imread(out)
+    assert fused.shape == (40, 48) and fused.dtype == np.uint8 and fused.max() > 200
+    w0, w1 = iio.imread(tmp_path / "w_0_a.png"), iio.imread(tmp_path / "w_1_b.png")
+    assert np.abs(w0.astype(int) + w1.astype(int) - 255).max() <= 1
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "-o", str(out)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "-o", str(out), "--overwrite"]) == 0
+
+
+def test_cli_colour_and_errors(pngs, tmp_path, capsys):
+    out = tmp_path / "colour.png"
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--method", "colour", "--reference", str(pngs["a"]),
+                 "-o", str(out)]) == 0
+    assert iio.imread(out).shape == (40, 48, 3)
+    capsys.readouterr()
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--method", "maximum", "-o", str(tmp_path / "x.png")]) == 1
+    assert "method='colour'" in capsys.readouterr().err
+    assert main(["fuse", str(pngs["a"]), "-o", str(tmp_path / "y.png")]) == 1
+    assert "at least two" in capsys.readouterr().err
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "-o", str(tmp_path / "z.bmp")]) == 1
+
+
+def test_cli_fuse_nifti_output(pngs, tmp_path):
+    pytest.importorskip("nibabel")
+    out = tmp_path / "fused.nii.gz"
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "average", "-o", str(out)]) == 0
+    from napari_mmfuse.io import read
+
+    record = read(out)[0]
+    assert np.asarray(record.level0).squeeze().shape == (40, 48)
+
+
+def test_cli_fuse_metrics_json(pngs, tmp_path, capsys):
+    out = tmp_path / "fused.png"
+    main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "maximum", "-o", str(out)])
+    capsys.readouterr()
+    assert main(["fuse-metrics", str(pngs["a"]), str(pngs["b"]), str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"EN", "SD", "SF", "MI", "Qabf", "SSIM", "SCD"}
+    assert 0 < metrics["Qabf"] < 1 and metrics["MI"] > 0
+    assert main(["fuse-metrics", str(pngs["a"]), str(out)]) == 1

@@ -1,0 +1,139 @@
+"""The Fuse dock widget: preview, a full fusion in a worker, bad inputs, a screenshot."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_mmfuse.core.fuse import fuse_on_reference
+from napari_mmfuse.widgets.fuse import PREVIEW_NAME, FuseWidget
+
+SHOTS = Path("/tmp/mmfuse_shots")
+
+
+def _pair(size=64):
+    y, x = np.mgrid[:size, :size].astype(np.float32)
+    disc = ((y - size / 2) ** 2 + (x - size / 2) ** 2 < (size / 3) ** 2).astype(np.float32)
+    stripes = (np.sin(x / 3) > 0).astype(np.float32) * 0.5 + disc * 0.2
+    ring = np.exp(-(((y - size / 2) ** 2 + (x - size / 2) ** 2) ** 0.5 - size / 4) ** 2 / 20).astype(np.float32)
+    return stripes, ring
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = FuseWidget(viewer)
+    qtbot.addWidget(widget)
+    return viewer, widget
+
+
+def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    mri, pet = _pair()
+    a = viewer.add_image(mri, name="MRI", scale=(0.5, 0.5))
+    # PET on a coarser grid covering the same world box: resampled through the affines
+    b = viewer.add_image(pet[::2, ::2].copy(), name="PET", scale=(1.0, 1.0), translate=(0.25, 0.25))
+    before = (a.data.copy(), b.data.copy())
+    widget.reference_combo.setCurrentText("MRI")
+    widget.method_combo.setCurrentText("guided")
+    widget.preview_check.setChecked(False)
+    worker = widget.start_fusion()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "fused (guided)" in viewer.layers, timeout=10_000)
+    fused = viewer.layers["fused (guided)"]
+    assert fused.data.shape == mri.shape and fused.data.dtype == np.float32
+    np.testing.assert_allclose(fused.affine.affine_matrix, a.affine.affine_matrix @ np.diag([0.5, 0.5, 1]))
+    assert fused.metadata["step"] == "fuse" and fused.metadata["method"] == "guided"
+    assert fused.metadata["inputs"] == ["MRI", "PET"] and fused.metadata["params"]["r1"] == 45
+    maps = [viewer.layers[f"contribution: {name}"] for name in ("MRI", "PET")]
+    assert all(m.blending == "additive" and not m.visible for m in maps)
+    np.testing.assert_allclose(maps[0].data + maps[1].data, 1, atol=1e-5)
+    assert widget.metrics_table.rowCount() >= 7
+    names = [widget.metrics_table.item(r, 0).text() for r in range(widget.metrics_table.rowCount())]
+    assert "Qabf" in names and "MI" in names
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(b.data, before[1])
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    _colour_fusion_screenshot(viewer, widget, qtbot)
+
+
+def test_preview_follows_method_and_is_replaced(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    mri, pet = _pair()
+    viewer.add_image(np.stack([mri] * 4), name="T1", scale=(2, 1, 1))
+    viewer.add_image(np.stack([pet] * 4), name="PET", scale=(2, 1, 1))
+    widget.reference_combo.setCurrentText("T1")
+    widget.method_combo.setCurrentText("maximum")
+    qtbot.waitUntil(
+        lambda: PREVIEW_NAME in viewer.layers and viewer.layers[PREVIEW_NAME].metadata["method"] == "maximum"
+    )
+    preview = viewer.layers[PREVIEW_NAME]
+    assert preview.data.shape == (1, 64, 64)
+    plane = int(viewer.dims.current_step[0])
+    expected = fuse_on_reference(
+        [np.stack([mri] * 4), np.stack([pet] * 4)], [np.diag([2.0, 1, 1, 1])] * 2, method="maximum", plane=plane
+    )
+    np.testing.assert_allclose(preview.data[0], expected.fused, atol=1e-6)
+    widget.method_combo.setCurrentText("average")
+    qtbot.waitUntil(lambda: viewer.layers[PREVIEW_NAME].metadata["method"] == "average")
+    assert sum(layer.name == PREVIEW_NAME for layer in viewer.layers) == 1
+    assert widget.last_preview_seconds is not None
+    count = len(viewer.layers)
+    widget.method_combo.setCurrentText("learned")
+    qtbot.waitUntil(lambda: PREVIEW_NAME not in viewer.layers)
+    assert "click Fuse" in widget.status.text() and len(viewer.layers) == count - 1
+
+
+def test_bad_inputs_notify_and_add_nothing(viewer_widget, monkeypatch):
+    viewer, widget = viewer_widget
+    mri, pet = _pair(32)
+    viewer.add_image(mri, name="A")
+    far = viewer.add_image(pet, name="B", translate=(500, 500))
+    messages = []
+    monkeypatch.setattr("napari_mmfuse.widgets.fuse.show_error", messages.append)
+    widget.preview_check.setChecked(False)
+    count = len(viewer.layers)
+    assert widget.start_fusion() is None
+    assert len(viewer.layers) == count
+    assert "does not overlap" in messages[-1]
+    viewer.layers.remove(far)
+    viewer.add_image((np.stack([pet, pet * 0.5, pet * 0.2], -1) * 255).astype(np.uint8), name="PET rgb", rgb=True)
+    widget.method_combo.setCurrentText("laplacian")
+    assert widget.start_fusion() is None
+    assert "colour" in messages[-1]
+    widget.set_checked(["A"])
+    widget.reference_combo.setCurrentText("A")
+    assert widget.start_fusion() is None
+    assert "at least two" in messages[-1]
+    assert len(viewer.layers) == count
+
+
+def _colour_fusion_screenshot(viewer, widget, qtbot):
+    mri, pet = _pair(128)
+    viewer.add_image(mri, name="MRI", colormap="gray")
+    viewer.add_image(pet, name="PET", colormap="inferno", blending="additive", opacity=0.5)
+    widget.set_checked(["MRI", "PET"])
+    widget.preview_check.setChecked(True)
+    widget.reference_combo.setCurrentText("MRI")
+    widget.method_combo.setCurrentText("colour")
+    qtbot.waitUntil(lambda: PREVIEW_NAME in viewer.layers and viewer.layers[PREVIEW_NAME].rgb)
+    widget.preview_check.setChecked(False)
+    worker = widget.start_fusion()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: "fused (colour)" in viewer.layers, timeout=10_000)
+    fused = viewer.layers["fused (colour)"]
+    assert fused.rgb and fused.data.shape == (128, 128, 3)
+    for name in ("MRI", "PET"):
+        viewer.layers[name].visible = False
+    viewer.layers["contribution: PET"].visible = True
+    viewer.window.add_dock_widget(widget, name="Fuse")
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(str(SHOTS / "fuse_widget.png"), canvas_only=False)
+    assert shot.ndim == 3 and shot.shape[0] > 100
+    assert widget.grab().save(str(SHOTS / "fuse_widget_panel.png"))
