@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import check_writable, file_suffix
+
 # CLI flag -> (core keyword, methods that take it)
 _DENOISE_FLAGS = {
     "sigma": ("sigma", ("gaussian", "nlm")),
@@ -93,45 +95,29 @@ def _read_one(path, series: int):
     return record, np.asarray(record.level0)
 
 
-def _check_output(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+def _check_output(path, overwrite: bool) -> None:
+    """Refuse, before computing, an output that exists or is lossy (JPEG)."""
+    check_writable(path, overwrite)
+    if file_suffix(Path(path)) in (".jpg", ".jpeg"):
+        raise ValueError(
+            f"unsupported output suffix for {Path(path).name}: JPEG compression would add artefacts; "
+            "write .png, .tif or .nii.gz"
+        )
 
 
 def write_result(path, data: np.ndarray, record, *, overwrite: bool, provenance: dict) -> Path:
     """Write ``data`` with ``record``'s affine, choosing the writer by the file suffix.
 
-    PNG keeps the input's integer type (values rounded and clipped); float results need a
-    TIFF or NIfTI file.
+    Pictures (PNG/JPEG) keep the input's integer type (values rounded and clipped);
+    float results need a TIFF or NIfTI file.
     """
-    path = Path(path)
+    from ..io import as_picture, is_picture, write
+
     _check_output(path, overwrite)
-    name = path.name.lower()
     rgb = bool(record.rgb) and data.ndim == record.level0.ndim
-    if name.endswith((".nii", ".nii.gz")):
-        from ..io.nifti import write_nifti
-
-        descrip = f"mmfuse {provenance['step']} {provenance['method']}"
-        return write_nifti(path, data, record.affine, overwrite=overwrite, metadata={"descrip": descrip})
-    if name.endswith((".tif", ".tiff")):
-        from ..io.tiff import write_ome_tiff
-
-        units = record.units if record.units in ("um", "mm") else "pixel"
-        return write_ome_tiff(
-            path, data, record.affine, overwrite=overwrite, rgb=rgb, units=units, metadata={"mmfuse": provenance}
-        )
-    if name.endswith(".png"):
-        import imageio.v3 as iio
-
-        dtype = np.asarray(record.level0).dtype
-        if data.ndim != 2 and not rgb:
-            raise ValueError("PNG holds one 2D picture; write volumes to .nii.gz or .tif")
-        if not np.issubdtype(dtype, np.integer) or dtype.itemsize > 2:
-            raise ValueError(f"PNG cannot hold {data.dtype} results of a {dtype} input; use .tif or .nii.gz")
-        info = np.iinfo(dtype)
-        iio.imwrite(path, np.clip(np.rint(data), info.min, info.max).astype(dtype))
-        return path
-    raise ValueError(f"unsupported output suffix for {path.name}: use .nii, .nii.gz, .tif, .ome.tif or .png")
+    if is_picture(path):
+        data = as_picture(data, record.level0.dtype)
+    return write(path, data, record.affine, overwrite=overwrite, rgb=rgb, units=record.units, provenance=provenance)
 
 
 def run_denoise(args) -> int:

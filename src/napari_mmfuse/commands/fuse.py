@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-_PICTURE = (".png", ".jpg", ".jpeg")
-_NIFTI = (".nii", ".nii.gz")
-_TIFF = (".tif", ".tiff")
+from ..io import check_writable, file_suffix
+
 
 
 def add_parser(subparsers) -> None:
@@ -53,18 +52,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_metrics)
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def _check_output(path: Path, overwrite: bool) -> None:
-    if _suffix(path) not in _PICTURE + _NIFTI + _TIFF:
-        raise ValueError(f"unsupported output suffix for {path.name}: use .png, .jpg, .nii, .nii.gz or .tif")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-
-
 def _read(path):
     from ..io import read
 
@@ -78,29 +65,11 @@ def write_image(
     path: Path, data: np.ndarray, affine: np.ndarray, *, rgb: bool, units: str, overwrite: bool, provenance: dict
 ) -> Path:
     """Write a [0, 1] float image by suffix: 8-bit picture, float32 NIfTI or OME-TIFF."""
-    suffix = _suffix(path)
-    _check_output(path, overwrite)
-    if suffix in _PICTURE:
-        spatial = data.ndim - int(rgb)
-        if spatial != 2:
-            raise ValueError(f"{path.name}: a picture holds one 2D image; write volumes to .nii.gz or .tif")
-        import imageio.v3 as iio
+    from ..io import is_picture, write
 
-        iio.imwrite(path, np.round(np.clip(data, 0, 1) * 255).astype(np.uint8))
-        return path
-    if suffix in _NIFTI:
-        if rgb:
-            raise ValueError(f"{path.name}: colour fusion gives RGB; write it to .png, .jpg or .tif")
-        from ..io.nifti import write_nifti
-
-        descrip = f"mmfuse {provenance['step']} {provenance['method']}"
-        return write_nifti(path, data, affine, overwrite=overwrite, metadata={"descrip": descrip})
-    from ..io.tiff import write_ome_tiff
-
-    tiff_units = units if units in ("mm", "um", "pixel") else "pixel"
-    return write_ome_tiff(
-        path, data, affine, overwrite=overwrite, rgb=rgb, units=tiff_units, metadata={"mmfuse": provenance}
-    )
+    if is_picture(path):
+        data = np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
+    return write(path, data, affine, overwrite=overwrite, rgb=rgb, units=units, provenance=provenance)
 
 
 def run_fuse(args) -> int:
@@ -110,7 +79,7 @@ def run_fuse(args) -> int:
     if len(paths) < 2:
         raise ValueError(f"fuse needs at least two images, got {len(paths)}")
     output = Path(args.output)
-    _check_output(output, args.overwrite)
+    check_writable(output, args.overwrite)
     reference_index = 0
     if args.reference is not None:
         matches = [i for i, p in enumerate(paths) if p == Path(args.reference) or p.name == Path(args.reference).name]
@@ -163,9 +132,9 @@ def run_fuse(args) -> int:
     written = [write_image(output, result.fused, reference.affine, rgb=rgb, units=reference.units,
                            overwrite=args.overwrite, provenance=provenance)]
     if args.weights_out:
-        suffix = _suffix(output)
+        suffix = file_suffix(output)
         for i, path in enumerate(paths):
-            stem = path.name[: -len(_suffix(path))] if _suffix(path) else path.name
+            stem = path.name[: -len(file_suffix(path))] if file_suffix(path) else path.name
             target = Path(f"{args.weights_out}_{i}_{stem}{suffix}")
             meta = dict(provenance, step="fuse contribution", input=str(path))
             written.append(write_image(target, result.weights[i], reference.affine, rgb=False,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".mha", ".mhd", ".nrrd")
+from ..io import check_writable
+
 
 
 def add_parser(subparsers) -> None:
@@ -54,20 +55,12 @@ def add_parser(subparsers) -> None:
     transform.set_defaults(func=run_transform)
 
 
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
 def _check_outputs(paths, overwrite: bool) -> None:
+    from ..io._common import refuse_overwrite
+
     for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-
-
-def _check_image_suffix(path) -> None:
-    if _suffix(Path(path)) not in _IMAGE_SUFFIXES:
-        raise ValueError(f"cannot write {path}: the output must end in one of {', '.join(_IMAGE_SUFFIXES)}")
+        if path is not None:
+            refuse_overwrite(Path(path), overwrite)
 
 
 def load_image(path) -> tuple[np.ndarray, np.ndarray, bool, bool]:
@@ -86,26 +79,12 @@ def load_image(path) -> tuple[np.ndarray, np.ndarray, bool, bool]:
 
 def save_image(path, data: np.ndarray, affine: np.ndarray, *, like: np.dtype, overwrite: bool) -> None:
     """Write an image by suffix; PNG/JPEG get the input's integer dtype (rounded, clipped)."""
-    path = Path(path)
-    suffix = _suffix(path)
-    if suffix in (".nii", ".nii.gz"):
-        from ..io.nifti import write_nifti
+    from ..io import as_picture, is_picture, write
 
-        write_nifti(path, data, affine, overwrite=overwrite)
-    elif suffix in (".mha", ".mhd", ".nrrd"):
-        from ..io.itkimage import write_itk_image
-
-        write_itk_image(path, data, affine, overwrite=overwrite)
-    else:
-        import imageio.v3 as iio
-
-        if not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4))):
-            raise ValueError(f"{path.name}: PNG/JPEG hold 2D images only; write .nii.gz or .mha")
-        if not np.issubdtype(like, np.integer):
-            raise ValueError(f"{path.name}: PNG/JPEG need integer pixels but the image is {like}; write .nii.gz or .mha")
-        info = np.iinfo(like)
-        _check_outputs([path], overwrite)
-        iio.imwrite(path, np.clip(np.rint(data), info.min, info.max).astype(like))
+    rgb = is_picture(path) and data.ndim == 3 and data.shape[-1] in (3, 4)
+    if is_picture(path):
+        data = as_picture(data, like)
+    write(path, data, affine, overwrite=overwrite, rgb=rgb)
 
 
 def _registration_input(data: np.ndarray, rgb: bool) -> np.ndarray:
@@ -143,7 +122,7 @@ def run_register(args) -> int:
     from ..core.register import register
     from ..io.transforms import read_transform, write_displacement_field, write_transform
 
-    _check_image_suffix(args.output)
+    check_writable(args.output, args.overwrite)
     if args.displacement and args.model != "deformable":
         raise ValueError("--displacement needs --model deformable")
     _check_outputs([args.output, args.transform, args.displacement], args.overwrite)
@@ -225,7 +204,7 @@ def run_transform(args) -> int:
     from ..core.space import resample
     from ..io.transforms import read_displacement_field, read_transform
 
-    _check_image_suffix(args.output)
+    check_writable(args.output, args.overwrite)
     _check_outputs([args.output], args.overwrite)
     transform = read_transform(args.transform)
     moving, moving_affine, rgb, labels = load_image(args.moving)

@@ -1,6 +1,6 @@
 """Readers and writers. Every reader returns a list of :class:`ImageRecord` in the LPS world frame."""
 
 from ._common import ImageRecord, ReadError
-from ._dispatch import read, reader_for
+from ._dispatch import as_picture, check_writable, file_suffix, is_picture, read, reader_for, write
 
-__all__ = ["ImageRecord", "ReadError", "read", "reader_for"]
+__all__ = ["ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "read", "reader_for", "write"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ._common import ImageRecord, ReadError
+import numpy as np
+
+from ._common import ImageRecord, ReadError, refuse_overwrite
 
 _NIFTI = (".nii", ".nii.gz")
 _ITK = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -14,7 +16,8 @@ _PLAIN = (".png", ".jpg", ".jpeg", ".bmp")
 _DICOM = (".dcm", ".dicom", ".ima")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """Lower-case suffix of a file name, double suffixes such as ".nii.gz" and ".ome.tif" kept whole."""
     name = path.name.lower()
     for double in (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr"):
         if name.endswith(double):
@@ -29,7 +32,7 @@ def reader_for(path) -> Callable[[Path], list[ImageRecord]] | None:
     """
     try:
         path = Path(path)
-        suffix = _suffix(path)
+        suffix = file_suffix(path)
         if suffix in _NIFTI:
             from .nifti import read_nifti
 
@@ -86,3 +89,119 @@ def read(path) -> list[ImageRecord]:
     if reader is None:
         raise ReadError(path, "not a format napari-mmfuse reads (NIfTI, DICOM, MHA/NRRD, TIFF/SVS, OME-Zarr, PNG/JPEG)")
     return reader(path)
+
+
+_PICTURE_OUT = (".png", ".jpg", ".jpeg")
+_WRITABLE = _NIFTI + (".mha", ".mhd", ".nrrd") + (".tif", ".tiff", ".ome.tif", ".ome.tiff") + (".zarr", ".ome.zarr") + _PICTURE_OUT
+
+
+def check_writable(path, overwrite: bool = False) -> Path:
+    """Fail early, before any long computation, when ``path`` cannot be written.
+
+    Raises
+    ------
+    ValueError
+        If no writer handles the suffix.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if file_suffix(path) not in _WRITABLE:
+        raise ValueError(f"cannot write {path.name}: the output must end in one of {', '.join(_WRITABLE)}")
+    refuse_overwrite(path, overwrite)
+    return path
+
+
+def write(
+    path,
+    data,
+    affine,
+    *,
+    overwrite: bool = False,
+    rgb: bool = False,
+    labels: bool = False,
+    units: str = "mm",
+    provenance: dict | None = None,
+) -> Path:
+    """Write an image with its world affine, choosing the format by the file suffix.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.nii``/``.nii.gz``, ``.mha``/``.mhd``/``.nrrd``, ``.tif``/``.ome.tif``,
+        ``.ome.zarr`` or a 2D picture (``.png``/``.jpg``, world = pixels).
+    data : ndarray
+        2D or 3D image (RGB last when ``rgb``). Pictures need uint8 (or uint16 PNG) data:
+        convert before writing.
+    affine : ndarray, shape (n + 1, n + 1)
+        Index -> world affine (LPS, napari order).
+    overwrite, rgb, labels : bool
+    units : str
+        "mm", "um" or "pixel" (TIFF and Zarr record it).
+    provenance : dict, optional
+        What produced the image (step, method, ...); stored where the format allows.
+
+    Returns
+    -------
+    Path
+    """
+    path = check_writable(path, overwrite)
+    suffix = file_suffix(path)
+    data = np.asarray(data)
+    units = units if units in ("mm", "um", "pixel") else "pixel"
+    if suffix in _NIFTI:
+        from .nifti import write_nifti
+
+        if rgb:
+            raise ValueError(f"{path.name}: NIfTI does not hold RGB here; write .png or .tif")
+        descrip = f"mmfuse {provenance.get('step', '')} {provenance.get('method', '')}".strip() if provenance else None
+        metadata = {"descrip": descrip} if descrip else None
+        return write_nifti(path, data, affine, overwrite=overwrite, metadata=metadata, labels=labels)
+    if suffix in _ITK:
+        from .itkimage import write_itk_image
+
+        return write_itk_image(path, data, affine, overwrite=overwrite)
+    layer_type = "labels" if labels else "image"
+    metadata = {"mmfuse": provenance} if provenance else None
+    if suffix in (".zarr", ".ome.zarr"):
+        from .omezarr import write_ome_zarr
+
+        if rgb:
+            data = np.moveaxis(data, -1, 0)
+        return write_ome_zarr(
+            path, data, affine, overwrite=overwrite, channel_axis=0 if rgb else None, units=units, layer_type=layer_type
+        )
+    if suffix in _PICTURE_OUT:
+        import imageio.v3 as iio
+
+        if data.ndim - int(rgb) != 2:
+            raise ValueError(f"{path.name}: a picture holds one 2D image; write volumes to .nii.gz or .tif")
+        if data.dtype not in (np.uint8, np.uint16) or (data.dtype == np.uint16 and suffix != ".png"):
+            raise ValueError(f"{path.name}: pictures hold 8-bit (or 16-bit PNG) pixels, not {data.dtype}")
+        iio.imwrite(path, data)
+        return path
+    from .tiff import write_ome_tiff
+
+    return write_ome_tiff(
+        path, data, affine, overwrite=overwrite, rgb=rgb, units=units, metadata=metadata, layer_type=layer_type
+    )
+
+
+def as_picture(data, like) -> np.ndarray:
+    """Round and clip ``data`` into the integer type ``like`` of the input picture, for PNG/JPEG output.
+
+    Raises
+    ------
+    ValueError
+        If ``like`` is not an 8- or 16-bit unsigned integer type.
+    """
+    like = np.dtype(like)
+    if like not in (np.uint8, np.uint16):
+        raise ValueError(f"pictures hold 8- or 16-bit pixels but the input is {like}; write .nii.gz or .tif")
+    info = np.iinfo(like)
+    return np.clip(np.rint(data), info.min, info.max).astype(like)
+
+
+def is_picture(path) -> bool:
+    """Whether ``path`` names a plain 2D picture format (PNG/JPEG/BMP)."""
+    return file_suffix(Path(path)) in _PLAIN
