@@ -62,6 +62,8 @@ def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget
 
 def test_preview_follows_method_and_is_replaced(viewer_widget, qtbot):
     viewer, widget = viewer_widget
+    assert not widget.preview_check.isChecked()  # docking the widget adds no layer
+    widget.preview_check.setChecked(True)
     mri, pet = _pair()
     viewer.add_image(np.stack([mri] * 4), name="T1", scale=(2, 1, 1))
     viewer.add_image(np.stack([pet] * 4), name="PET", scale=(2, 1, 1))

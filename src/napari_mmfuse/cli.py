@@ -1,4 +1,4 @@
-"""``mmfuse``: the plugin's steps on files, headless.
+"""mmfuse: the plugin's steps on files, headless.
 
 Each subcommand lives in a module of :mod:`napari_mmfuse.commands` that defines
 ``add_parser(subparsers)``; the parser it adds sets ``func(args) -> int``.

@@ -18,8 +18,12 @@ def open_demo(sample: str = "head_phantom"):
     viewer = napari.Viewer(title="napari-mmfuse demo")
     viewer.open_sample("napari-mmfuse", sample)
     manifest = PluginManager.instance().get_manifest("napari-mmfuse")
+    docks = {}
     for contribution in manifest.contributions.widgets or []:
-        viewer.window.add_plugin_dock_widget("napari-mmfuse", contribution.display_name, tabify=True)
+        dock, _ = viewer.window.add_plugin_dock_widget("napari-mmfuse", contribution.display_name, tabify=True)
+        docks[contribution.display_name] = dock
+    if "Fuse" in docks:  # the headline move: open images and click Fuse
+        docks["Fuse"].raise_()
     viewer.window._qt_window.resize(1500, 950)
     viewer.dims.current_step = tuple(s // 2 for s in viewer.dims.nsteps)
     viewer.reset_view()

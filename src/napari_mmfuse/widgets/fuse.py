@@ -105,7 +105,7 @@ class FuseWidget(QWidget):
         self.description.setWordWrap(True)
         self.params_form = QFormLayout()
         self.preview_check = QCheckBox("Live preview of the current plane")
-        self.preview_check.setChecked(True)
+        self.preview_check.setChecked(False)
         self.fuse_button = QPushButton("Fuse")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
