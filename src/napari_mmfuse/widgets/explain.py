@@ -1,0 +1,346 @@
+"""Dock widget "Explain": which regions and which modality drove a segmentation model's class.
+
+The model is the last one trained (or loaded) in the session's "Segment" widget, or a
+model file. The checked image layers are its inputs in channel order, resampled onto the
+first one's grid. Results are overlays with the first layer's placement (perceptual
+colormaps, additive blending; one map per modality hidden until toggled in the legend)
+and a bar chart of the per-modality attribution (channel ablation).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import napari
+
+import numpy as np
+from napari.layers import Labels, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QRectF, Qt
+from qtpy.QtGui import QColor, QPainter
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import explain, segment, space
+from ._layers import geometry_of, world_affine
+from .segment import LayerChecklist, LayerPicker, labels_on_grid, modality_stack, session_model
+
+SESSION = "last model of this session"
+REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "occlusion": "occlusion sensitivity",
+    "saliency": "gradient saliency",
+    "smoothgrad": "SmoothGrad",
+    "ig": "integrated gradients",
+}
+
+
+class AttributionBars(QWidget):
+    """Per-modality attribution as horizontal bars, drawn with QPainter."""
+
+    COLORS = ("#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8")
+
+    def __init__(self):
+        super().__init__()
+        self.setMinimumHeight(80)
+        self.names: list[str] = []
+        self.scores: list[float] = []
+
+    def set_scores(self, names, scores) -> None:
+        self.names, self.scores = list(names), [float(s) for s in scores]
+        self.setMinimumHeight(20 + 22 * max(len(self.names), 1))
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 (Qt API)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        painter.fillRect(self.rect(), QColor("#262930"))
+        painter.setPen(QColor("#888888"))
+        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        if not self.scores:
+            painter.drawText(self.rect(), Qt.AlignCenter, "per-modality attribution")
+            painter.end()
+            return
+        label_width = min(140, self.width() // 3)
+        bar_space = self.width() - label_width - 60
+        for row, (name, score) in enumerate(zip(self.names, self.scores)):
+            top = 10 + 22 * row
+            painter.setPen(QColor("#dddddd"))
+            painter.drawText(QRectF(6, top, label_width - 8, 18), Qt.AlignVCenter | Qt.AlignLeft, name)
+            painter.fillRect(QRectF(label_width, top + 2, max(bar_space * score, 1.0), 14),
+                             QColor(self.COLORS[row % len(self.COLORS)]))
+            painter.drawText(QRectF(label_width + bar_space * score + 4, top, 56, 18),
+                             Qt.AlignVCenter | Qt.AlignLeft, f"{score:.2f}")
+        painter.end()
+
+
+def box_from_shape(shapes_layer, shape, affine) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Voxel box ``(low, high)`` on a reference grid covering the first shape of a Shapes layer."""
+    if len(shapes_layer.data) == 0:
+        raise ValueError(f"{shapes_layer.name} has no shape; draw a rectangle first")
+    vertices = np.asarray(shapes_layer.data[0], dtype=np.float64)
+    n = len(shape)
+    homogeneous = np.c_[vertices, np.ones(len(vertices))]
+    world = (homogeneous @ world_affine(shapes_layer).T)[:, :-1][:, -n:]
+    voxels = space.world_to_voxel(affine, world)
+    low = np.floor(voxels.min(axis=0) + 0.5).astype(int)
+    high = np.floor(voxels.max(axis=0) + 0.5).astype(int) + 1
+    return tuple(low.tolist()), tuple(high.tolist())
+
+
+def _explain_steps(model, images, options):
+    """Worker body: explanation, then per-modality attribution; a yield between is a cancel point."""
+    result = explain.explain(model, images, **options)
+    yield "explained"
+    attribution = explain.modality_attribution(model, images, target=options["target"], region=options["region"])
+    return result, attribution
+
+
+class ExplainWidget(QWidget):
+    """Explain one class of a segmentation model on the checked image layers.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = viewer
+        self.worker = None
+        self.file_model = None
+        self._shown_model = None
+        self.overlays: list = []
+
+        self.source = QComboBox()
+        self.source.addItems([SESSION, "model file…"])
+        self.load_button = QPushButton("Load…")
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.layers = LayerChecklist(viewer)
+        self.target = QComboBox()
+        self.region = QComboBox()
+        self.region.addItems(REGIONS)
+        self.region_labels = LayerPicker(viewer, (Labels,), optional=True)
+        self.region_shapes = LayerPicker(viewer, (Shapes,), optional=True)
+        self.method = QComboBox()
+        for key, name in METHOD_NAMES.items():
+            self.method.addItem(name, key)
+        self.layer = QComboBox()
+        self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted")
+        self.run_button = QPushButton("Explain")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.bars = AttributionBars()
+        self.legend = QListWidget()
+        self.legend.setMaximumHeight(120)
+
+        source = QHBoxLayout()
+        source.addWidget(self.source)
+        source.addWidget(self.load_button)
+        form = QFormLayout()
+        form.addRow("model", source)
+        form.addRow(self.model_label)
+        form.addRow("inputs (model order)", self.layers)
+        form.addRow("target class", self.target)
+        form.addRow("region", self.region)
+        form.addRow("  label layer", self.region_labels)
+        form.addRow("  shapes layer", self.region_shapes)
+        form.addRow("method", self.method)
+        form.addRow("Grad-CAM layer", self.layer)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(QLabel("per-modality attribution (channel ablation)"))
+        layout.addWidget(self.bars)
+        layout.addWidget(QLabel("overlays (check to show)"))
+        layout.addWidget(self.legend)
+        layout.addStretch()
+
+        self.source.currentIndexChanged.connect(self.refresh_model)
+        self.load_button.clicked.connect(lambda: self.load_model())
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.legend.itemChanged.connect(self._toggle)
+        self.refresh_model()
+
+    # ----------------------------------------------------------------- model
+    def current_model(self):
+        """The chosen model, or None."""
+        if self.source.currentText() == SESSION:
+            entry = session_model(self.viewer)
+            return entry[0] if entry else None
+        return self.file_model
+
+    def refresh_model(self, index=None, *, check_inputs: bool = True) -> None:
+        """Show the chosen model's inputs and classes; fill the target and layer lists.
+
+        With ``check_inputs``, the layers the session's model was trained on are checked.
+        """
+        model = self.current_model()
+        self._shown_model = model
+        self.target.clear()
+        self.layer.clear()
+        if model is None:
+            self.model_label.setText("no model: train one in Segment, or load a file")
+            return
+        config = model.config
+        self.model_label.setText(f"inputs: {', '.join(config.channel_names)}; classes {config.label_values}")
+        for value in config.label_values:
+            self.target.addItem(str(value), value)
+        self.target.setCurrentIndex(self.target.count() - 1)
+        if config.architecture != "torchscript":
+            self.layer.addItem("(deepest)", None)
+            for name in explain.conv_layers(model):
+                self.layer.addItem(name, name)
+        entry = session_model(self.viewer)
+        if check_inputs and self.source.currentText() == SESSION and entry is not None:
+            by_name = {layer.name: layer for layer in self.viewer.layers}
+            if all(name in by_name for name in entry[1]):
+                self.layers.set_checked([by_name[name] for name in entry[1]])
+
+    def load_model(self, path: str | None = None):
+        """Load a model file and select it."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt *.pth *.ts)")
+            if not path:
+                return None
+        try:
+            self.file_model = segment.load_model(path)
+        except (ValueError, OSError) as error:
+            show_error(f"Explain: {error}")
+            return None
+        self.source.setCurrentIndex(1)
+        self.refresh_model()
+        return self.file_model
+
+    # ----------------------------------------------------------------- run
+    def _region(self, shape, affine):
+        choice = self.region.currentText()
+        if choice == REGIONS[0]:
+            return None, "whole image"
+        if choice == REGIONS[1]:
+            layer = self.region_labels.layer()
+            if layer is None:
+                raise ValueError("choose the Labels layer whose selected label is the region")
+            value = int(layer.selected_label)
+            mask = labels_on_grid(layer, shape, affine) == value
+            if not mask.any():
+                raise ValueError(f"label {value} of {layer.name} is empty on the inputs' grid; select another label")
+            return mask, f"label {value} of {layer.name}"
+        layer = self.region_shapes.layer()
+        if layer is None:
+            raise ValueError("choose the Shapes layer holding a rectangle")
+        box = box_from_shape(layer, shape, affine)
+        return box, f"box {box[0]}-{box[1]}"
+
+    def run(self):
+        """Compute the chosen explanation and the per-modality attribution in a worker.
+
+        Returns
+        -------
+        napari worker or None
+            None when the inputs were rejected (the user is notified).
+        """
+        if self.worker is not None:
+            show_error("Explain: a run is in progress; cancel it first")
+            return None
+        model = self.current_model()
+        if model is not self._shown_model:  # a model was trained or loaded since: show its classes
+            self.refresh_model(check_inputs=False)
+        try:
+            if model is None:
+                raise ValueError("no model: train one in Segment, or load a model file")
+            layers = self.layers.checked()
+            images, affine = modality_stack(layers)
+            if images.shape[0] != model.config.in_channels:
+                raise ValueError(f"the model takes {model.config.in_channels} inputs "
+                                 f"({', '.join(model.config.channel_names)}) but {images.shape[0]} layers are checked")
+            region, region_text = self._region(images.shape[1:], affine)
+        except ValueError as error:
+            show_error(f"Explain: {error}")
+            return None
+        method = self.method.currentData()
+        options = {"method": method, "target": self.target.currentData(), "region": region,
+                   "layer": self.layer.currentData() if method.startswith("gradcam") else None}
+        context = {"layers": layers, "region": region_text, "method": method, "target": options["target"]}
+        worker = create_worker(_explain_steps, model, images, options,
+                               _progress={"total": 2, "desc": f"Explaining ({METHOD_NAMES[method]})"})
+        worker.yielded.connect(lambda _: self.progress.setValue(1))
+        worker.returned.connect(lambda result: self._on_result(*result, context))
+        worker.errored.connect(lambda error: show_error(f"Explain failed: {error}"))
+        worker.aborted.connect(lambda: show_info("Explain cancelled"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.progress.setRange(0, 2)
+        self.progress.setValue(0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop after the current stage; nothing is added."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _on_result(self, result, attribution, context) -> None:
+        self.progress.setValue(2)
+        first = context["layers"][0]
+        names = [layer.name for layer in context["layers"]]
+        label = METHOD_NAMES[context["method"]]
+        provenance = {"step": "explain", "method": context["method"], "target": int(context["target"]),
+                      "region": context["region"], "inputs": names, "layer": result.layer,
+                      "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
+        added = [self.viewer.add_image(
+            result.map, **geometry_of(first, name=f"{label} class {context['target']}", colormap="inferno",
+                                      blending="additive", opacity=0.8, metadata={"mmfuse": provenance}))]
+        maps = np.abs(result.channel_maps) if result.channel_maps is not None else np.abs(attribution.maps)
+        kind = label if result.channel_maps is not None else "ablation drop"
+        for name, channel_map in zip(names, maps):
+            added.append(self.viewer.add_image(
+                channel_map, **geometry_of(first, name=f"{kind} of {name}", colormap="magma", blending="additive",
+                                           opacity=0.8, visible=False,
+                                           metadata={"mmfuse": provenance | {"modality": name, "map": kind}})))
+        self.bars.set_scores(names, attribution.scores)
+        for layer in added:
+            meta = layer.metadata["mmfuse"]
+            text = f"{layer.name} — {meta['method']}, class {meta['target']}, {meta['region']}"
+            if meta.get("layer"):
+                text += f", at {meta['layer']}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.UserRole, layer)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if layer.visible else Qt.Unchecked)
+            self.legend.addItem(item)
+        self.overlays.extend(added)
+
+    def _toggle(self, item) -> None:
+        layer = item.data(Qt.UserRole)
+        if layer is not None and layer in self.viewer.layers:
+            layer.visible = item.checkState() == Qt.Checked
