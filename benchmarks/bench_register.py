@@ -156,7 +156,8 @@ def elastix(fixed, fixed_affine, moving, moving_affine, model):
     elapsed = time.perf_counter() - start
     n = fixed.ndim
     if model == "deformable":
-        field = np.asarray(itk.transformix_deformation_field(m, result))[..., ::-1]
+        with tempfile.TemporaryDirectory() as scratch:  # transformix writes its field file there
+            field = np.asarray(itk.transformix_deformation_field(m, result, output_directory=scratch))[..., ::-1]
         return None, field, elapsed
     values = [float(v) for v in result.GetParameter(0, "TransformParameters")]
     center = [float(v) for v in result.GetParameter(0, "CenterOfRotationPoint")]
