@@ -15,8 +15,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF, Qt, QTimer
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..core import denoise as dn
 from ..core import normalize as nm
 from ..core.space import spacing_of
+from ._plots import CurvePlot
 from ._layers import geometry_of, world_affine
 
 
@@ -135,44 +135,6 @@ def _progress(steps):
         yield ("progress", fraction)
 
 
-class LossPlot(QWidget):
-    """A small sparkline of the training loss, drawn with QPainter."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.values: list[float] = []
-        self.setMinimumHeight(70)
-        self.setToolTip("Noise2Void training loss (masked-pixel MSE)")
-
-    def set_values(self, values) -> None:
-        self.values = [float(v) for v in values]
-        self.update()
-
-    def append(self, value: float) -> None:
-        self.values.append(float(value))
-        self.update()
-
-    def paintEvent(self, event):  # noqa: N802 - Qt override
-        painter = QPainter(self)
-        painter.fillRect(self.rect(), QColor(30, 30, 34))
-        painter.setPen(QColor(200, 200, 200))
-        if not self.values:
-            painter.drawText(self.rect(), Qt.AlignCenter, "loss curve (Noise2Void)")
-            return
-        values = np.asarray(self.values)
-        lo, hi = float(values.min()), float(values.max())
-        span = hi - lo or 1.0
-        w, h, margin = self.width(), self.height(), 14
-        n = max(len(values) - 1, 1)
-        points = [
-            QPointF(4 + (w - 8) * i / n, margin + (h - 2 * margin) * (1 - (v - lo) / span)) for i, v in enumerate(values)
-        ]
-        painter.setPen(QPen(QColor(255, 170, 60), 1.5))
-        painter.drawPolyline(QPolygonF(points))
-        painter.setPen(QColor(200, 200, 200))
-        painter.drawText(4, 11, f"step {len(values)}  loss {values[-1]:.4g}  (max {hi:.3g}, min {lo:.3g})")
-
-
 class DenoiseWidget(QWidget):
     """Dock widget *Denoise & prepare*.
 
@@ -204,7 +166,7 @@ class DenoiseWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
-        self.loss_plot = LossPlot()
+        self.loss_plot = CurvePlot("Noise2Void training loss per step")
         self.params_form = QFormLayout()
 
         form = QFormLayout()
@@ -494,7 +456,7 @@ class DenoiseWidget(QWidget):
         worker.errored.connect(lambda error: show_error(f"{LABELS[method]}: {error}"))
         worker.aborted.connect(lambda: show_info(f"{LABELS[method]} cancelled"))
         worker.finished.connect(self._finished)
-        self.loss_plot.set_values([])
+        self.loss_plot.clear()
         self.progress.setRange(0, int(total))
         self.progress.setValue(0)
         return worker
@@ -520,7 +482,7 @@ class DenoiseWidget(QWidget):
     def _on_yielded(self, item) -> None:
         if item[0] == "loss":
             _, step, loss = item
-            self.loss_plot.append(loss)
+            self.loss_plot.add(loss)
             self.progress.setValue(step)
         else:
             self.progress.setValue(int(round(item[1] * self.progress.maximum())))

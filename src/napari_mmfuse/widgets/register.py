@@ -21,8 +21,6 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -47,6 +45,7 @@ from ..io.transforms import (
     write_itk_transform,
 )
 from ._history import history_for, layer_affine
+from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
 
 MODELS = ("rigid", "similarity", "affine", "deformable")
@@ -226,61 +225,6 @@ class LayerPicker(QComboBox):
         raise ValueError(f"{layer.name} is not offered here")
 
 
-class MetricCurve(QWidget):
-    """Small live plot of the metric against the iteration, one colour per pyramid level."""
-
-    COLORS = ("#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8")
-
-    def __init__(self):
-        super().__init__()
-        self.setMinimumHeight(90)
-        self.values: list[float] = []
-        self.levels: list[int] = []
-
-    def clear(self) -> None:
-        """Forget all points."""
-        self.values, self.levels = [], []
-        self.update()
-
-    def add(self, level: int, value: float) -> None:
-        """Append one (level, metric) point and repaint."""
-        if np.isfinite(value):
-            self.levels.append(int(level))
-            self.values.append(float(value))
-            self.update()
-
-    def paintEvent(self, event):  # noqa: N802 (Qt API)
-        """Draw the curve scaled to the widget."""
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.fillRect(self.rect(), QColor("#262930"))
-        painter.setPen(QColor("#888888"))
-        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        if len(self.values) < 2:
-            painter.drawText(self.rect(), Qt.AlignCenter, "metric per iteration")
-            painter.end()
-            return
-        low, high = min(self.values), max(self.values)
-        span = (high - low) or 1.0
-        margin = 6
-        width, height = self.width() - 2 * margin, self.height() - 2 * margin
-        step = width / (len(self.values) - 1)
-        points = [
-            QPointF(margin + i * step, margin + height * (1 - (v - low) / span)) for i, v in enumerate(self.values)
-        ]
-        start = 0
-        for i in range(1, len(points) + 1):
-            if i == len(points) or self.levels[i] != self.levels[start]:
-                color = QColor(self.COLORS[self.levels[start] % len(self.COLORS)])
-                painter.setPen(QPen(color, 1.5))
-                painter.drawPolyline(QPolygonF(points[max(start - 1, 0) : i]))
-                start = i
-        painter.setPen(QColor("#dddddd"))
-        painter.drawText(margin + 2, margin + 12, f"{high:.4g}")
-        painter.drawText(margin + 2, self.height() - margin - 2, f"{low:.4g}")
-        painter.end()
-
-
 class RegisterWidget(QWidget):
     """Register a moving image layer onto a fixed one.
 
@@ -329,7 +273,7 @@ class RegisterWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.curve = MetricCurve()
+        self.curve = CurvePlot("metric per iteration")
         self.result_label = QLabel("metric: —")
         self.result_label.setWordWrap(True)
         self.undo_button = QPushButton("Undo")
@@ -458,7 +402,7 @@ class RegisterWidget(QWidget):
     def _on_step(self, step) -> None:
         self._steps += 1
         self.progress.setValue(min(self._steps, self.progress.maximum()))
-        self.curve.add(step.level, step.metric)
+        self.curve.add(step.metric, group=step.level)
 
     def _on_error(self, error, message: str | None = None) -> None:
         message = message or f"failed: {error}"

@@ -21,8 +21,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPointF, Qt
-from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,6 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import segment, space
+from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
 
 #: Method choices: label -> (kind, options)
@@ -199,49 +199,6 @@ class LayerChecklist(QListWidget):
             self.addItem(item)
 
 
-class LossCurve(QWidget):
-    """Training loss against the step, drawn with QPainter."""
-
-    def __init__(self):
-        super().__init__()
-        self.setMinimumHeight(90)
-        self.values: list[float] = []
-
-    def clear(self) -> None:
-        self.values = []
-        self.update()
-
-    def add(self, value: float) -> None:
-        if np.isfinite(value):
-            self.values.append(float(value))
-            self.update()
-
-    def paintEvent(self, event):  # noqa: N802 (Qt API)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.fillRect(self.rect(), QColor("#262930"))
-        painter.setPen(QColor("#888888"))
-        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        if len(self.values) < 2:
-            painter.drawText(self.rect(), Qt.AlignCenter, "training loss per step")
-            painter.end()
-            return
-        low, high = min(self.values), max(self.values)
-        span = (high - low) or 1.0
-        margin = 6
-        width, height = self.width() - 2 * margin, self.height() - 2 * margin
-        step = width / (len(self.values) - 1)
-        points = [
-            QPointF(margin + i * step, margin + height * (1 - (v - low) / span)) for i, v in enumerate(self.values)
-        ]
-        painter.setPen(QPen(QColor("#ffb74d"), 1.5))
-        painter.drawPolyline(QPolygonF(points))
-        painter.setPen(QColor("#dddddd"))
-        painter.drawText(margin + 2, margin + 12, f"{high:.3g}")
-        painter.drawText(margin + 2, self.height() - margin - 2, f"{low:.3g}  (step {len(self.values)})")
-        painter.end()
-
-
 def _train_and_predict(images, scribbles, affine, options):
     """Worker body: yields TrainStep, returns (model, labels, probabilities)."""
     model = yield from segment.train_steps(images, scribbles, **options)
@@ -287,7 +244,7 @@ class SegmentWidget(QWidget):
         self.save_button = QPushButton("Save model…")
         self.load_button = QPushButton("Load model…")
         self.progress = QProgressBar()
-        self.curve = LossCurve()
+        self.curve = CurvePlot("training loss per step")
         self.status = QLabel("no model yet")
         self.status.setWordWrap(True)
 
