@@ -36,7 +36,8 @@ from qtpy.QtWidgets import (
 
 from ..core import explain, segment, space
 from ._layers import geometry_of, world_affine
-from .segment import LayerChecklist, LayerPicker, labels_on_grid, modality_stack, session_model
+from ._pickers import LayerPicker
+from .segment import LayerChecklist, labels_on_grid, modality_stack, session_model
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")

@@ -62,7 +62,8 @@ from qtpy.QtWidgets import (
 from ..core.register import fit_landmarks, parameters_from_transform, register_steps, transform_from_parameters
 from ._history import history_for, layer_affine
 from ._layers import spatial_affine
-from .register import METRIC_NAMES, METRICS, LayerPicker, registration_pair
+from ._pickers import LayerPicker
+from .register import METRIC_NAMES, METRICS, registration_pair
 
 LINEAR_MODELS = ("rigid", "similarity", "affine")
 AXES = {2: ("y", "x"), 3: ("z", "y", "x")}

@@ -41,7 +41,8 @@ from ..core import space
 from ..core.register import local_similarity_map, metric_value
 from ._history import history_for, layer_affine
 from ._layers import geometry_of
-from .register import METRIC_NAMES, METRICS, LayerPicker, registration_pair
+from ._pickers import LayerPicker
+from .register import METRIC_NAMES, METRICS, registration_pair
 
 PREFIX = "quality: "
 

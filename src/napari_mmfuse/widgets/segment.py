@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import segment, space
+from ._pickers import LayerPicker
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
 
@@ -115,47 +116,6 @@ def labels_on_grid(layer, shape, affine) -> np.ndarray:
     if data.shape == tuple(shape) and np.allclose(own, affine, atol=1e-6):
         return data.copy()
     return space.resample(data, own, shape, affine, interpolation="nearest")
-
-
-class LayerPicker(QComboBox):
-    """A combo box of the viewer's layers of some types, kept up to date."""
-
-    NONE = "(none)"
-
-    def __init__(self, viewer, types, *, optional=False):
-        super().__init__()
-        self.viewer, self.types, self.optional = viewer, types, optional
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.inserted.connect(lambda event: event.value.events.name.connect(self.refresh))
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
-
-    def refresh(self, event=None) -> None:
-        """Rebuild the list, keeping the current choice when it still exists."""
-        current = self.layer()
-        layers = [layer for layer in self.viewer.layers if isinstance(layer, self.types)]
-        self.blockSignals(True)
-        self.clear()
-        if self.optional:
-            self.addItem(self.NONE, None)
-        for layer in layers:
-            self.addItem(layer.name, layer)
-        self.blockSignals(False)
-        if current is not None and current in layers:
-            self.setCurrentIndex(self.findData(current))
-
-    def layer(self):
-        """The chosen layer, or None."""
-        return self.currentData() if self.count() else None
-
-    def set_layer(self, layer) -> None:
-        """Select ``layer``."""
-        index = self.findData(layer)
-        if index < 0:
-            raise ValueError(f"{layer.name} is not offered here")
-        self.setCurrentIndex(index)
 
 
 class LayerChecklist(QListWidget):
