@@ -461,3 +461,28 @@ def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors
     assert widget.show_view("local similarity") is not None  # the core refuses in the worker
     qtbot.waitUntil(lambda: not widget.workers, timeout=WAIT_MS)
     assert len(errors) == 3 and "constant" in errors[-1]
+
+
+def test_register_multiscale_slides_on_a_coarse_level(make_napari_viewer, qtbot, monkeypatch):
+    """A pyramid registers on its coarse level; the affine found there moves every level."""
+    monkeypatch.setattr(register_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
+    viewer = make_napari_viewer()
+    shift = np.array([6.0, -4.0])  # level-0 pixels
+    fixed_full, moving_full = blobs((96, 96)), blobs((96, 96), shift)
+    fixed = viewer.add_image([fixed_full, fixed_full[::2, ::2]], multiscale=True, scale=(0.5, 0.5), name="fixed")
+    moving = viewer.add_image([moving_full, moving_full[::2, ::2]], multiscale=True, scale=(0.5, 0.5), name="moving")
+    data, affine = register_module.layer_image(moving)
+    assert data.shape == (48, 48)
+    np.testing.assert_allclose(np.diag(affine)[:2], [1.0, 1.0])  # 2 level-0 pixels of 0.5 um
+    widget = RegisterWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.fixed.set_layer(fixed)
+    widget.moving.set_layer(moving)
+    widget.model.setCurrentText("rigid")
+    widget.iterations.setValue(40)
+    widget.register_button.click()
+    wait_idle(qtbot, widget)
+    feature = np.array([40.0, 50.0])  # level-0 pixel of the fixed slide
+    fixed_world = to_world(world_affine(fixed), feature)
+    moving_world = to_world(world_affine(moving), feature + shift)
+    assert np.abs(moving_world - fixed_world).max() < 0.5  # under one level-0 pixel (0.5 um)

@@ -54,10 +54,14 @@ METRICS = ("mi", "nmi", "lncc", "mse")
 METRIC_NAMES = {"mi": "mutual information", "nmi": "normalised MI", "lncc": "local NCC", "mse": "mean squared error"}
 
 
+MAX_REGISTRATION_SIZE = 2048
+
+
 def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
     """Spatial pixels of a 2D/3D image or labels layer and its index -> world affine.
 
-    RGB slides are reduced to their luminance.
+    RGB slides are reduced to their luminance. A multiscale layer gives its finest level
+    no larger than ``MAX_REGISTRATION_SIZE`` a side, with that level's affine.
 
     Parameters
     ----------
@@ -72,21 +76,39 @@ def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
     Raises
     ------
     ValueError
-        For multiscale layers, layers that are not 2D or 3D, and NaN/Inf pixels.
+        For layers that are not 2D or 3D, and NaN/Inf pixels.
     """
-    if layer.multiscale:
-        raise ValueError(f"{layer.name} is multiscale; pick a single-resolution layer")
     rgb = bool(getattr(layer, "rgb", False))
-    n = layer.data.ndim - int(rgb)
+    levels = list(layer.data) if layer.multiscale else [layer.data]
+    n = levels[0].ndim - int(rgb)
     if n not in (2, 3):
         raise ValueError(f"{layer.name} is {n}D; registration needs 2D or 3D layers")
-    data = np.asarray(layer.data)
+    affine = spatial_affine(layer, n)
+    level = levels[coarse_level_index([lv.shape[:n] for lv in levels])]
+    if level is not levels[0]:
+        # a coarse pyramid level: its voxels are (level 0 shape / its shape) level-0 voxels wide
+        factors = np.array(levels[0].shape[:n], float) / np.array(level.shape[:n], float)
+        affine = affine @ np.diag(np.append(factors, 1.0))
+    data = np.asarray(level)
     if isinstance(layer, Labels):
-        return data, spatial_affine(layer, n)
+        return data, affine
     data = to_luminance(data) if rgb else data.astype(np.float32, copy=False)
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{layer.name} contains NaN or Inf pixels; fill or mask them first")
-    return data, spatial_affine(layer, n)
+    return data, affine
+
+
+def coarse_level_index(shapes, max_size: int | None = None) -> int:
+    """The finest pyramid level whose largest side is at most ``max_size`` (else the coarsest).
+
+    ``max_size`` defaults to ``MAX_REGISTRATION_SIZE``. Large slides register on that level;
+    the transform found there moves every level, since all levels share the layer's affine.
+    """
+    max_size = MAX_REGISTRATION_SIZE if max_size is None else max_size
+    for index, shape in enumerate(shapes):
+        if max(shape) <= max_size:
+            return index
+    return len(shapes) - 1
 
 
 def registration_pair(fixed, moving) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -104,7 +126,7 @@ def registration_pair(fixed, moving) -> tuple[np.ndarray, np.ndarray, np.ndarray
     ------
     ValueError
         With a message for the user: missing or identical layers, 2D against 3D,
-        no overlap in world space, NaN pixels, multiscale layers.
+        no overlap in world space, NaN pixels.
     """
     if fixed is None or moving is None:
         raise ValueError("choose a fixed and a moving image layer")
