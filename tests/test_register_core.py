@@ -340,3 +340,13 @@ def test_to_luminance():
     np.testing.assert_allclose(to_luminance(rgb), 0.587 * 200, rtol=1e-6)
     with pytest.raises(ValueError, match="3 or 4 channels"):
         to_luminance(np.zeros((4, 5, 2)))
+
+
+def test_rigid_mi_on_the_phantom_is_accurate_to_a_few_hundredths_of_a_voxel():
+    """The averaged refinement removes most of the error of a fixed point sample (0.04 voxel)."""
+    from napari_mmfuse.sample_data import misaligned_phantom
+
+    fixed, moving = misaligned_phantom("rigid")[:2]
+    truth = np.asarray(moving.metadata["ground_truth"]["fixed_to_moving"])
+    result = register(np.asarray(fixed.data), fixed.affine, np.asarray(moving.data), moving.affine, model="rigid", metric="mi", device="cpu")
+    assert _mean_error_voxels(result.transform, truth, fixed.data.shape, fixed.affine) < 0.03

@@ -38,6 +38,11 @@ MAX_METRIC_VOXELS = 2**19
 PATIENCE = 4
 #: ... and a level ends when it has been halved this many times.
 HALVINGS = 5
+#: Iterations of the final averaged refinement of sampled linear metrics (see
+#: :func:`_averaged_refinement`), the points each of them draws, and its step in voxels.
+REFINE_ITERATIONS = 60
+REFINE_SAMPLES = 2**15
+REFINE_STEP = 0.005
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -152,11 +157,12 @@ def _check_transform(transform, n: int, name: str = "init") -> np.ndarray:
     return _check_affine(transform, n)
 
 
-def _fixed_samples(level: Level, count: int | None, generator: torch.Generator):
+def _fixed_samples(level: Level, count: int | None, generator: torch.Generator, replace: bool = False):
     """World points, intensities and base weights of fixed samples on one level.
 
     ``count=None`` keeps the dense grid (weights carry the mask); otherwise ``count``
-    random voxels inside the mask.
+    random voxels inside the mask, distinct and sorted, or drawn independently (repeats
+    allowed, cheaper) with ``replace=True``.
     """
     device = level.image.device
     if count is None:
@@ -165,7 +171,10 @@ def _fixed_samples(level: Level, count: int | None, generator: torch.Generator):
         return points, level.image, weight
     flat = level.image.reshape(-1)
     candidates = torch.arange(flat.numel(), device=device) if level.mask is None else torch.nonzero(level.mask.reshape(-1))[:, 0]
-    if count < candidates.numel():
+    if replace:
+        pick = torch.randint(candidates.numel(), (count,), generator=generator).to(device)
+        candidates = candidates[pick]
+    elif count < candidates.numel():
         pick = torch.randperm(candidates.numel(), generator=generator)[:count].to(device)
         candidates = candidates[pick].sort().values
     points = grid_points(level.shape, level.affine, device=device, index=candidates)
@@ -268,6 +277,39 @@ def _pick_start(fixed: Level, moving: Level, starts, *, metric, ranges, generato
     return starts[best[1]]
 
 
+def _averaged_refinement(params, fixed: Level, evaluate, *, metric, ranges, generator, level, first_iteration):
+    """Polish linear parameters with fresh random points per step and average the iterates.
+
+    On a fixed set of sampled points the metric's optimum depends on which points were
+    drawn (about 0.04 voxel on a 128^3 pair with 65536 points). Small Adam steps that each
+    draw new points, averaged over the second half (Polyak-Ruppert averaging), approach the
+    optimum of the metric over all voxels at a fraction of the cost of evaluating it densely.
+    ``params`` is updated in place; yields :class:`RegStep`.
+    """
+    beta1, beta2 = 0.9, 0.999
+    lr = REFINE_STEP * float(fixed.spacing.mean())
+    first = torch.zeros_like(params)
+    second = torch.zeros_like(params)
+    total = torch.zeros_like(params)
+    burn_in = REFINE_ITERATIONS // 2
+    for iteration in range(REFINE_ITERATIONS):
+        points, values, base = _fixed_samples(fixed, REFINE_SAMPLES, generator, replace=True)
+        similarity = Similarity(metric, values, fixed_range=ranges[0], moving_range=ranges[1])
+        params.grad = None
+        value, loss = evaluate(points=points, base=base, similarity=similarity)
+        loss.backward()
+        with torch.no_grad():
+            first.mul_(beta1).add_(params.grad, alpha=1 - beta1)
+            second.mul_(beta2).addcmul_(params.grad, params.grad, value=1 - beta2)
+            denominator = (second / (1 - beta2 ** (iteration + 1))).sqrt_().add_(1e-8)
+            params.addcdiv_(first / (1 - beta1 ** (iteration + 1)), denominator, value=-lr)
+            if iteration >= burn_in:
+                total += params
+        yield RegStep(level, first_iteration + iteration, float(value.detach()), "linear")
+    with torch.no_grad():
+        params.copy_(total / (REFINE_ITERATIONS - burn_in))
+
+
 def _linear_stage(fixed_pyramid, moving_pyramid, *, model, metric, iterations, starts, center, radius, sampling, ranges, generator):
     n = len(fixed_pyramid[0].shape)
     params = torch.zeros(parameter_count(model, n), dtype=torch.float64, requires_grad=True)
@@ -292,6 +334,8 @@ def _linear_stage(fixed_pyramid, moving_pyramid, *, model, metric, iterations, s
         lr = (0.5 if index == 0 else 0.25) * float(fixed.spacing.mean())
         for iteration, value in _adam_level(params, lr, iterations, evaluate, better):
             yield RegStep(index, iteration, value, "linear")
+    if count is not None:
+        yield from _averaged_refinement(params, fixed, evaluate, metric=metric, ranges=ranges, generator=generator, level=index, first_iteration=iterations)
     with torch.no_grad():
         final = matrix_from_parameters(params, model=model, ndim=n, radius=radius, center=center).numpy()
     return start @ final
