@@ -6,17 +6,30 @@
 * ``register-landmarks FIXED.csv MOVING.csv --transform OUT.tfm``: least-squares fit of
   landmark pairs given in physical LPS (x, y[, z]) coordinates, one point per row.
 * ``transform MOVING --transform T --reference FIXED -o OUT``: apply a saved transform.
+
+Pyramids (slides) register on their finest level of at most ``--max-size`` pixels a side;
+when FIXED, MOVING or REFERENCE is a pyramid, OUT is resampled onto the full-resolution
+grid block by block (:func:`napari_mmfuse.core.lazy.lazy_apply_transform`) and streamed
+to the writer, so memory does not grow with the slide; integer images then keep their
+dtype (a uint8 slide stays uint8).
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..core.lazy import (
+    MAX_REGISTRATION_SIZE,
+    coarse_level_index,
+    lazy_apply_transform,
+    level_affine,
+    output_level_index,
+)
 from ..io import check_writable
-
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +46,13 @@ def add_parser(subparsers) -> None:
     register.add_argument("--moving-mask", help="mask image on the moving grid (nonzero = use)")
     register.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
     register.add_argument("--iterations", type=int, default=100, help="most iterations per level (default 100)")
+    register.add_argument(
+        "--max-size",
+        type=int,
+        default=MAX_REGISTRATION_SIZE,
+        help=f"pyramids register on their finest level of at most this many pixels a side (default {MAX_REGISTRATION_SIZE}); "
+        "OUT is still written on FIXED's full-resolution grid, block by block",
+    )
     register.add_argument("--overwrite", action="store_true", help="replace existing output files")
     register.set_defaults(func=run_register)
 
@@ -63,28 +83,84 @@ def _check_outputs(paths, overwrite: bool) -> None:
             refuse_overwrite(Path(path), overwrite)
 
 
-def load_image(path) -> tuple[np.ndarray, np.ndarray, bool, bool]:
-    """Read the first image of a file as (data, affine, rgb, labels); spatial axes only."""
+@dataclass
+class SourceImage:
+    """An input image of ``register``/``transform``, its pixels left where the reader put them.
+
+    Attributes
+    ----------
+    levels : list of array-like
+        Spatial (plus RGB) arrays, largest first; one for a single-level image. Pyramid
+        levels are lazy dask arrays.
+    affine : ndarray, shape (n + 1, n + 1)
+        Index -> world affine of level 0.
+    rgb, labels : bool
+    units : str
+        World units of the affine ("mm", "um" or "pixel").
+    """
+
+    levels: list
+    affine: np.ndarray
+    rgb: bool
+    labels: bool
+    units: str
+
+    @property
+    def multiscale(self) -> bool:
+        return len(self.levels) > 1
+
+    @property
+    def ndim(self) -> int:
+        return self.affine.shape[0] - 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape of level 0."""
+        return tuple(self.levels[0].shape[: self.ndim])
+
+    def level_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(level.shape[: self.ndim]) for level in self.levels]
+
+    def level_affine(self, index: int) -> np.ndarray:
+        """Index -> world affine of level ``index``."""
+        return self.affine if index == 0 else level_affine(self.affine, self.shape, self.level_shapes()[index])
+
+
+def open_image(path) -> SourceImage:
+    """The first image of a file, without reading its pixels; spatial axes (plus RGB) only."""
     from ..io import read
 
     record = read(path)[0]
     if record.channel_axis is not None:
         raise ValueError(f"{path} has {record.level0.shape[record.channel_axis]} channels; register one channel at a time")
-    data = np.asarray(record.level0)
-    spatial = data.ndim - int(record.rgb)
+    levels = list(record.data) if record.multiscale else [record.data]
+    spatial = record.level0.ndim - int(record.rgb)
     if spatial != record.spatial_ndim:
-        raise ValueError(f"{path} has shape {data.shape}: only single 2D or 3D images can be registered")
-    return data, record.affine, record.rgb, record.layer_type == "labels"
+        raise ValueError(f"{path} has shape {record.level0.shape}: only single 2D or 3D images can be registered")
+    return SourceImage(levels, record.affine, record.rgb, record.layer_type == "labels", record.units)
 
 
-def save_image(path, data: np.ndarray, affine: np.ndarray, *, like: np.dtype, overwrite: bool) -> None:
-    """Write an image by suffix; PNG/JPEG get the input's integer dtype (rounded, clipped)."""
+def registration_level(source: SourceImage, max_size: int) -> int:
+    """The pyramid level registration runs on: the finest of at most ``max_size`` px a side."""
+    return coarse_level_index(source.level_shapes(), max_size)
+
+
+def registration_image(source: SourceImage, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of one level (RGB reduced to luminance) and that level's affine."""
+    data = np.asarray(source.levels[index])
+    return _registration_input(data, source.rgb), source.level_affine(index)
+
+
+def save_image(path, data, affine: np.ndarray, *, source: SourceImage, units: str, overwrite: bool) -> None:
+    """Write ``source`` resampled (numpy, or dask that TIFF/Zarr writers stream) by suffix.
+
+    RGB and labels stay what ``source`` is; PNG/JPEG get its integer dtype (rounded, clipped).
+    """
     from ..io import as_picture, is_picture, write
 
-    rgb = is_picture(path) and data.ndim == 3 and data.shape[-1] in (3, 4)
     if is_picture(path):
-        data = as_picture(data, like)
-    write(path, data, affine, overwrite=overwrite, rgb=rgb)
+        data = as_picture(np.asarray(data), source.levels[0].dtype)
+    write(path, data, affine, overwrite=overwrite, rgb=source.rgb, units=units, labels=source.labels)
 
 
 def _registration_input(data: np.ndarray, rgb: bool) -> np.ndarray:
@@ -93,14 +169,32 @@ def _registration_input(data: np.ndarray, rgb: bool) -> np.ndarray:
     return to_luminance(data) if rgb else data
 
 
-def _mask(path, shape, name: str):
+def _mask(path, image: SourceImage, index: int, name: str):
+    """A mask on the grid of ``image`` (level 0 or level ``index``) as booleans on level ``index``."""
     if path is None:
         return None
-    data, _, rgb, _ = load_image(path)
-    data = _registration_input(data, rgb)
-    if data.shape != tuple(shape):
-        raise ValueError(f"the {name} mask {path} has shape {data.shape}, its image {tuple(shape)}")
-    return data != 0
+    mask = open_image(path)
+    target = image.level_shapes()[index]
+    shapes = mask.level_shapes()
+    if target in shapes:
+        data = np.asarray(mask.levels[shapes.index(target)])
+    elif mask.shape == image.shape:
+        # on level 0 of its image: nearest neighbour onto the registration level, in index space
+        identity = np.eye(image.ndim + 1)
+        target_affine = level_affine(identity, image.shape, target)
+        chosen = output_level_index(shapes, identity, identity, target_affine)
+        data = lazy_apply_transform(
+            mask.levels[chosen],
+            level_affine(identity, mask.shape, shapes[chosen]),
+            identity,
+            target,
+            target_affine,
+            interpolation="nearest",
+            channel_axis=-1 if mask.rgb else None,
+        ).compute()
+    else:
+        raise ValueError(f"the {name} mask {path} has shape {mask.shape}, its image {image.shape}")
+    return _registration_input(data, mask.rgb) != 0
 
 
 def _resample_output(moving, moving_affine, rgb, labels, transform, fixed_shape, fixed_affine, displacement, interpolation=None):
@@ -118,6 +212,27 @@ def _resample_output(moving, moving_affine, rgb, labels, transform, fixed_shape,
     )
 
 
+def _lazy_output(moving: SourceImage, transform, reference: SourceImage, displacement, displacement_affine, interpolation=None):
+    """MOVING on REFERENCE's level-0 grid as a dask array, read from the moving level that suffices.
+
+    Integer images keep their dtype (rounded), so a uint8 slide stays a uint8 slide.
+    """
+    index = output_level_index(moving.level_shapes(), moving.affine, transform, reference.affine)
+    dtype = moving.levels[0].dtype
+    return lazy_apply_transform(
+        moving.levels[index],
+        moving.level_affine(index),
+        transform,
+        reference.shape,
+        reference.affine,
+        interpolation=interpolation or ("nearest" if moving.labels else "linear"),
+        channel_axis=-1 if moving.rgb else None,
+        displacement=displacement,
+        displacement_affine=displacement_affine,
+        dtype=dtype if np.issubdtype(dtype, np.integer) else np.float32,
+    )
+
+
 def run_register(args) -> int:
     from ..core.register import register
     from ..io.transforms import read_transform, write_displacement_field, write_transform
@@ -126,10 +241,13 @@ def run_register(args) -> int:
     if args.displacement and args.model != "deformable":
         raise ValueError("--displacement needs --model deformable")
     _check_outputs([args.output, args.transform, args.displacement], args.overwrite)
-    fixed, fixed_affine, fixed_rgb, _ = load_image(args.fixed)
-    moving, moving_affine, moving_rgb, moving_labels = load_image(args.moving)
-    fixed_gray = _registration_input(fixed, fixed_rgb)
-    moving_gray = _registration_input(moving, moving_rgb)
+    fixed, moving = open_image(args.fixed), open_image(args.moving)
+    fixed_index, moving_index = registration_level(fixed, args.max_size), registration_level(moving, args.max_size)
+    for source, path, index in ((fixed, args.fixed, fixed_index), (moving, args.moving, moving_index)):
+        if source.multiscale:
+            print(f"registering {path} on pyramid level {index} of {len(source.levels)}, shape {source.level_shapes()[index]}")
+    fixed_gray, fixed_affine = registration_image(fixed, fixed_index)
+    moving_gray, moving_affine = registration_image(moving, moving_index)
     result = register(
         fixed_gray,
         fixed_affine,
@@ -140,16 +258,23 @@ def run_register(args) -> int:
         levels=args.levels,
         iterations=args.iterations,
         init=None if args.init is None else read_transform(args.init),
-        fixed_mask=_mask(args.fixed_mask, fixed_gray.shape, "fixed"),
-        moving_mask=_mask(args.moving_mask, moving_gray.shape, "moving"),
+        fixed_mask=_mask(args.fixed_mask, fixed, fixed_index, "fixed"),
+        moving_mask=_mask(args.moving_mask, moving, moving_index, "moving"),
     )
     for note in result.notes:
         print(f"note: {note}")
     print(f"{args.metric} before {result.metric_before:.5g}, after {result.metric_after:.5g}")
     if result.folding_fraction is not None:
         print(f"folding voxels (Jacobian <= 0): {100 * result.folding_fraction:.4f} %")
-    out = _resample_output(moving, moving_affine, moving_rgb, moving_labels, result.transform, fixed_gray.shape, fixed_affine, result.displacement)
-    save_image(args.output, out, fixed_affine, like=moving.dtype, overwrite=args.overwrite)
+    if fixed.multiscale or moving.multiscale:
+        out = _lazy_output(moving, result.transform, fixed, result.displacement, fixed_affine)
+    else:
+        moving_pixels = np.asarray(moving.levels[0])
+        out = _resample_output(
+            moving_pixels, moving.affine, moving.rgb, moving.labels,
+            result.transform, fixed.shape, fixed.affine, result.displacement,
+        )  # fmt: skip
+    save_image(args.output, out, fixed.affine, source=moving, units=fixed.units, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     if args.transform:
         write_transform(args.transform, result.transform, overwrite=args.overwrite)
@@ -207,16 +332,20 @@ def run_transform(args) -> int:
     check_writable(args.output, args.overwrite)
     _check_outputs([args.output], args.overwrite)
     transform = read_transform(args.transform)
-    moving, moving_affine, rgb, labels = load_image(args.moving)
-    reference, reference_affine, reference_rgb, _ = load_image(args.reference)
-    shape = reference.shape[: reference.ndim - int(reference_rgb)]
-    if transform.shape[0] - 1 != len(shape):
-        raise ValueError(f"the transform is {transform.shape[0] - 1}D but the reference {len(shape)}D")
-    displacement = None
-    if args.displacement:
-        field, field_affine = read_displacement_field(args.displacement)
-        displacement = resample(field, field_affine, shape, reference_affine, channel_axis=-1)
-    out = _resample_output(moving, moving_affine, rgb, labels, transform, shape, reference_affine, displacement, args.interpolation)
-    save_image(args.output, out, reference_affine, like=moving.dtype, overwrite=args.overwrite)
+    moving, reference = open_image(args.moving), open_image(args.reference)
+    if transform.shape[0] - 1 != reference.ndim:
+        raise ValueError(f"the transform is {transform.shape[0] - 1}D but the reference {reference.ndim}D")
+    field, field_affine = read_displacement_field(args.displacement) if args.displacement else (None, None)
+    if moving.multiscale or reference.multiscale:
+        out = _lazy_output(moving, transform, reference, field, field_affine, args.interpolation)
+    else:
+        displacement = None
+        if field is not None:
+            displacement = resample(field, field_affine, reference.shape, reference.affine, channel_axis=-1)
+        out = _resample_output(
+            np.asarray(moving.levels[0]), moving.affine, moving.rgb, moving.labels,
+            transform, reference.shape, reference.affine, displacement, args.interpolation,
+        )  # fmt: skip
+    save_image(args.output, out, reference.affine, source=moving, units=reference.units, overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0

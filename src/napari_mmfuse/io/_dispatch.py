@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 
 from ._common import ImageRecord, ReadError, refuse_overwrite
@@ -92,6 +93,8 @@ def read(path) -> list[ImageRecord]:
 
 
 _PICTURE_OUT = (".png", ".jpg", ".jpeg")
+#: Writers that take a dask array as it is and compute it block by block.
+_STREAMED_OUT = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
 _WRITABLE = _NIFTI + (".mha", ".mhd", ".nrrd") + (".tif", ".tiff", ".ome.tif", ".ome.tiff") + (".zarr", ".ome.zarr") + _PICTURE_OUT
 
 
@@ -130,9 +133,10 @@ def write(
     path : str or Path
         ``.nii``/``.nii.gz``, ``.mha``/``.mhd``/``.nrrd``, ``.tif``/``.ome.tif``,
         ``.ome.zarr`` or a 2D picture (``.png``/``.jpg``, world = pixels).
-    data : ndarray
+    data : ndarray or dask array
         2D or 3D image (RGB last when ``rgb``). Pictures need uint8 (or uint16 PNG) data:
-        convert before writing.
+        convert before writing. TIFF and Zarr writers stream a dask array block by block;
+        the other formats compute it first.
     affine : ndarray, shape (n + 1, n + 1)
         Index -> world affine (LPS, napari order).
     overwrite, rgb, labels : bool
@@ -147,7 +151,8 @@ def write(
     """
     path = check_writable(path, overwrite)
     suffix = file_suffix(path)
-    data = np.asarray(data)
+    if not (isinstance(data, da.Array) and suffix in _STREAMED_OUT):
+        data = np.asarray(data)
     units = units if units in ("mm", "um", "pixel") else "pixel"
     if suffix in _NIFTI:
         from .nifti import write_nifti

@@ -11,6 +11,11 @@ Three ways to correct a registration, all of which only change the moving layer'
 * **refine**: :func:`napari_mmfuse.core.register.register_steps` started from the
   present placement.
 
+Multiscale (pyramid) layers are handled as a whole: the affine is shared by every level,
+so all three ways move every level; sizes and the image centre come from level 0, and
+Refine registers on the coarse level the Register widget uses (the finest of at most
+``MAX_REGISTRATION_SIZE`` px a side).
+
 Conventions
 -----------
 The controls describe the *motion* ``M`` of the moving layer relative to its original
@@ -295,7 +300,7 @@ class ManualCorrectionWidget(QWidget):
         if self.layer is not None:
             self.layer.events.affine.disconnect(self._on_affine)
         self.layer = layer
-        if layer is None or layer.multiscale or layer.ndim not in (2, 3):
+        if layer is None or layer.ndim not in (2, 3):
             self.layer, self.ndim = None, 0
             self._build_controls(0)
             self._refresh_buttons()
@@ -306,7 +311,7 @@ class ManualCorrectionWidget(QWidget):
         world = spatial_affine(layer)
         self.ndim = world.shape[0] - 1
         original_world = history.original @ np.linalg.inv(layer_affine(layer)) @ world
-        shape = np.asarray(layer.data.shape[: self.ndim], np.float64)
+        shape = np.asarray(layer.level_shapes[0][: self.ndim], np.float64)
         n = self.ndim
         self.center = original_world[:n, :n] @ ((shape - 1) / 2) + original_world[:n, n]
         extent = float(np.abs(original_world[: self.ndim, : self.ndim] @ shape).max())
@@ -432,7 +437,7 @@ class ManualCorrectionWidget(QWidget):
             show_error("Landmarks: choose a 2D or 3D moving image first")
             return None
         spacing = np.linalg.norm(spatial_affine(self.layer)[: self.ndim, : self.ndim], axis=0)
-        size = float(np.max(spacing * self.layer.data.shape[: self.ndim])) / 40
+        size = float(np.max(spacing * self.layer.level_shapes[0][: self.ndim])) / 40
         layers = []
         for name, color in ((FIXED_POINTS, "cyan"), (MOVING_POINTS, "magenta")):
             existing = next((layer for layer in self.viewer.layers if layer.name == name), None)

@@ -6,6 +6,11 @@ shows it now, and is put back as one layer named ``"quality: <view>"`` with the 
 layer's geometry, replaced (not accumulated) when computed again. Flicker toggles the
 moving layer itself and creates nothing.
 
+Multiscale (pyramid) layers are compared on their coarse registration level (the finest
+of at most ``MAX_REGISTRATION_SIZE`` px a side, see
+:func:`napari_mmfuse.widgets.register.layer_image`); the view then lies on the fixed
+layer's coarse grid and is placed with that level's affine, over the pyramid.
+
 Intensities of both images are rescaled to [0, 1] between their 1st and 99th
 percentiles before they are interleaved or subtracted, so modalities with different
 units (CT in HU, MRI in arbitrary units) compare on one scale.
@@ -219,8 +224,8 @@ class QualityViewWidget(QWidget):
 
     def _default_square(self, index=None) -> None:
         fixed = self.fixed.layer()
-        if fixed is not None and not fixed.multiscale and fixed.ndim in (2, 3):
-            low, high = space.world_bounds(fixed.data.shape[: fixed.ndim], geometry_of(fixed)["affine"])
+        if fixed is not None and fixed.ndim in (2, 3):
+            low, high = space.world_bounds(fixed.level_shapes[0][: fixed.ndim], geometry_of(fixed)["affine"])
             self.square.setValue(float(np.max(high - low)) / 8)
 
     def _inputs(self):
@@ -255,7 +260,7 @@ class QualityViewWidget(QWidget):
             _progress={"desc": f"Quality view: {view}"},
             _ignore_errors=True,  # reported by the errored handler below, not re-raised
         )
-        worker.returned.connect(lambda result: self._show(view, result, fixed, moving))
+        worker.returned.connect(lambda result: self._show(view, result, fixed, moving, fixed_affine))
         worker.errored.connect(lambda error: show_error(f"Quality view {view} failed: {error}"))
         self._track(worker)
         worker.start()
@@ -266,13 +271,14 @@ class QualityViewWidget(QWidget):
         self.workers.append(worker)
         worker.finished.connect(lambda: self.workers.remove(worker))
 
-    def _show(self, view, result, fixed, moving) -> None:
+    def _show(self, view, result, fixed, moving, grid_affine) -> None:
         if view == "curtain":
             self._curtain_pair = result
             result = curtain(*result, self.curtain_slider.value() / 1000)
-        self._put_layer(view, result, fixed, moving)
+        self._put_layer(view, result, fixed, moving, grid_affine)
 
-    def _put_layer(self, view, data, fixed, moving):
+    def _put_layer(self, view, data, fixed, moving, grid_affine):
+        """Add or replace the view layer; ``grid_affine`` places the fixed grid the view was computed on."""
         name = PREFIX + view
         metadata = {"step": "quality view", "method": view, "inputs": [fixed.name, moving.name]}
         style = dict(self.STYLES[view])
@@ -283,13 +289,13 @@ class QualityViewWidget(QWidget):
         existing = next((layer for layer in self.viewer.layers if layer.name == name), None)
         if isinstance(existing, Image) and existing.ndim == data.ndim:
             existing.data = data
-            existing.affine = geometry_of(fixed)["affine"]
+            existing.affine = grid_affine
             existing.contrast_limits = style["contrast_limits"]
             existing.metadata = metadata
             return existing
         if existing is not None:
             self.viewer.layers.remove(existing)
-        return self.viewer.add_image(data, name=name, metadata=metadata, **style, **geometry_of(fixed))
+        return self.viewer.add_image(data, name=name, metadata=metadata, **style, **geometry_of(fixed, affine=grid_affine))
 
     def _move_curtain(self, position: int) -> None:
         name = PREFIX + "curtain"

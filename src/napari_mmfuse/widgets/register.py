@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import space
+from ..core.lazy import MAX_REGISTRATION_SIZE, coarse_level_index, level_affine
 from ..core.register import apply_transform, register_steps, to_luminance
 from ..io.transforms import (
     read_displacement_field,
@@ -52,9 +53,6 @@ from ._layers import geometry_of, spatial_affine
 MODELS = ("rigid", "similarity", "affine", "deformable")
 METRICS = ("mi", "nmi", "lncc", "mse")
 METRIC_NAMES = {"mi": "mutual information", "nmi": "normalised MI", "lncc": "local NCC", "mse": "mean squared error"}
-
-
-MAX_REGISTRATION_SIZE = 2048
 
 
 def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +82,9 @@ def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
     if n not in (2, 3):
         raise ValueError(f"{layer.name} is {n}D; registration needs 2D or 3D layers")
     affine = spatial_affine(layer, n)
-    level = levels[coarse_level_index([lv.shape[:n] for lv in levels])]
+    level = levels[coarse_level_index([lv.shape[:n] for lv in levels], MAX_REGISTRATION_SIZE)]
     if level is not levels[0]:
-        # a coarse pyramid level: its voxels are (level 0 shape / its shape) level-0 voxels wide
-        factors = np.array(levels[0].shape[:n], float) / np.array(level.shape[:n], float)
-        affine = affine @ np.diag(np.append(factors, 1.0))
+        affine = level_affine(affine, levels[0].shape[:n], level.shape[:n])
     data = np.asarray(level)
     if isinstance(layer, Labels):
         return data, affine
@@ -96,19 +92,6 @@ def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{layer.name} contains NaN or Inf pixels; fill or mask them first")
     return data, affine
-
-
-def coarse_level_index(shapes, max_size: int | None = None) -> int:
-    """The finest pyramid level whose largest side is at most ``max_size`` (else the coarsest).
-
-    ``max_size`` defaults to ``MAX_REGISTRATION_SIZE``. Large slides register on that level;
-    the transform found there moves every level, since all levels share the layer's affine.
-    """
-    max_size = MAX_REGISTRATION_SIZE if max_size is None else max_size
-    for index, shape in enumerate(shapes):
-        if max(shape) <= max_size:
-            return index
-    return len(shapes) - 1
 
 
 def registration_pair(fixed, moving) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
