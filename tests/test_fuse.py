@@ -93,6 +93,109 @@ def test_laplacian_keeps_the_stronger_detail():
     assert result.weights[0, :, 30:34].mean() > 0.6
 
 
+def _clamped_reduce_1d(x: np.ndarray) -> np.ndarray:
+    """Burt-Adelson reduction of a 1D signal with indices clamped to the signal, written out."""
+    taps = np.array([1, 4, 6, 4, 1]) / 16
+    size = (len(x) + 1) // 2
+    clamped = [[x[np.clip(2 * n + k - 2, 0, len(x) - 1)] for k in range(5)] for n in range(size)]
+    return np.array(clamped) @ taps
+
+
+@pytest.mark.parametrize("length", [4, 5, 9, 16])
+def test_burt_reduce_matches_the_clamped_kernel(length):
+    x = np.random.default_rng(length).random(length)
+    out = fz._burt_reduce(torch.from_numpy(x)[None], 1)[0].numpy()
+    np.testing.assert_allclose(out, _clamped_reduce_1d(x), atol=1e-12)
+    ramp = fz._burt_reduce(torch.arange(12, dtype=torch.float64)[None], 1)[0]
+    np.testing.assert_allclose(ramp[1:-1].numpy(), [2, 4, 6, 8])  # the symmetric kernel keeps a ramp
+
+
+@pytest.mark.parametrize("size", [(16, 18, 14), (17, 19, 9)])
+def test_expand_is_trilinear_interpolation(size):
+    x = torch.rand(2, 8, 9, 7, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(x[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(fz._expand(x, size).numpy(), expected.numpy(), atol=1e-12)
+
+
+def test_box_sum_counts_the_clipped_window():
+    ones = torch.ones(1, 4, 5, dtype=torch.float64)
+    counts = fz._box_sum3(ones.clone(), 2)[0].numpy()
+    np.testing.assert_array_equal(counts, np.outer([2, 3, 3, 2], [2, 3, 3, 3, 2]))
+
+
+def test_first_argmax_takes_the_first_on_ties():
+    a = torch.tensor([1.0, 2.0, 3.0, 0.0])
+    b = torch.tensor([1.0, 5.0, 3.0, -1.0])
+    assert fz._first_argmax([a, b, b]).tolist() == [0, 1, 0, 0]
+    assert fz._first_argmax([0.0, b]).tolist() == [1, 1, 1, 0]
+
+
+def test_consistency_verification_takes_the_neighbourhood_majority():
+    winner = torch.zeros(7, 7, dtype=torch.uint8)
+    winner[3, 3] = 1  # an isolated choice: outvoted 8 to 1
+    winner[:, 5:] = 1  # a straight boundary: every pixel keeps its own side
+    out = fz._consistent(winner, 2, 2)
+    expected = torch.zeros(7, 7, dtype=torch.uint8)
+    expected[:, 5:] = 1
+    np.testing.assert_array_equal(out.numpy(), expected.numpy())
+    three = torch.tensor([[0, 1, 2], [2, 2, 2], [0, 1, 2]], dtype=torch.uint8)
+    assert fz._consistent(three, 3, 2)[1, 1] == 2
+
+
+def _textbook_laplacian(stack: torch.Tensor, levels: int) -> torch.Tensor:
+    """Laplacian pyramid fusion written plainly (maximum base, local mean energy, no consistency check)."""
+    n = stack.ndim - 1
+    mode = "bilinear" if n == 2 else "trilinear"
+    pool = torch.nn.functional.avg_pool2d if n == 2 else torch.nn.functional.avg_pool3d
+
+    def expand(x, size):
+        return torch.nn.functional.interpolate(x[:, None], size=size, mode=mode, align_corners=False)[:, 0]
+
+    def reduce(x):
+        for dim in range(1, x.ndim):
+            moved = x.movedim(dim, -1).numpy()
+            x = torch.from_numpy(np.apply_along_axis(_clamped_reduce_1d, -1, moved)).movedim(-1, dim)
+        return x
+
+    gaussians = [stack]
+    for _ in range(levels):
+        gaussians.append(reduce(gaussians[-1]))
+    top = gaussians[-1]
+    fused = top.gather(0, top.argmax(0, keepdim=True))[0]
+    for fine, coarse in zip(reversed(gaussians[:-1]), reversed(gaussians[1:])):
+        detail = fine - expand(coarse, fine.shape[1:])
+        energy = pool(detail**2, 3, 1, 1, count_include_pad=False)  # inputs as channels
+        chosen = detail.gather(0, energy.argmax(0, keepdim=True))[0]
+        fused = expand(fused[None], fine.shape[1:])[0] + chosen
+    return fused
+
+
+@pytest.mark.parametrize("shape", [(2, 37, 30), (3, 21, 18, 25)])
+def test_laplacian_equals_the_textbook_pyramid(shape):
+    stack = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    fused, weights = fz._laplacian(stack, levels=2, consistency=0)
+    np.testing.assert_allclose(fused.numpy(), _textbook_laplacian(stack, 2).numpy(), atol=1e-10)
+    np.testing.assert_allclose(weights.sum(0).numpy(), 1, atol=1e-12)
+
+
+def _noisy_anatomy_and_smooth_hot_spot(size=64):
+    """A sharp, noisy 'T1' (bright disc) and a smooth 'PET' whose only signal is a hot spot."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:size, :size] / size - 0.5
+    t1 = 0.5 * (np.hypot(x, y) < 0.4) + 0.05 * rng.standard_normal((size, size))
+    pet = np.exp(-((x - 0.1) ** 2 + y**2) / 0.01)
+    hot = pet > 0.5
+    return np.clip(t1, 0, 1).astype(np.float32), pet.astype(np.float32), hot
+
+
+@pytest.mark.parametrize("method, params", [("guided", {}), ("learned", {"n_iter": 40, "crop": 48})])
+def test_smooth_hot_spot_survives_fusion_with_noisy_anatomy(method, params):
+    t1, pet, hot = _noisy_anatomy_and_smooth_hot_spot()
+    result = fz.fuse([t1, pet], method=method, normalise=False, **params)
+    assert result.weights[1][hot].mean() > 0.25  # the collapse gave the PET weight 0 everywhere
+    assert result.fused[hot].mean() > t1[hot].mean() + 0.1  # and the hot spot shows brighter
+
+
 @pytest.mark.parametrize("wavelet", ["haar", "db2"])
 @pytest.mark.parametrize("shape", [(2, 30, 22), (2, 8, 12, 10)])
 def test_dwt_is_orthogonal_and_inverts(wavelet, shape):
@@ -216,6 +319,7 @@ def test_non_overlapping_images_raise():
 
 def test_parse_parameter_types():
     assert fz.parse_parameter("laplacian", "levels", "5") == 5
+    assert fz.parse_parameter("laplacian", "consistency", "0") == 0
     assert fz.parse_parameter("guided", "eps1", "0.1") == pytest.approx(0.1)
     assert fz.parse_parameter("colour", "wavelet", "haar", inner="wavelet") == "haar"
     assert fz.parse_parameter("average", "weights", "1,2") == [1.0, 2.0]
