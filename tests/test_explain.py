@@ -12,6 +12,7 @@ from torch import nn
 from napari_mmfuse.core import explain, segment
 
 MASS_METHODS = ("saliency", "smoothgrad", "ig", "occlusion")
+CNN_METHODS = tuple(method for method in explain.METHODS if method != "attention")  # attention: transformers
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,7 +71,7 @@ def test_saliency_mass_falls_inside_the_lesion(setting):
     images, lesion, model, _, _ = setting
     near = ndimage.binary_dilation(lesion, iterations=3)
     masses = {}
-    for method in explain.METHODS:
+    for method in CNN_METHODS:
         result = explain.explain(model, images, method=method, target=2, region=lesion, device="cpu")
         assert result.map.shape == lesion.shape and result.map.dtype == np.float32 and result.map.min() >= 0
         masses[method] = result.map[near].sum() / result.map.sum()
@@ -88,7 +89,7 @@ def test_model_randomisation_changes_the_maps(setting):
     """
     images, lesion, model, random_model, _ = setting
     rows = []
-    for method in explain.METHODS:
+    for method in CNN_METHODS:
         correlations = []
         for region in (None, lesion):
             trained = explain.explain(model, images, method=method, target=2, region=region, device="cpu").map
@@ -171,3 +172,309 @@ def test_errors(setting, tmp_path):
     with pytest.raises(ValueError, match="TorchScript"):
         explain.explain(loaded, images, method="gradcam", target=2, layer=explain.conv_layers(model)[0])
     assert explain.explain(loaded, images, method="saliency", target=2, region=lesion).map.max() > 0
+
+
+# ----------------------------------------------------------------------------- attention of transformers
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    """A small UNETR (16-pixel tokens: a 4 x 4 token grid) briefly trained on the phantom, and a re-drawn copy."""
+    images, lesion, scribbles = two_modality_phantom()
+    model, losses = segment.train(images, scribbles, architecture="unetr", features=(8, 32, 64), patch_size=(64, 64),
+                                  steps=20, batch_size=2, channel_names=["A (lesion)", "B (anatomy)"], device="cpu")
+    assert losses[-1] < losses[0]
+    return images, lesion, model, explain.randomized_copy(model, seed=1)
+
+
+def untrained_unetr(spatial_dims=2, size=64):
+    config = segment.ModelConfig(spatial_dims=spatial_dims, in_channels=1, label_values=[0, 1], architecture="unetr",
+                                 features=[4, 16, 32], patch_size=[size] * spatial_dims, attention_heads=2)
+    torch.manual_seed(0)
+    return segment.SegmentationNet(config).eval()
+
+
+def set_attention(model, attention_of):
+    """Replace every block's attention weights, as the model uses them, by ``attention_of(shape)``."""
+    handles = []
+    for name in explain.attention_blocks(model):
+        dropout = model.get_submodule(name).drop_weights
+        handles.append(dropout.register_forward_pre_hook(lambda _m, args: (attention_of(args[0].shape),)))
+    return handles
+
+
+def test_unetr_config_trains_saves_and_loads(transformer, tmp_path):
+    images, _, model, _ = transformer
+    assert model.config.architecture == "unetr" and model.config.fixed_input and model.config.size_divisor == 16
+    weights, config = segment.save_model(model, tmp_path / "unetr")
+    loaded = segment.load_model(weights)
+    assert loaded.config == model.config and '"attention_heads": 4' in config.read_text()
+    np.testing.assert_array_equal(segment.predict(loaded, images, device="cpu")[0],
+                                  segment.predict(model, images, device="cpu")[0])
+    with pytest.raises(ValueError, match="hidden_size divisible"):
+        segment.ModelConfig(spatial_dims=2, in_channels=1, label_values=[0, 1], architecture="unetr",
+                            features=[8, 30, 64])
+
+
+def test_attention_maps_are_normalised_distributions(transformer):
+    images, lesion, model, _ = transformer
+    x = torch.from_numpy(model.normalise(images))[None]
+    output, (record,) = explain.record_attention(model, x)
+    assert output.shape == (1, 2, 64, 64) and record.grid == (4, 4) and record.patch == (16, 16)
+    assert len(record.matrices) == 12 and record.blocks[-1] == "networks.0.vit.blocks.11.attn"
+    for matrix in (*record.matrices, explain.attention_rollout(record.matrices)):
+        assert matrix.shape == (16, 16) and matrix.min() >= 0
+        torch.testing.assert_close(matrix.sum(dim=1), torch.ones(16))
+    weights = torch.rand(16)
+    assert float(explain.query_attention(record.matrices[-1], weights).sum()) == pytest.approx(1.0)
+    for rollout in (False, True):
+        for region in (None, lesion):
+            result = explain.explain(model, images, method="attention", target=2, region=region, rollout=rollout)
+            assert result.map.shape == lesion.shape and result.map.dtype == np.float32
+            assert result.map.min() >= 0 and result.map.max() == pytest.approx(1.0)
+            assert result.channel_maps is None
+            assert result.layer == ("rollout to " if rollout else "") + "networks.0.vit.blocks.11.attn"
+            blocks = result.map.reshape(4, 16, 4, 16)
+            assert np.all(blocks == blocks[:, :1, :, :1])  # constant over each token's 16 x 16 pixels
+
+
+def test_rollout_of_identity_and_uniform_attention():
+    identity = torch.eye(5)
+    torch.testing.assert_close(explain.attention_rollout([identity] * 4), identity)
+    uniform = torch.full((5, 5), 0.2)
+    torch.testing.assert_close(explain.attention_rollout([uniform]), 0.5 * uniform + 0.5 * identity)
+    torch.testing.assert_close(explain.attention_rollout([uniform] * 30), uniform, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="no weight"):
+        explain.query_attention(uniform, torch.zeros(5))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_attention_map_peaks_where_the_attention_is_put(spatial_dims):
+    """Every query attends to one token: the map is 1 on its voxels only; identity attention stays in the region."""
+    size = 64 if spatial_dims == 2 else 32
+    model = untrained_unetr(spatial_dims, size)
+    images = np.random.default_rng(0).normal(size=(1,) + (size,) * spatial_dims).astype(np.float32)
+    grid = size // 16
+    chosen = (grid - 1, 0) if spatial_dims == 2 else (1, 0, 1)
+    index = int(np.ravel_multi_index(chosen, (grid,) * spatial_dims))
+
+    def onto_chosen(shape):
+        attention = torch.zeros(shape)
+        attention[..., index] = 1
+        return attention
+
+    expected = np.zeros((size,) * spatial_dims, np.float32)
+    expected[tuple(slice(16 * c, 16 * c + 16) for c in chosen)] = 1
+    region = ((4,) * spatial_dims, (8,) * spatial_dims)  # inside the first token
+    handles = set_attention(model, onto_chosen)
+    try:
+        for rollout in (False, True):
+            result = explain.explain(model, images, method="attention", target=1, region=region, rollout=rollout)
+            if rollout:  # the first token keeps a share through the skip connections
+                assert np.unravel_index(result.map.argmax(), result.map.shape) == tuple(16 * c for c in chosen)
+                assert result.map[expected == 1].min() == 1.0
+            else:
+                np.testing.assert_array_equal(result.map, expected)
+    finally:
+        for handle in handles:
+            handle.remove()
+    handles = set_attention(model, lambda shape: torch.eye(shape[-1]).expand(shape))
+    first_token = np.zeros_like(expected)
+    first_token[(slice(0, 16),) * spatial_dims] = 1
+    try:
+        for rollout in (False, True):
+            result = explain.explain(model, images, method="attention", target=1, region=region, rollout=rollout)
+            np.testing.assert_array_equal(result.map, first_token)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_attention_model_randomisation(transformer):
+    """Sanity check: the last block's attention of the trained and of a re-initialised model differ.
+
+    Rollout over 12 near-uniform blocks converges towards the same stationary mix for any
+    weights, so its correlation is printed, not asserted.
+    """
+    images, lesion, model, random_model = transformer
+    rows = []
+    for rollout in (False, True):
+        for region in (None, lesion):
+            maps = [explain.explain(m, images, method="attention", target=2, region=region, rollout=rollout).map
+                    for m in (model, random_model)]
+            tokens = [m[::16, ::16].ravel() for m in maps]
+            rows.append((rollout, region is None, stats.spearmanr(*tokens)[0]))
+    print("\nSpearman trained vs randomised attention (rollout, whole image, rho): " + str(rows))
+    assert rows[0][2] < 0.5
+
+
+def test_attention_errors(setting, transformer):
+    images, lesion, cnn, _, _ = setting
+    with pytest.raises(ValueError, match="attention maps need a transformer model, e.g. architecture='unetr'"):
+        explain.explain(cnn, images, method="attention", target=2, region=lesion)
+    images, lesion, model, _ = transformer
+    with pytest.raises(ValueError, match="no attention block"):
+        explain.explain(model, images, method="attention", target=2, layer="networks.0.encoder1")
+    wide = np.concatenate([images, images], axis=2)
+    with pytest.raises(ValueError, match="windows of \\[64, 64\\] voxels"):
+        explain.explain(model, wide, method="attention", target=2)
+    with pytest.raises(ValueError, match="more than the unetr model's window"):
+        explain.explain(model, wide, method="attention", target=2, region=((0, 0), (10, 100)))
+    region = np.zeros(wide.shape[1:], bool)
+    region[30:40, 90:100] = True  # the window is centred on the region, inside the image
+    result = explain.explain(model, wide, method="attention", target=2, region=region)
+    assert result.map[:, :63].max() == 0 and result.map[:, 63:127].min() > 0 and result.map[:, 127:].max() == 0
+
+
+def test_cli_writes_an_attention_map(tmp_path):
+    """3D: the map written by ``mmfuse explain --method attention`` sits on the input's grid."""
+    from napari_mmfuse import cli
+    from napari_mmfuse.io import read
+    from napari_mmfuse.io.nifti import write_nifti
+
+    model = untrained_unetr(spatial_dims=3, size=32)
+    volume = np.random.default_rng(1).normal(size=(20, 32, 28)).astype(np.float32)
+    roi = np.zeros(volume.shape, np.uint8)
+    roi[8:12, 20:26, 4:10] = 1
+    affine = np.diag([2.0, 0.8, 0.8, 1.0])
+    affine[:3, 3] = (-30.0, -20.0, 12.0)
+    write_nifti(tmp_path / "t1.nii.gz", volume, affine)
+    write_nifti(tmp_path / "roi.nii.gz", roi, affine, labels=True)
+    segment.save_model(model, tmp_path / "unetr")
+    out = tmp_path / "attention.nii.gz"
+    argv = ["explain", str(tmp_path / "t1.nii.gz"), "--model", str(tmp_path / "unetr"), "--target", "1",
+            "--roi", str(tmp_path / "roi.nii.gz"), "--method", "attention", "--rollout"]
+    assert cli.main(argv + ["-o", str(out)]) == 0
+    written, = read(out)
+    np.testing.assert_allclose(written.affine, read(tmp_path / "t1.nii.gz")[0].affine, atol=1e-5)
+    expected = explain.explain(model, volume[None], method="attention", target=1, region=roi > 0, rollout=True).map
+    np.testing.assert_allclose(np.asarray(written.data), expected, atol=1e-5)
+    assert expected.max() == pytest.approx(1.0) and expected.min() >= 0
+    assert cli.main(argv + ["--layer", "nope", "-o", str(tmp_path / "other.nii.gz")]) == 1
+
+
+def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch, transformer, setting):
+    """Click through the Explain widget with the attention method: overlay placement, colormap, blending, legend."""
+    from pathlib import Path
+
+    from qtpy.QtCore import Qt
+
+    from napari_mmfuse.widgets import explain as explain_widget
+    from napari_mmfuse.widgets._layers import world_affine
+    from napari_mmfuse.widgets.segment import remember_model
+
+    errors = []
+    monkeypatch.setattr(explain_widget, "show_error", errors.append)
+    images, lesion, model, _ = transformer
+    viewer = make_napari_viewer(show=True)  # shown, so that the screenshot renders
+    placement = {"scale": (0.8, 0.8), "translate": (12.0, -20.0), "units": ("mm", "mm")}
+    first = viewer.add_image(images[0], name="A", colormap="gray", **placement)
+    viewer.add_image(images[1], name="B", visible=False, **placement)
+    region_layer = viewer.add_labels(lesion.astype(np.int32) * 2, name="lesion", visible=False, **placement)
+    region_layer.selected_label = 2
+    remember_model(viewer, setting[2], ["A", "B"])  # a CNN first: attention is refused up front
+    widget = explain_widget.ExplainWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.method.setCurrentIndex(widget.method.findData("attention"))
+    qtbot.mouseClick(widget.run_button, Qt.LeftButton)
+    assert widget.worker is None and errors == [f"Explain: {explain.NO_ATTENTION}"]
+
+    remember_model(viewer, model, ["A", "B"])
+    widget.refresh_model()
+    assert widget.layer.itemData(widget.layer.count() - 1) == "networks.0.vit.blocks.11.attn"
+    assert widget.rollout.isEnabled()
+    widget.rollout.setChecked(True)
+    widget.region.setCurrentIndex(1)
+    widget.region_labels.set_layer(region_layer)
+    qtbot.mouseClick(widget.run_button, Qt.LeftButton)
+    with qtbot.waitSignal(widget.worker.finished, timeout=120_000):
+        pass
+    assert errors == [f"Explain: {explain.NO_ATTENTION}"]
+    overlay = viewer.layers["attention rollout class 2"]
+    np.testing.assert_allclose(world_affine(overlay), world_affine(first))
+    assert overlay.colormap.name == "inferno" and overlay.blending == "additive" and overlay.opacity < 1
+    assert overlay.data.shape == lesion.shape and overlay.data.max() == pytest.approx(1.0)
+    assert tuple(overlay.contrast_limits) == (0.0, 1.0)
+    assert overlay.metadata["mmfuse"]["layer"] == "rollout to networks.0.vit.blocks.11.attn"
+    assert widget.legend.count() == 3 and "rollout to networks.0.vit.blocks.11.attn" in widget.legend.item(0).text()
+    widget.legend.item(0).setCheckState(Qt.Unchecked)
+    assert not overlay.visible
+    widget.legend.item(0).setCheckState(Qt.Checked)
+    shots = Path("/tmp/mmfuse_shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    viewer.reset_view()
+    viewer.screenshot(str(shots / "explain_attention.png"), canvas_only=True)
+    widget.grab().save(str(shots / "explain_attention_panel.png"))
+    widget.method.setCurrentIndex(widget.method.findData("gradcam"))
+    assert not widget.rollout.isEnabled() and widget.layer.itemData(1) in explain.conv_layers(model)
+
+
+def test_explain_widget_attention_3d(make_napari_viewer, qtbot):
+    """3D: the attention overlay of a (hand-set) volume transformer sits on the input layer's grid."""
+    from pathlib import Path
+
+    from qtpy.QtCore import Qt
+
+    from napari_mmfuse.widgets._layers import world_affine
+    from napari_mmfuse.widgets.explain import ExplainWidget
+    from napari_mmfuse.widgets.segment import remember_model
+
+    model = untrained_unetr(spatial_dims=3, size=32)
+    volume = np.random.default_rng(2).normal(size=(24, 32, 32)).astype(np.float32)
+    index = int(np.ravel_multi_index((1, 1, 0), (2, 2, 2)))
+
+    def onto_one_token(shape):
+        attention = torch.zeros(shape)
+        attention[..., index] = 1
+        return attention
+
+    set_attention(model, onto_one_token)
+    viewer = make_napari_viewer(show=True)
+    first = viewer.add_image(volume, name="T1", colormap="gray", opacity=0.4, scale=(2.0, 0.9, 0.9),
+                             translate=(-10.0, 5.0, 0.0))
+    remember_model(viewer, model, ["T1"])
+    widget = ExplainWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.method.setCurrentIndex(widget.method.findData("attention"))
+    qtbot.mouseClick(widget.run_button, Qt.LeftButton)
+    with qtbot.waitSignal(widget.worker.finished, timeout=120_000):
+        pass
+    overlay = viewer.layers["attention class 1"]
+    np.testing.assert_allclose(world_affine(overlay), world_affine(first))
+    expected = np.zeros(volume.shape, np.float32)
+    expected[16:24, 16:32, 0:16] = 1  # the token's voxels that lie inside the 24-slice volume
+    np.testing.assert_array_equal(overlay.data, expected)
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.camera.angles = (-30, 35, 140)
+    viewer.screenshot(str(Path("/tmp/mmfuse_shots") / "explain_attention_3d.png"), canvas_only=True)
+
+
+def test_cli_trains_a_unetr_and_explains_its_attention(tmp_path):
+    """``mmfuse segment --architecture unetr`` saves a transformer whose attention ``mmfuse explain`` maps."""
+    import json
+
+    from napari_mmfuse import cli
+    from napari_mmfuse.io import read
+    from napari_mmfuse.io.nifti import write_nifti
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 0.2, (48, 48)).astype(np.float32)
+    image[16:32, 16:32] += 2.0
+    scribbles = np.zeros(image.shape, np.uint8)
+    scribbles[20:28, 24] = 2
+    scribbles[4, 4:44] = 1
+    write_nifti(tmp_path / "img.nii.gz", image, np.eye(3))
+    write_nifti(tmp_path / "s.nii.gz", scribbles, np.eye(3), labels=True)
+    assert cli.main(["segment", str(tmp_path / "img.nii.gz"), "--scribbles", str(tmp_path / "s.nii.gz"),
+                     "--architecture", "unetr", "--patch", "32", "--steps", "3", "--device", "cpu",
+                     "--save-model", str(tmp_path / "m"), "-o", str(tmp_path / "labels.nii.gz")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["architecture"] == "unetr"
+    labels = np.asarray(read(tmp_path / "labels.nii.gz")[0].data)
+    assert labels.shape == (1,) + image.shape and set(np.unique(labels)) <= {1, 2}  # NIfTI: one slice
+    write_nifti(tmp_path / "roi.nii.gz", (scribbles == 2).astype(np.uint8), np.eye(3), labels=True)
+    out = tmp_path / "attention.nii.gz"
+    assert cli.main(["explain", str(tmp_path / "img.nii.gz"), "--model", str(tmp_path / "m"), "--target", "2",
+                     "--roi", str(tmp_path / "roi.nii.gz"), "--method", "attention", "-o", str(out)]) == 0
+    attention = np.asarray(read(out)[0].data)
+    assert attention.shape == (1,) + image.shape and attention.min() >= 0 and attention.max() == pytest.approx(1.0)

@@ -11,6 +11,8 @@ Examples::
     mmfuse segment flair.nii.gz t1c.nii.gz --model tumour -o tumour_b.nii.gz
     mmfuse explain flair.nii.gz t1c.nii.gz --model tumour --target 2 --roi tumour.nii.gz \\
         --method ig -o ig.nii.gz --attribution-json modalities.json
+    mmfuse explain flair.nii.gz t1c.nii.gz --model tumour_unetr --target 2 --roi tumour.nii.gz \\
+        --method attention --rollout -o attention.nii.gz
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--scribbles", metavar="S", help="painted strokes (0 = unlabelled, other values = classes)")
     parser.add_argument("--fusion", choices=("early", "late"), default="early",
                         help="unet: one network on all modalities, or one per modality (decision fusion)")
+    parser.add_argument("--architecture", choices=("unet", "basicunet", "unetr"), default="unet",
+                        help="unet: the network trained (unetr is a transformer whose attention "
+                        "`mmfuse explain --method attention` can show)")
     parser.add_argument("--combine", choices=("average", "vote"), default="average",
                         help="late fusion: weighted average of probabilities or majority vote")
     parser.add_argument("--model", metavar="M", help="unet: saved model (.pt + .json stem, or TorchScript); "
@@ -62,7 +67,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--target", required=True, type=int, metavar="CLASS", help="label value explained")
     parser.add_argument("--roi", metavar="MASK", help="region: voxels > 0 of this label file (default: whole image)")
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--layer", help="gradcam: convolution layer name (default: the deepest)")
+    parser.add_argument("--layer", help="gradcam: convolution layer name (default: the deepest); "
+                        "attention: attention block name (default: the last)")
+    parser.add_argument("--rollout", action="store_true",
+                        help="attention: roll the attention out across blocks (with the skip connections)")
     parser.add_argument("-o", "--output", required=True, metavar="MAP", help="output map (.nii/.nii.gz)")
     parser.add_argument("--attribution-json", metavar="A.json",
                         help="write the per-modality attribution (channel ablation), one number per image")
@@ -155,7 +163,8 @@ def run_segment(args) -> int:
             names = [Path(p).name for p in args.images]
             options = {"steps": args.steps, "device": args.device, "spacing": None}
             if model is None:
-                options |= {"fusion": args.fusion, "combine": args.combine, "channel_names": names}
+                options |= {"fusion": args.fusion, "combine": args.combine, "channel_names": names,
+                            "architecture": args.architecture}
                 if args.patch:
                     options["patch_size"] = [args.patch] * (images.ndim - 1)
             generator = segment.train_steps(images, scribbles, model=model, **options)
@@ -193,10 +202,13 @@ def run_explain(args) -> int:
     model = segment.load_model(args.model)
     images, record = _subject(args.images, args.device)
     region = _on_grid(args.roi, record, args.device) > 0 if args.roi else None
+    if args.rollout and args.method != "attention":
+        raise ValueError("--rollout applies to --method attention only")
     result = explain.explain(model, images, method=args.method, target=args.target, region=region,
-                             layer=args.layer, device=args.device)
+                             layer=args.layer, rollout=args.rollout, device=args.device)
     write_nifti(output, result.map, record.affine, overwrite=args.overwrite,
-                metadata={"descrip": f"mmfuse explain {args.method} class {args.target}"})
+                metadata={"descrip": f"mmfuse explain {args.method}{' rollout' if args.rollout else ''} "
+                                     f"class {args.target}"})
     print(f"wrote {output}")
     if args.attribution_json:
         attribution = explain.modality_attribution(model, images, target=args.target, region=region,

@@ -11,6 +11,11 @@ for a classification network that class's logit. Methods:
 * **gradient saliency**: ``|d target / d input|`` (vanilla) or its average over noisy
   copies of the input (SmoothGrad);
 * **integrated gradients** from the channel-mean baseline (a Riemann sum with midpoints);
+* **attention maps** of vision transformers (MONAI ``ViT`` inside e.g. UNETR): the
+  attention the region's tokens pay to every token, each query token weighted by the
+  target class's probability over its voxels, averaged over heads, at one block or
+  rolled out across blocks with the residual identity (Abnar & Zuidema 2020), drawn
+  on the voxels each token covers;
 * **per-modality attribution**: each channel replaced by its mean (ablation) or the
   integrated gradients summed per channel, giving one number per modality (normalised
   to sum to 1) and one map per modality.
@@ -18,13 +23,15 @@ for a classification network that class's logit. Methods:
 The low-level functions take any ``torch.nn.Module`` and a normalised input tensor of
 shape ``(1, C, *S)``; :func:`explain` and :func:`modality_attribution` take a
 :class:`~napari_mmfuse.core.segment.SegmentationNet` and images ``(C, *S)``, normalise
-them, crop around the region (with the network's patch as context) and paste the
-maps back on the full grid. Attention maps of transformer models are not provided.
+them, crop around the region (with the network's patch as context; a network with a
+fixed input size gets one window of its patch size centred on the region) and paste
+the maps back on the full grid.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +43,7 @@ from torch import nn
 from .device import get_device
 from .segment import SegmentationNet, check_images
 
-METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig")
+METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention")
 ATTRIBUTIONS = ("ablation", "ig")
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -326,6 +333,230 @@ def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, re
     return drops.astype(np.float64), maps
 
 
+# ----------------------------------------------------------------------------- attention
+
+NO_ATTENTION = "attention maps need a transformer model, e.g. architecture='unetr'"
+
+
+@dataclass
+class TokenAttention:
+    """The attention of one vision transformer, recorded during a forward pass.
+
+    Attributes
+    ----------
+    name : str
+        The transformer's module name.
+    blocks : list of str
+        Names of its self-attention blocks, in order.
+    matrices : list of Tensor, each shape (N, N)
+        Each block's attention (softmax weights, before dropout) for the first item of
+        the batch, averaged over heads; row ``i`` is what query token ``i`` pays to
+        every key token and sums to 1.
+    grid : tuple of int
+        Token grid (tokens per axis); token order is C order over it.
+    patch : tuple of int
+        Voxels per token along each axis.
+    """
+
+    name: str
+    blocks: list[str]
+    matrices: list[torch.Tensor]
+    grid: tuple[int, ...] = ()
+    patch: tuple[int, ...] = ()
+
+
+def _transformers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    from monai.networks.nets import ViT
+
+    return [(name, sub) for name, sub in module.named_modules() if isinstance(sub, ViT)]
+
+
+def _block_names(name: str, vit: nn.Module) -> list[str]:
+    prefix = f"{name}." if name else ""
+    return [f"{prefix}blocks.{index}.attn" for index in range(len(vit.blocks))]
+
+
+def attention_blocks(module: nn.Module) -> list[str]:
+    """Names of the self-attention blocks of a network's vision transformers, in order."""
+    return [block for name, vit in _transformers(module) for block in _block_names(name, vit)]
+
+
+def record_attention(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[TokenAttention]]:
+    """Run the network once and keep the attention of every block of its vision transformers.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A network holding MONAI ``ViT`` encoders (UNETR, ViT, ...) with a convolutional
+        patch embedding.
+    x : Tensor, shape (1, C, *S)
+
+    Returns
+    -------
+    output : Tensor
+        The network's output.
+    records : list of TokenAttention
+        One per transformer.
+
+    Raises
+    ------
+    ValueError
+        The network has no vision transformer, or its attention is never materialised
+        (flash attention).
+    """
+    transformers = _transformers(module)
+    if not transformers:
+        if any(isinstance(sub, torch.jit.ScriptModule) for sub in module.modules()):
+            raise ValueError(f"{NO_ATTENTION}; a TorchScript model's attention cannot be read (no hooks)")
+        raise ValueError(NO_ATTENTION)
+    records, handles = [], []
+    try:
+        for name, vit in transformers:
+            record = TokenAttention(name, _block_names(name, vit), [])
+            projection = vit.patch_embedding.patch_embeddings
+            if not isinstance(projection, _CONV):
+                raise ValueError(f"{name or 'the transformer'} embeds patches with a perceptron; attention maps "
+                                 "need proj_type='conv'")
+
+            def keep_grid(_module, args, record=record, stride=tuple(int(s) for s in projection.stride)):
+                record.patch = stride
+                record.grid = tuple(int(s) // p for s, p in zip(args[0].shape[2:], stride))
+
+            handles.append(vit.register_forward_pre_hook(keep_grid))
+            for block_name, block in zip(record.blocks, vit.blocks):
+                if block.attn.use_flash_attention:
+                    raise ValueError(f"{block_name} uses flash attention, whose weights cannot be read")
+                handles.append(block.attn.drop_weights.register_forward_hook(
+                    lambda _module, args, _output, record=record: record.matrices.append(
+                        args[0].detach()[0].float().mean(dim=0))))
+            records.append(record)
+        with torch.no_grad():
+            output = module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, records
+
+
+def attention_rollout(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Attention rollout across blocks with the residual identity (Abnar & Zuidema 2020).
+
+    Each block's attention ``A`` becomes ``(A + I) / 2`` (the skip connection carries the
+    token itself), rows renormalised, and the blocks are chained: ``R = Â_L ... Â_1``.
+
+    Parameters
+    ----------
+    matrices : sequence of Tensor, each shape (N, N)
+        Head-averaged attention of consecutive blocks, first block first.
+
+    Returns
+    -------
+    Tensor, shape (N, N)
+        Row ``i``: how much token ``i`` after the last block draws from every input token;
+        rows sum to 1.
+    """
+    identity = torch.eye(matrices[0].shape[-1], dtype=matrices[0].dtype, device=matrices[0].device)
+    rolled = identity
+    for matrix in matrices:
+        mixed = 0.5 * matrix + 0.5 * identity
+        rolled = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rolled
+    return rolled
+
+
+def query_attention(matrix: torch.Tensor, query_weights: torch.Tensor) -> torch.Tensor:
+    """The attention that weighted query tokens pay to every token.
+
+    Parameters
+    ----------
+    matrix : Tensor, shape (N, N)
+        Attention (or rollout) with rows summing to 1.
+    query_weights : Tensor, shape (N,)
+        Non-negative weight of each query token, not all zero.
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        ``w @ A / sum(w)``: a distribution over the key tokens (sums to 1).
+    """
+    total = query_weights.sum()
+    if total <= 0:
+        raise ValueError("the query tokens have no weight; choose a region the model sees")
+    return (query_weights / total) @ matrix
+
+
+def _pool_to_tokens(voxels: torch.Tensor, grid, patch) -> torch.Tensor:
+    """Sum voxel values over each token's patch; C order over the grid."""
+    covered = voxels[tuple(slice(0, g * p) for g, p in zip(grid, patch))]
+    split = covered.reshape([size for pair in zip(grid, patch) for size in pair])
+    return split.sum(dim=tuple(range(1, 2 * len(grid), 2))).flatten()
+
+
+def _tokens_to_voxels(values: torch.Tensor, grid, patch, spatial) -> torch.Tensor:
+    """Spread one value per token over the voxels it covers (zero where no token reaches)."""
+    out = values.reshape(grid)
+    for axis, p in enumerate(patch):
+        out = out.repeat_interleave(p, dim=axis)
+    return F.pad(out, [pad for axis in reversed(range(len(grid))) for pad in (0, spatial[axis] - out.shape[axis])])
+
+
+def attention_map(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None, layer: str | None = None,
+                  rollout: bool = False) -> np.ndarray:
+    """Where the target's tokens look: attention of the region's tokens, on the input grid.
+
+    Each query token is weighted by the sum, over its voxels inside the region, of the
+    target class's probability (the region alone where that underflows to zero). The
+    attention those queries pay to every token (averaged over heads; at one block, or
+    rolled out from the first block to it) is drawn on the voxels each key token covers.
+    A network with several transformers (late fusion) gets the mean of their maps.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Holds MONAI ``ViT`` encoders fed with ``x``'s grid (UNETR, ViT).
+    x : Tensor, shape (1, C, *S)
+    class_index : int
+    region : Tensor of bool, shape (*S), optional
+    layer : str, optional
+        An attention block (see :func:`attention_blocks`); its transformer only. The
+        last block of every transformer by default.
+    rollout : bool
+        Attention rollout up to the block instead of the block's own attention.
+
+    Returns
+    -------
+    ndarray, shape (*S), float32
+        In [0, 1], 1 at the most attended token.
+    """
+    output, records = record_attention(module, x)
+    if layer is not None:
+        records = [record for record in records if layer in record.blocks]
+        if not records:
+            raise ValueError(f"no attention block {layer!r} in the model; choose one of {attention_blocks(module)}")
+    spatial = tuple(x.shape[2:])
+    if not 0 <= class_index < output.shape[1]:
+        raise ValueError(f"class index {class_index} is outside the model's {output.shape[1]} classes")
+    inside = torch.ones(spatial, device=x.device) if region is None else region.to(x.device, torch.float32)
+    weights = inside
+    if output.ndim > 2:
+        weights = inside * torch.softmax(output.float(), dim=1)[0, class_index]
+        if not weights.any():
+            weights = inside
+    total = torch.zeros(spatial, dtype=torch.float32, device=x.device)
+    for record in records:
+        if len(record.grid) != len(spatial) or record.grid != tuple(s // p for s, p in zip(spatial, record.patch)):
+            raise ValueError(f"{record.name or 'the transformer'} does not see the input grid {spatial}; "
+                             "attention maps need transformers fed with the model's input")
+        stop = record.blocks.index(layer) + 1 if layer is not None else len(record.matrices)
+        matrix = attention_rollout(record.matrices[:stop]) if rollout else record.matrices[stop - 1]
+        tokens = math.prod(record.grid)
+        special = matrix.shape[-1] - tokens  # a class token comes first
+        queries = torch.zeros(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+        queries[special:] = _pool_to_tokens(weights, record.grid, record.patch)
+        keys = query_attention(matrix, queries)[special:]
+        total += _tokens_to_voxels(keys / keys.sum(), record.grid, record.patch, spatial)
+    return (total / total.max()).cpu().numpy().astype(np.float32)
+
+
 # ----------------------------------------------------------------------------- on images
 
 
@@ -343,7 +574,8 @@ class Explanation:
     target : int
         Label value explained.
     layer : str or None
-        Grad-CAM layer.
+        Grad-CAM layer, or the attention block(s) of "attention" ("rollout to ..." when
+        rolled out).
     """
 
     map: np.ndarray
@@ -406,8 +638,25 @@ def _class_index(model: SegmentationNet, target: int) -> int:
     return values.index(int(target))
 
 
+def _fixed_window(config, shape, low, high, region_given: bool):
+    """The crop of exactly the model's patch size centred on the box ``low:high``."""
+    window = np.asarray(config.patch_size)
+    if not region_given and np.any(np.asarray(shape) > window):
+        raise ValueError(f"the {config.architecture} model sees windows of {config.patch_size} voxels but the "
+                         f"images are {list(shape)}; choose a region (a label or a box) that fits in one window")
+    if np.any(high - low > window):
+        raise ValueError(f"the region spans {(high - low).tolist()} voxels, more than the {config.architecture} "
+                         f"model's window of {config.patch_size}; choose a smaller region")
+    start = np.clip((low + high - window) // 2, 0, np.maximum(np.asarray(shape) - window, 0))
+    return start, np.minimum(start + window, shape)
+
+
 def _prepare(model: SegmentationNet, images, region, margin, device):
-    """Normalised, cropped input tensor, region tensor, and where the crop sits."""
+    """Normalised, cropped input tensor, region tensor, and where the crop sits.
+
+    A model with a fixed input size gets one window of its patch size centred on the
+    region (the whole image if it fits), padded at the far side when the image is smaller.
+    """
     images = check_images(images)
     config = model.config
     if images.shape[0] != config.in_channels:
@@ -428,14 +677,19 @@ def _prepare(model: SegmentationNet, images, region, margin, device):
             margin = [p // 2 for p in config.patch_size]
         margin = _per_axis(margin, None, len(shape), minimum=0)
         where = np.argwhere(region)
-        low = np.maximum(where.min(axis=0) - margin, 0)
-        high = np.minimum(where.max(axis=0) + 1 + np.asarray(margin), shape)
+        low, high = where.min(axis=0), where.max(axis=0) + 1
+        if not config.fixed_input:
+            low, high = np.maximum(low - margin, 0), np.minimum(high + np.asarray(margin), shape)
     else:
         low, high = np.zeros(len(shape), int), np.asarray(shape)
-    divisor = config.size_divisor
+    if config.fixed_input:
+        low, high = _fixed_window(config, shape, low, high, region is not None)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
     sub = model.normalise(images[(slice(None), *crop)])
-    pad = [(-s) % divisor for s in sub.shape[1:]]
+    if config.fixed_input:
+        pad = [p - s for p, s in zip(config.patch_size, sub.shape[1:])]
+    else:
+        pad = [(-s) % config.size_divisor for s in sub.shape[1:]]
     x = torch.from_numpy(np.pad(sub, [(0, 0)] + [(0, p) for p in pad], mode="edge"))[None].to(device)
     region_tensor = None
     if region is not None:
@@ -459,6 +713,7 @@ def explain(
     target: int,
     region=None,
     layer: str | None = None,
+    rollout: bool = False,
     margin: int | Sequence[int] | None = None,
     samples: int = 16,
     steps: int = 32,
@@ -472,17 +727,23 @@ def explain(
     model : SegmentationNet
     images : ndarray, shape (C, *S)
         The model's input modalities on one grid (raw intensities; normalised here).
-    method : {"gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig"}
+    method : {"gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention"}
+        "attention" needs a transformer (``architecture="unetr"``); its map is in [0, 1].
     target : int
         Label value of the class explained.
     region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
         Where the class logit is summed (a mask, or a box of voxel corners with ``high``
-        exclusive); the whole image without one.
+        exclusive); the whole image without one. For "attention": whose tokens'
+        attention is shown.
     layer : str, optional
-        Grad-CAM layer name; the deepest convolution by default.
+        Grad-CAM layer name (the deepest convolution by default), or the attention
+        block of "attention" (see :func:`attention_blocks`; the last by default).
+    rollout : bool
+        "attention": roll the attention out across blocks up to ``layer``.
     margin : int or sequence of int, optional
         Context kept around the region (voxels); half the model's patch by default.
-        The maps are zero outside the region's box plus this margin.
+        The maps are zero outside the region's box plus this margin (outside the
+        window for a model with a fixed input size).
     samples : int
         SmoothGrad noisy copies.
     steps : int
@@ -508,6 +769,13 @@ def explain(
                          plusplus=method == "gradcampp")
     elif method == "occlusion":
         values = np.clip(occlusion(model, x, class_index=class_index, region=region_tensor, window=window), 0, None)
+    elif method == "attention":
+        if region_tensor is None:  # the padding is not part of the image
+            region_tensor = torch.zeros(x.shape[2:], dtype=torch.bool, device=device)
+            region_tensor[tuple(slice(0, s.stop - s.start) for s in crop)] = True
+        values = attention_map(model, x, class_index=class_index, region=region_tensor, layer=layer, rollout=rollout)
+        blocks = [layer] if layer else [_block_names(name, vit)[-1] for name, vit in _transformers(model)]
+        layer = ("rollout to " if rollout else "") + ", ".join(blocks)
     else:
         if method == "ig":
             per_channel = integrated_gradients(model, x, class_index=class_index, region=region_tensor, steps=steps)
@@ -517,7 +785,7 @@ def explain(
         channel_maps = _paste(per_channel, crop, shape, leading=1)
         values = np.abs(per_channel).sum(axis=0)
     return Explanation(_paste(values, crop, shape), channel_maps, method, int(target),
-                       layer if method.startswith("gradcam") else None)
+                       layer if method.startswith("gradcam") or method == "attention" else None)
 
 
 def modality_attribution(

@@ -36,7 +36,8 @@ from torch import nn
 from . import space
 from .device import get_device, with_oom_retry
 
-ARCHITECTURES = ("unet", "basicunet", "torchscript")
+ARCHITECTURES = ("unet", "basicunet", "unetr", "torchscript")
+TRAINABLE = ("unet", "basicunet", "unetr")
 FUSIONS = ("early", "late")
 LATE_COMBINE = ("average", "vote")
 CONFIG_SUFFIX = ".json"
@@ -240,11 +241,16 @@ class ModelConfig:
         Number of modalities (input channels).
     label_values : list of int
         Label value of each output class, in output order (the first is usually 0).
-    architecture : {"unet", "basicunet", "torchscript"}
+    architecture : {"unet", "basicunet", "unetr", "torchscript"}
+        "unetr" is MONAI's UNETR: a 12-block vision transformer on 16-voxel tokens with a
+        convolutional decoder; it takes inputs of exactly ``patch_size``.
     features : list of int
-        Channels per level ("unet", any length >= 2) or BasicUNet's 6 feature sizes.
+        Channels per level ("unet", any length >= 2), BasicUNet's 6 feature sizes, or
+        UNETR's ``[feature_size, hidden_size, mlp_dim]``.
     patch_size : list of int
         Training patch and sliding-window size (voxels), divisible by ``size_divisor``.
+    attention_heads : int
+        Attention heads of each transformer block ("unetr"; divides ``hidden_size``).
     channel_mean, channel_std : list of float
         Per-channel normalisation: ``(x - mean) / std``.
     channel_names : list of str
@@ -272,6 +278,7 @@ class ModelConfig:
     combine: str = "average"
     fusion_weights: list[float] = field(default_factory=list)
     spacing: list[float] | None = None
+    attention_heads: int = 4
 
     def __post_init__(self):
         if self.spatial_dims not in (2, 3):
@@ -288,6 +295,9 @@ class ModelConfig:
             raise ValueError(f"basicunet needs 6 feature sizes, got {self.features}")
         if self.architecture == "unet" and len(self.features) < 2:
             raise ValueError(f"unet needs at least 2 levels of features, got {self.features}")
+        if self.architecture == "unetr" and (len(self.features) != 3 or self.features[1] % self.attention_heads):
+            raise ValueError(f"unetr needs features [feature_size, hidden_size, mlp_dim] with hidden_size divisible "
+                             f"by attention_heads={self.attention_heads}, got {self.features}")
         self.label_values = [int(v) for v in self.label_values]
         n = self.in_channels
         self.channel_mean = [float(v) for v in self.channel_mean] or [0.0] * n
@@ -318,11 +328,16 @@ class ModelConfig:
         Unknown for TorchScript: the largest power of two dividing every ``patch_size``
         entry (a size the model is known to accept).
         """
-        if self.architecture == "basicunet":
+        if self.architecture in ("basicunet", "unetr"):
             return 16
         if self.architecture == "unet":
             return 2 ** (len(self.features) - 1)
         return min(p & -p for p in self.patch_size) if self.patch_size else 1
+
+    @property
+    def fixed_input(self) -> bool:
+        """Whether the network takes inputs of exactly ``patch_size`` only (learned position embeddings)."""
+        return self.architecture == "unetr"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -341,11 +356,16 @@ class ModelConfig:
 
 
 def _build_network(config: ModelConfig, in_channels: int) -> nn.Module:
-    from monai.networks.nets import BasicUNet, UNet
+    from monai.networks.nets import UNETR, BasicUNet, UNet
 
     if config.architecture == "basicunet":
         return BasicUNet(spatial_dims=config.spatial_dims, in_channels=in_channels,
                          out_channels=config.n_classes, features=tuple(config.features))
+    if config.architecture == "unetr":
+        feature_size, hidden_size, mlp_dim = config.features
+        return UNETR(in_channels=in_channels, out_channels=config.n_classes, img_size=tuple(config.patch_size),
+                     feature_size=feature_size, hidden_size=hidden_size, mlp_dim=mlp_dim,
+                     num_heads=config.attention_heads, proj_type="conv", spatial_dims=config.spatial_dims)
     return UNet(spatial_dims=config.spatial_dims, in_channels=in_channels, out_channels=config.n_classes,
                 channels=tuple(config.features), strides=(2,) * (len(config.features) - 1), num_res_units=1,
                 norm="batch")
@@ -461,7 +481,33 @@ def _crop(array: np.ndarray, start, size, fill=0) -> np.ndarray:
     return out
 
 
-def _sample_patches(normalised, target, by_class, patch, batch, rng, fill):
+def _sample_patches(normalised, target, by_class, patch, batch, rng, fill, *, intensity=0.1):
+    """A batch of augmented training patches around painted voxels.
+
+    Parameters
+    ----------
+    normalised : ndarray, shape (C, *S)
+        Normalised images.
+    target : ndarray, shape (*S), int64
+        Class index of each voxel, -1 where unpainted.
+    by_class : list of ndarray
+        Painted voxel coordinates of each painted class; patch centres are drawn from a
+        random class first, so every class is seen equally often.
+    patch : sequence of int
+    batch : int
+    rng : numpy.random.Generator
+    fill : ndarray, shape (C, 1, ...)
+        Value of each channel outside the image.
+    intensity : float
+        Each channel of each patch is scaled by a gain in ``1 ± intensity`` and shifted
+        by up to ``± intensity`` (normalised units).
+
+    Returns
+    -------
+    x : ndarray, shape (B, C, *patch), float32
+    y : ndarray, shape (B, *patch), int64
+        Flipped together with ``x``.
+    """
     n = len(patch)
     xs, ys = [], []
     for _ in range(batch):
@@ -474,8 +520,8 @@ def _sample_patches(normalised, target, by_class, patch, batch, rng, fill):
         for axis in range(n):
             if rng.random() < 0.5:
                 x, y = np.flip(x, axis + 1), np.flip(y, axis)
-        gain = rng.uniform(0.9, 1.1, size=(x.shape[0],) + (1,) * n).astype(np.float32)
-        shift = rng.uniform(-0.1, 0.1, size=gain.shape).astype(np.float32)
+        gain = rng.uniform(1 - intensity, 1 + intensity, size=(x.shape[0],) + (1,) * n).astype(np.float32)
+        shift = rng.uniform(-intensity, intensity, size=gain.shape).astype(np.float32)
         xs.append(x * gain + shift)
         ys.append(y)
     return np.stack(xs).astype(np.float32), np.stack(ys)
@@ -516,10 +562,10 @@ def train_steps(
     model : SegmentationNet, optional
         Warm start: continue training these weights (same channels and classes); the
         architecture options are then taken from it. The model is trained in place.
-    architecture : {"unet", "basicunet"}
+    architecture : {"unet", "basicunet", "unetr"}
     features : sequence of int, optional
-        Channels per level; default (16, 32, 64) for "unet", (16, 16, 32, 64, 128, 16)
-        for "basicunet".
+        Channels per level; default (16, 32, 64) for "unet" and "unetr" (feature size,
+        hidden size, MLP size), (16, 16, 32, 64, 128, 16) for "basicunet".
     fusion : {"early", "late"}
     combine : {"average", "vote"}
         Late fusion only: how :func:`predict` combines the per-modality networks.
@@ -557,8 +603,8 @@ def train_steps(
     values = [int(v) for v in np.unique(scribbles[scribbles != 0])]
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    if model is None and architecture not in ("unet", "basicunet"):
-        raise ValueError(f"architecture must be 'unet' or 'basicunet' for training, not {architecture!r}")
+    if model is None and architecture not in TRAINABLE:
+        raise ValueError(f"architecture must be one of {TRAINABLE} for training, not {architecture!r}")
     device = get_device(device)
     if model is None:
         mean, std = channel_stats(images)
@@ -647,6 +693,7 @@ def predict(
     affine: np.ndarray | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
+    test_time_flips: bool = False,
     device=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment a whole image with sliding-window inference.
@@ -663,6 +710,9 @@ def predict(
         Sliding-window overlap (0 to < 1).
     batch_size : int
         Windows per forward pass (halved on out-of-memory errors).
+    test_time_flips : bool
+        Also run each window flipped along each spatial axis (1 + n passes) and average
+        the class probabilities, which evens out the errors of a network trained on few strokes.
     device : str or torch.device, optional
 
     Returns
@@ -693,9 +743,15 @@ def predict(
     x = torch.from_numpy(model.normalise(images))[None]
     n_members = 1 if config.fusion == "early" else len(model.networks)
 
+    flip_axes = [()] + ([(axis,) for axis in range(2, 2 + config.spatial_dims)] if test_time_flips else [])
+
     def members(window: torch.Tensor) -> torch.Tensor:
-        logits = model.member_logits(window)
-        return torch.cat([torch.softmax(m, dim=1) for m in logits], dim=1)
+        total = 0.0
+        for axes in flip_axes:
+            logits = model.member_logits(torch.flip(window, axes) if axes else window)
+            probabilities = torch.cat([torch.softmax(m, dim=1) for m in logits], dim=1)
+            total = total + (torch.flip(probabilities, axes) if axes else probabilities)
+        return total / len(flip_axes)
 
     def run(tile: int) -> torch.Tensor:
         with torch.inference_mode():

@@ -4,7 +4,8 @@ The model is the last one trained (or loaded) in the session's "Segment" widget,
 model file. The checked image layers are its inputs in channel order, resampled onto the
 first one's grid. Results are overlays with the first layer's placement (perceptual
 colormaps, additive blending; one map per modality hidden until toggled in the legend)
-and a bar chart of the per-modality attribution (channel ablation).
+and a bar chart of the per-modality attribution (channel ablation). Transformer models
+(UNETR) also give attention maps, at one block or rolled out across blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -48,6 +50,7 @@ METHOD_NAMES = {
     "saliency": "gradient saliency",
     "smoothgrad": "SmoothGrad",
     "ig": "integrated gradients",
+    "attention": "attention",
 }
 
 
@@ -143,7 +146,11 @@ class ExplainWidget(QWidget):
         for key, name in METHOD_NAMES.items():
             self.method.addItem(name, key)
         self.layer = QComboBox()
-        self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted")
+        self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted; "
+                              "attention: the transformer block whose attention is shown")
+        self.rollout = QCheckBox("roll out across blocks")
+        self.rollout.setToolTip("attention: chain the blocks' attention up to the chosen one, with the skip "
+                                "connections (attention rollout)")
         self.run_button = QPushButton("Explain")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -164,7 +171,8 @@ class ExplainWidget(QWidget):
         form.addRow("  label layer", self.region_labels)
         form.addRow("  shapes layer", self.region_shapes)
         form.addRow("method", self.method)
-        form.addRow("Grad-CAM layer", self.layer)
+        form.addRow("layer", self.layer)
+        form.addRow("attention", self.rollout)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -179,6 +187,7 @@ class ExplainWidget(QWidget):
         layout.addStretch()
 
         self.source.currentIndexChanged.connect(self.refresh_model)
+        self.method.currentIndexChanged.connect(self._fill_layers)
         self.load_button.clicked.connect(lambda: self.load_model())
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -201,7 +210,7 @@ class ExplainWidget(QWidget):
         model = self.current_model()
         self._shown_model = model
         self.target.clear()
-        self.layer.clear()
+        self._fill_layers()
         if model is None:
             self.model_label.setText("no model: train one in Segment, or load a file")
             return
@@ -210,15 +219,28 @@ class ExplainWidget(QWidget):
         for value in config.label_values:
             self.target.addItem(str(value), value)
         self.target.setCurrentIndex(self.target.count() - 1)
-        if config.architecture != "torchscript":
-            self.layer.addItem("(deepest)", None)
-            for name in explain.conv_layers(model):
-                self.layer.addItem(name, name)
         entry = session_model(self.viewer)
         if check_inputs and self.source.currentText() == SESSION and entry is not None:
             by_name = {layer.name: layer for layer in self.viewer.layers}
             if all(name in by_name for name in entry[1]):
                 self.layers.set_checked([by_name[name] for name in entry[1]])
+
+    def _fill_layers(self, index=None) -> None:
+        """List the chosen model's convolutions (Grad-CAM) or attention blocks (attention)."""
+        self.layer.clear()
+        model = self._shown_model
+        method = self.method.currentData()
+        self.rollout.setEnabled(method == "attention")
+        if model is None or model.config.architecture == "torchscript":
+            return
+        if method == "attention":
+            self.layer.addItem("(last)", None)
+            names = explain.attention_blocks(model)
+        else:
+            self.layer.addItem("(deepest)", None)
+            names = explain.conv_layers(model)
+        for name in names:
+            self.layer.addItem(name, name)
 
     def load_model(self, path: str | None = None):
         """Load a model file and select it."""
@@ -278,15 +300,20 @@ class ExplainWidget(QWidget):
                 raise ValueError(f"the model takes {model.config.in_channels} inputs "
                                  f"({', '.join(model.config.channel_names)}) but {images.shape[0]} layers are checked")
             region, region_text = self._region(images.shape[1:], affine)
+            method = self.method.currentData()
+            if method == "attention" and not explain.attention_blocks(model):
+                raise ValueError(explain.NO_ATTENTION)
         except ValueError as error:
             show_error(f"Explain: {error}")
             return None
-        method = self.method.currentData()
-        options = {"method": method, "target": self.target.currentData(), "region": region,
-                   "layer": self.layer.currentData() if method.startswith("gradcam") else None}
-        context = {"layers": layers, "region": region_text, "method": method, "target": options["target"]}
+        rollout = method == "attention" and self.rollout.isChecked()
+        options = {"method": method, "target": self.target.currentData(), "region": region, "rollout": rollout,
+                   "layer": self.layer.currentData() if method.startswith("gradcam") or method == "attention" else None}
+        label = METHOD_NAMES[method] + (" rollout" if rollout else "")
+        context = {"layers": layers, "region": region_text, "method": method, "target": options["target"],
+                   "label": label}
         worker = create_worker(_explain_steps, model, images, options,
-                               _progress={"total": 2, "desc": f"Explaining ({METHOD_NAMES[method]})"})
+                               _progress={"total": 2, "desc": f"Explaining ({label})"})
         worker.yielded.connect(lambda _: self.progress.setValue(1))
         worker.returned.connect(lambda result: self._on_result(*result, context))
         worker.errored.connect(lambda error: show_error(f"Explain failed: {error}"))
@@ -314,13 +341,15 @@ class ExplainWidget(QWidget):
         self.progress.setValue(2)
         first = context["layers"][0]
         names = [layer.name for layer in context["layers"]]
-        label = METHOD_NAMES[context["method"]]
+        label = context["label"]
         provenance = {"step": "explain", "method": context["method"], "target": int(context["target"]),
                       "region": context["region"], "inputs": names, "layer": result.layer,
                       "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
+        # attention is a share of the most attended token's: shown on its own 0..1 scale, not stretched
+        limits = {"contrast_limits": (0.0, 1.0)} if context["method"] == "attention" else {}
         added = [self.viewer.add_image(
             result.map, **geometry_of(first, name=f"{label} class {context['target']}", colormap="inferno",
-                                      blending="additive", opacity=0.8, metadata={"mmfuse": provenance}))]
+                                      blending="additive", opacity=0.8, metadata={"mmfuse": provenance}, **limits))]
         maps = np.abs(result.channel_maps) if result.channel_maps is not None else np.abs(attribution.maps)
         kind = label if result.channel_maps is not None else "ablation drop"
         for name, channel_map in zip(names, maps):

@@ -49,6 +49,7 @@ METHODS = {
     "UNet, early fusion": ("unet", {"fusion": "early"}),
     "UNet, late fusion (average)": ("unet", {"fusion": "late", "combine": "average"}),
     "UNet, late fusion (vote)": ("unet", {"fusion": "late", "combine": "vote"}),
+    "UNETR transformer, early fusion (attention maps)": ("unet", {"fusion": "early", "architecture": "unetr"}),
     "Otsu (first layer)": ("otsu", {}),
     "Multi-Otsu, 3 classes (first layer)": ("multiotsu", {}),
     "Seeded watershed": ("watershed", {}),
@@ -275,12 +276,13 @@ class SegmentWidget(QWidget):
             names = [layer.name for layer in layers]
             session = session_model(self.viewer)
             same_inputs = session is not None and session[1] == names
-            same_fusion = self.model.config.fusion == options["fusion"]
+            same_fusion = (self.model.config.fusion == options["fusion"]
+                           and self.model.config.architecture == options.get("architecture", "unet"))
             known = set(np.unique(scribbles[scribbles != 0]).tolist()) <= set(self.model.config.label_values)
             if same_inputs and same_fusion and known and self.model.config.architecture != "torchscript":
                 warm = self.model
             else:
-                show_info("Segment: the layers, fusion or classes changed; training a new model")
+                show_info("Segment: the layers, network, fusion or classes changed; training a new model")
         steps = self.steps.value()
         train_options = {"steps": steps, "learning_rate": self.learning_rate.value(),
                          "channel_names": [layer.name for layer in layers]}
