@@ -144,6 +144,29 @@ def test_train_predict_2d_keeps_label_values(trained):
         assert u.shape == labels.shape and 0 <= u.min() and u.max() <= 1
 
 
+def test_test_time_flips_average_the_flipped_predictions(trained):
+    images, _, lesion, model, _ = trained
+    _, plain = segment.predict(model, images, device="cpu")
+    labels, flipped = segment.predict(model, images, test_time_flips=True, device="cpu")
+    # 48 px with 32 px windows: the windows are placed symmetrically, so each pass is a whole flipped prediction
+    passes = [plain] + [np.flip(segment.predict(model, np.flip(images, axis), device="cpu")[1], axis)
+                        for axis in (1, 2)]
+    np.testing.assert_allclose(flipped, np.mean(passes, axis=0), atol=1e-5)
+    assert dice(labels == 7, lesion) > 0.6
+
+
+def test_augmented_patches_keep_labels_aligned():
+    rng = np.random.default_rng(0)
+    target = rng.integers(-1, 3, size=(10, 12, 14))
+    images = np.stack([target, 10 + target]).astype(np.float32)  # each channel encodes the label it should carry
+    by_class = [np.argwhere(target == k) for k in range(3)]
+    fill = np.array([-1.0, 9.0], np.float32).reshape(2, 1, 1, 1)  # outside: unlabelled in both encodings
+    x, y = segment._sample_patches(images, target, by_class, (8, 8, 8), 16, rng, fill, intensity=0.0)
+    assert x.shape == (16, 2, 8, 8, 8) and y.shape == (16, 8, 8, 8)
+    np.testing.assert_array_equal(x[:, 0], y)
+    np.testing.assert_array_equal(x[:, 1], 10 + y)
+
+
 def test_warm_start_continues_the_same_weights(trained):
     images, scribbles, _, model, _ = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
