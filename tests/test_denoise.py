@@ -186,9 +186,11 @@ def test_unknown_method_and_bad_parameters():
         dn.gaussian(noisy, sigma=1, spacing=(1, -1))
     with pytest.raises(ValueError, match="smaller than the training patch"):
         next(dn.n2v_train(noisy[:16, :1], patch=32))
-    with pytest.raises(ValueError, match="multiple of 2"):
+    with pytest.raises(ValueError, match="multiple of 4"):
         next(dn.n2v_train(noisy, patch=15))
-    assert dn.n2v_patch_shape((6, 100, 33), patch=32) == (6, 32, 32)
+    with pytest.raises(ValueError, match="average_fraction"):
+        next(dn.n2v_train(noisy, average_fraction=1.5))
+    assert dn.n2v_patch_shape((6, 100, 33), patch=32) == (4, 32, 32)
 
 
 @pytest.mark.skipif(not W2S.is_dir(), reason="shared denoise data absent")
@@ -211,22 +213,62 @@ def test_noise2void_improves_real_pair_and_round_trips(tmp_path):
     out = model.predict(noisy[train], device="cpu")
     assert out.dtype == np.float32 and out.shape == (96, 96)
     before, after = fitted_psnr(clean[train], noisy[train], 255), fitted_psnr(clean[train], out, 255)
-    assert after > before + 1.5, (before, after)  # measured: 17.0 -> 19.5 dB
+    assert after > before + 2.5, (before, after)  # measured: 17.0 -> 20.2 dB (19.8 without test-time augmentation)
 
     saved = model.save(tmp_path / "w2s_n2v")
     assert saved.suffix == ".pt" and saved.with_suffix(".json").exists()
     loaded = dn.N2VModel.load(tmp_path / "w2s_n2v.json", device="cpu")
     assert loaded.config.steps_trained == 60 and len(loaded.config.loss) == 60
     other = (slice(300, 380), slice(260, 372))  # another field of the same kind, not a tile multiple
-    np.testing.assert_allclose(loaded.predict(noisy[other]), model.predict(noisy[other]), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict(noisy[other], augment=False), model.predict(noisy[other], augment=False), atol=1e-5
+    )
     with pytest.raises(ValueError, match="trained on 2D"):
         loaded.predict(np.random.default_rng(0).random((8, 32, 32)))
 
 
 def test_noise2void_3d_short_run_shapes():
     _, noisy = phantom((16, 24, 24), seed=8)
-    out = dn.noise2void(noisy, steps=2, patch=16, batch=2, channels=(8, 16), device="cpu")
+    out = dn.noise2void(noisy, steps=2, patch=16, channels=(8, 16), device="cpu")
     assert out.shape == noisy.shape and out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+def test_n2v2_unet_keeps_shape_and_has_no_full_resolution_skip():
+    network = dn.N2V2UNet(2, (4, 8, 16))
+    x = torch.randn(2, 1, 20, 36)
+    assert network(x).shape == x.shape
+    # the full-resolution decoder sees only upsampled deeper features, not the input's pixel grid
+    assert network.decoders[0][0].in_channels == 8 and network.decoders[1][0].in_channels == 16 + 8
+    pooled = dn.MaxBlurPool(3)(torch.ones(1, 2, 8, 12, 6))
+    assert pooled.shape == (1, 2, 4, 6, 3)
+    torch.testing.assert_close(pooled, torch.ones_like(pooled))
+
+
+def test_test_time_augmentation_is_orientation_invariant():
+    """Averaging over the 8 flips/rotations (each mapped back) makes the result commute with them."""
+    torch.manual_seed(0)
+    config = dn.N2VConfig(ndim=2, channels=(4, 8), patch=16)
+    model = dn.N2VModel(dn.N2V2UNet(2, config.channels), config)
+    image = np.random.default_rng(12).random((24, 40)).astype(np.float32)
+    plain = model.predict(image, device="cpu", augment=False)
+    averaged = model.predict(image, device="cpu")
+    assert not np.allclose(plain, averaged, atol=1e-4)
+    np.testing.assert_allclose(model.predict(image.T.copy(), device="cpu"), averaged.T, atol=1e-5)
+    np.testing.assert_allclose(model.predict(image[::-1].copy(), device="cpu"), averaged[::-1], atol=1e-5)
+
+
+def test_models_saved_before_n2v2_still_load(tmp_path):
+    """A config without ``architecture`` (older files) rebuilds MONAI's UNet and predicts."""
+    import json
+
+    config = dn.N2VConfig(ndim=2, channels=(4, 8, 16), patch=16, architecture="monai-unet")
+    dn.N2VModel(dn._n2v_network(config), config).save(tmp_path / "old")
+    data = json.loads((tmp_path / "old.json").read_text())
+    del data["architecture"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    loaded = dn.N2VModel.load(tmp_path / "old.pt", device="cpu")
+    assert loaded.config.architecture == "monai-unet"
+    assert loaded.predict(np.random.default_rng(13).random((20, 30)), device="cpu").shape == (20, 30)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -71,7 +71,7 @@ PARAMS: dict[str, list[Param]] = {
     ],
     "n2v": [
         Param("steps", "training steps", 400, 1, 100000, integer=True),
-        Param("patch", "patch (pixels)", 32, 2, 512, integer=True),
+        Param("patch", "patch (pixels)", 64, 2, 512, integer=True),
     ],
     "percentile": [Param("low", "low percentile", 1.0, 0.0, 100.0), Param("high", "high percentile", 99.8, 0.0, 100.0)],
     "zscore": [],
