@@ -257,7 +257,6 @@ class QualityViewWidget(QWidget):
             moving_data,
             moving_affine,
             square=self.square.value(),
-            _progress={"desc": f"Quality view: {view}"},
             _ignore_errors=True,  # reported by the errored handler below, not re-raised
         )
         worker.returned.connect(lambda result: self._show(view, result, fixed, moving, fixed_affine))
@@ -349,7 +348,6 @@ class QualityViewWidget(QWidget):
             original_affine,
             moving_affine,
             metric,
-            _progress={"desc": f"Metric {metric}"},
             _ignore_errors=True,  # reported by the errored handler below, not re-raised
         )
         name = METRIC_NAMES[metric]
