@@ -5,6 +5,8 @@ moving is known exactly. Set ``MMFUSE_SHOTS`` to a folder to keep the screenshot
 """
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -410,7 +412,7 @@ def test_manual_refine_and_cancel(make_napari_viewer, qtbot):
 
 
 # ---------------------------------------------------------------------------- Quality views
-def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors):
+def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors, monkeypatch):
     viewer = make_napari_viewer(show=True)
     fixed = viewer.add_image(blobs((48, 48)), name="fixed", scale=(0.5, 0.5), colormap="green", blending="additive")
     moving = viewer.add_image(
@@ -432,10 +434,32 @@ def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors
     assert not np.array_equal(board[:8, :8], board[8:16, :8])  # squares of 4 world units = 8 voxels
     assert "original" in widget.metric_label.text() and "now" in widget.metric_label.text()
 
+    # jobs run one at a time in click order: the view asked for after a move is the one shown
     n_layers = len(viewer.layers)
+    view_images, lock, running, peak = quality_module.view_images, threading.Lock(), [0], [0]
+
+    def counted_view(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return view_images(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(quality_module, "view_images", counted_view)
     widget.checkerboard_button.click()
+    widget.difference_button.click()
+    moving.translate = (2.0, -1.5)
+    widget.difference_button.click()
     qtbot.waitUntil(lambda: not widget.workers, timeout=WAIT_MS)
+    assert peak == [1]
     assert len(viewer.layers) == n_layers  # replaced, not accumulated
+    fixed_data, fixed_affine, moving_data, moving_affine = register_module.registration_pair(fixed, moving)
+    expected = view_images("difference", fixed_data, fixed_affine, moving_data, moving_affine)
+    np.testing.assert_allclose(viewer.layers["quality: difference"].data, expected, atol=1e-6)
 
     curtain = viewer.layers["quality: curtain"]
     widget.curtain_slider.setValue(1000)

@@ -35,6 +35,7 @@ from ..core import normalize as nm
 from ..core.space import spacing_of
 from ._plots import CurvePlot
 from ._layers import geometry_of, world_affine
+from ._workers import start_worker
 
 
 @dataclass(frozen=True)
@@ -390,7 +391,7 @@ class DenoiseWidget(QWidget):
         worker.errored.connect(lambda error: self.noise_label.setText(f"preview: {error}"))
         worker.finished.connect(done)
         self._preview_worker = worker
-        worker.start()
+        start_worker(worker)
 
     def _show_preview(self, layer, method: str, result: np.ndarray, index: int | None) -> None:
         if layer not in self.viewer.layers:
@@ -473,7 +474,7 @@ class DenoiseWidget(QWidget):
         self.worker = worker
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        start_worker(worker)
 
     def cancel(self) -> None:
         if self.worker is not None:

@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 from ..core import explain, segment, space
 from ._layers import geometry_of, world_affine
 from ._pickers import LayerPicker
+from ._workers import start_worker
 from .segment import LayerChecklist, labels_on_grid, modality_stack, session_model
 
 SESSION = "last model of this session"
@@ -324,7 +325,7 @@ class ExplainWidget(QWidget):
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def cancel(self) -> None:

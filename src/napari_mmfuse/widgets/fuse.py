@@ -44,6 +44,7 @@ from ..core import fuse as fz
 from ..core.quality import fusion_metrics
 from ..core.space import world_to_voxel
 from ._layers import geometry_of, spatial_affine
+from ._workers import start_worker
 
 PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
@@ -424,7 +425,7 @@ class FuseWidget(QWidget):
         self.cancel_button.setEnabled(True)
         self.status.setText(f"Fusing {len(layers)} layers with {options['method']!r}...")
         self.worker = worker
-        worker.start()
+        start_worker(worker)
         return worker
 
     def cancel(self):

@@ -68,6 +68,7 @@ from ..core.register import fit_landmarks, parameters_from_transform, register_s
 from ._history import history_for, layer_affine
 from ._layers import spatial_affine
 from ._pickers import LayerPicker
+from ._workers import start_worker
 from .register import METRIC_NAMES, METRICS, registration_pair
 
 LINEAR_MODELS = ("rigid", "similarity", "affine")
@@ -634,7 +635,7 @@ class ManualCorrectionWidget(QWidget):
         self.progress.setValue(0)
         self.refine_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def cancel(self) -> None:

@@ -47,6 +47,7 @@ from ..core.register import local_similarity_map, metric_value
 from ._history import history_for, layer_affine
 from ._layers import geometry_of
 from ._pickers import LayerPicker
+from ._workers import start_worker
 from .register import METRIC_NAMES, METRICS, registration_pair
 
 PREFIX = "quality: "
@@ -242,7 +243,8 @@ class QualityViewWidget(QWidget):
         Returns
         -------
         napari.qt.threading.FunctionWorker or None
-            The running worker, or None when the inputs were rejected (the user is notified).
+            The worker (running, or queued behind earlier views), or None when the inputs
+            were rejected (the user is notified).
         """
         try:
             fixed, moving, (fixed_data, fixed_affine, moving_data, moving_affine) = self._inputs()
@@ -261,14 +263,24 @@ class QualityViewWidget(QWidget):
         )
         worker.returned.connect(lambda result: self._show(view, result, fixed, moving, fixed_affine))
         worker.errored.connect(lambda error: show_error(f"Quality view {view} failed: {error}"))
-        self._track(worker)
-        worker.start()
+        self._queue(worker)
         return worker
 
-    def _track(self, worker) -> None:
-        """Keep running workers in :attr:`workers` until they finish."""
+    def _queue(self, worker) -> None:
+        """Run ``worker`` after the jobs already in :attr:`workers`, one at a time.
+
+        In click order, so a result computed before the moving layer moved never lands
+        after (and over) a newer one, and several views do not compete for the device.
+        """
         self.workers.append(worker)
-        worker.finished.connect(lambda: self.workers.remove(worker))
+        worker.finished.connect(lambda: self._next(worker))
+        if len(self.workers) == 1:
+            start_worker(worker)
+
+    def _next(self, finished) -> None:
+        self.workers.remove(finished)
+        if self.workers:
+            start_worker(self.workers[0])
 
     def _show(self, view, result, fixed, moving, grid_affine) -> None:
         if view == "curtain":
@@ -355,6 +367,5 @@ class QualityViewWidget(QWidget):
             lambda values: self.metric_label.setText(f"{name}: original {values[0]:.4g} → now {values[1]:.4g}")
         )
         worker.errored.connect(lambda error: show_error(f"Metric failed: {error}"))
-        self._track(worker)
-        worker.start()
+        self._queue(worker)
         return worker

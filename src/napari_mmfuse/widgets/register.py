@@ -49,6 +49,7 @@ from ._history import history_for, layer_affine
 from ._pickers import LayerPicker
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
+from ._workers import start_worker
 
 MODELS = ("rigid", "similarity", "affine", "deformable")
 METRICS = ("mi", "nmi", "lncc", "mse")
@@ -334,7 +335,7 @@ class RegisterWidget(QWidget):
         self.result_label.setText(f"registering {moving.name} onto {fixed.name}…")
         self.register_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def cancel(self) -> None:
@@ -589,5 +590,5 @@ class RegisterWidget(QWidget):
                 lambda out: self.viewer.add_image(out, colormap=layer.colormap, blending=layer.blending, **kwargs)
             )
         worker.errored.connect(lambda error: show_error(f"Apply transform failed: {error}"))
-        worker.start()
+        start_worker(worker)
         return worker

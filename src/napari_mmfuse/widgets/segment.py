@@ -43,6 +43,7 @@ from ..core import segment, space
 from ._pickers import LayerPicker
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
+from ._workers import start_worker
 
 #: Method choices: label -> (kind, options)
 METHODS = {
@@ -376,7 +377,7 @@ class SegmentWidget(QWidget):
         self.train_button.setEnabled(False)
         self.predict_button.setEnabled(False)
         self.cancel_button.setEnabled(cancellable)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def _on_step(self, step) -> None:

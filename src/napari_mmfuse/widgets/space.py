@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from ..core import space
 from ._layers import spatial_affine
+from ._workers import start_worker
 
 if TYPE_CHECKING:
     import napari
@@ -173,7 +174,7 @@ class PhysicalSpaceWidget(QWidget):
         self.worker = worker
         self.resample_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def _cancel(self):
