@@ -93,6 +93,36 @@ def test_laplacian_keeps_the_stronger_detail():
     assert result.weights[0, :, 30:34].mean() > 0.6
 
 
+def test_activity_copies_the_pixels_of_the_more_detailed_input():
+    rng = np.random.default_rng(5)
+    texture = rng.random((48, 48)).astype(np.float32)
+    flat = np.full((48, 48), 0.4, np.float32)
+    a = np.where(np.arange(48) < 24, texture, flat)  # detail on the left
+    b = np.where(np.arange(48) < 24, flat, texture * 0.5 + 0.3)  # detail on the right
+    b[10, 10] = 0.9  # one bright speck in b's flat half: outvoted by its neighbourhood
+    result = fz.fuse([a, b], method="activity", normalise=False)
+    np.testing.assert_array_equal(result.fused[:, :20], a[:, :20])  # copied, not blended
+    np.testing.assert_array_equal(result.fused[:, 28:], b[:, 28:])
+    np.testing.assert_array_equal(result.weights[0][:, :20], 1)
+    np.testing.assert_array_equal(result.weights[1][:, 28:], 1)
+
+
+def test_activity_decision_matches_scipy_sobel_and_box_mean():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(6)
+    a = ndimage.gaussian_filter(rng.random((40, 50)), 1.5).astype(np.float32)
+    b = ndimage.gaussian_filter(rng.random((40, 50)), 0.7).astype(np.float32) * 0.6
+    result = fz.fuse([a, b], method="activity", normalise=False, radius=2, consistency=0)
+
+    def activity(x):
+        return ndimage.uniform_filter(np.hypot(ndimage.sobel(x, 0), ndimage.sobel(x, 1)), 5)
+
+    expected = activity(a.astype(np.float64)) >= activity(b.astype(np.float64))
+    interior = (slice(3, -3), slice(3, -3))  # scipy pads at the border, we clip the window
+    np.testing.assert_array_equal(result.weights[0][interior].astype(bool), expected[interior])
+
+
 def _clamped_reduce_1d(x: np.ndarray) -> np.ndarray:
     """Burt-Adelson reduction of a 1D signal with indices clamped to the signal, written out."""
     taps = np.array([1, 4, 6, 4, 1]) / 16

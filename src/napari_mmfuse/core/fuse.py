@@ -578,6 +578,38 @@ def _guided(stack: torch.Tensor, *, r1: int = 45, eps1: float = 0.3, r2: int = 7
     return fused, (w_base + w_detail) / 2
 
 
+def _sobel_magnitude(stack: torch.Tensor, n_spatial: int) -> torch.Tensor:
+    """Sobel gradient magnitude of every input: a central difference along one axis,
+    [1, 2, 1] / 4 smoothing along each other axis, summed in quadrature over the axes."""
+    difference = torch.tensor([-0.5, 0.0, 0.5], device=stack.device)
+    smoothing = torch.tensor([0.25, 0.5, 0.25], device=stack.device)
+    dims = range(stack.ndim - n_spatial, stack.ndim)
+    total = torch.zeros_like(stack)
+    for axis in dims:
+        derivative = stack
+        for dim in dims:
+            derivative = _along(derivative, difference if dim == axis else smoothing, dim)
+        total.addcmul_(derivative, derivative)
+    return total.sqrt_()
+
+
+def _activity(stack: torch.Tensor, *, radius: int = 2, consistency: int = 3):
+    """Spatial-domain selection: each pixel comes from the input with the most local detail.
+
+    Activity is the mean Sobel gradient magnitude over the (2 radius + 1)^n window; the
+    per-pixel choice then takes the majority over the (2 consistency + 1)^n window
+    (consistency verification; 0: none). Pixels are copied from the sources, never blended.
+    """
+    n_spatial = stack.ndim - 1
+    count = stack.shape[0]
+    activity = _box_mean(_sobel_magnitude(stack, n_spatial), int(radius), n_spatial)
+    winner = _first_argmax(list(activity))
+    if consistency:
+        votes = _box_mean(_one_hot(winner, count, stack.dtype), int(consistency), n_spatial)
+        winner = _first_argmax(list(votes))
+    return _pick(stack, winner), _one_hot(winner, count, stack.dtype)
+
+
 def _saliency(stack: torch.Tensor, *, sigma: float = 1.0, smooth: float = 5.0):
     n_spatial = stack.ndim - 1
     means = stack.reshape(stack.shape[0], -1).mean(1).view(-1, *([1] * n_spatial))
@@ -729,6 +761,13 @@ METHODS: dict[str, FusionMethod] = {
             _wavelet,
             {"levels": 3, "wavelet": "db2", "rule": "maxabs", "base": "mean"},
             "Orthogonal DWT (Haar or db2): detail coefficients by max-abs (or local energy), approximation averaged.",
+        ),
+        FusionMethod(
+            "activity",
+            _activity,
+            {"radius": 2, "consistency": 3},
+            "Per-pixel selection of the input with the most local gradient activity (mean Sobel "
+            "magnitude in a (2 radius + 1)^n window), majority-filtered over (2 consistency + 1)^n.",
         ),
         FusionMethod(
             "guided",
