@@ -44,8 +44,8 @@ def two_modality_phantom(size=64, seed=0):
 @pytest.fixture(scope="module")
 def setting():
     images, lesion, scribbles = two_modality_phantom()
-    model, _ = segment.train(images, scribbles, steps=100, features=(8, 16, 32), patch_size=(32, 32),
-                             learning_rate=1e-2, channel_names=["A (lesion)", "B (anatomy)"], device="cpu")
+    model, _ = segment.train(images, scribbles, steps=150, features=(8, 16, 32), patch_size=(32, 32),
+                             learning_rate=5e-3, channel_names=["A (lesion)", "B (anatomy)"], device="cpu")
     labels, _ = segment.predict(model, images, device="cpu")
     return images, lesion, model, explain.randomized_copy(model, seed=1), labels
 

@@ -116,6 +116,23 @@ def test_watershed_keeps_class_values_and_rejects_one_class():
         segment.watershed(images, np.where(seeds == 9, 9, 0))
 
 
+def test_channel_stats_leave_out_a_constant_background():
+    rng = np.random.default_rng(2)
+    tissue = rng.normal(3.0, 0.5, (20, 20))
+    stripped = np.full((40, 40), -4.0)  # a skull-stripped slice: constant outside the brain
+    stripped[10:30, 10:30] = tissue
+    natural = rng.normal(1.0, 2.0, (40, 40))  # no repeated minimum: every voxel counts
+    mostly_empty = np.zeros((40, 40))
+    mostly_empty[0, :5] = 1.0  # under 1 % above the minimum: every voxel counts
+    mean, std = segment.channel_stats(np.stack([stripped, natural, mostly_empty]))
+    np.testing.assert_allclose(mean[0], tissue.mean(), rtol=1e-6)
+    np.testing.assert_allclose(std[0], tissue.std(), rtol=1e-6)
+    above_minimum = natural[natural > natural.min()]
+    np.testing.assert_allclose([mean[1], std[1]], [above_minimum.mean(), above_minimum.std()], rtol=1e-6)
+    np.testing.assert_allclose([mean[2], std[2]], [mostly_empty.mean(), mostly_empty.std()], rtol=1e-6)
+    assert segment.channel_stats(np.zeros((1, 8, 8)))[1] == [1e-6]
+
+
 def test_stack_modalities_resamples_to_the_reference_grid():
     fine = np.zeros((20, 20), np.float32)
     fine[:, 10:] = 1

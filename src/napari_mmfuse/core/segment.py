@@ -92,6 +92,12 @@ def check_images(images) -> np.ndarray:
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation used to normalise network inputs.
 
+    Voxels at the channel's minimum are left out when they are a constant background
+    (skull-stripped MRI, padding, the outside of a field of view), as in "non-zero"
+    normalisation: otherwise a background filling most of the volume sets the scale and
+    squeezes the tissue into a narrow range. A channel with fewer than 1 % of its voxels
+    above its minimum uses every voxel.
+
     Parameters
     ----------
     images : ndarray, shape (C, *S)
@@ -102,8 +108,13 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
         ``std`` is at least 1e-6 so that constant channels stay finite.
     """
     images = check_images(images)
-    flat = images.reshape(images.shape[0], -1).astype(np.float64)
-    return flat.mean(axis=1).tolist(), np.maximum(flat.std(axis=1), 1e-6).tolist()
+    means, stds = [], []
+    for channel in images.reshape(images.shape[0], -1):
+        foreground = channel[channel > channel.min()]
+        values = (foreground if foreground.size >= 0.01 * channel.size else channel).astype(np.float64)
+        means.append(float(values.mean()))
+        stds.append(float(max(values.std(), 1e-6)))
+    return means, stds
 
 
 # ----------------------------------------------------------------------------- classical
