@@ -17,7 +17,9 @@ Three ways to segment:
   majority vote (late, decision-level fusion);
 * **bring your own model** (:func:`load_model`): a TorchScript file or a state dict of
   this module's networks, with the JSON configuration that says which label value each
-  output class has, how each input channel is normalised, and the voxel spacing.
+  output class has, how each input channel is normalised, and the voxel spacing; or a
+  MONAI bundle folder (:mod:`.bundle`: its network from ``monai.networks.nets``, its
+  weights, spacing, intensity preprocessing and sliding-window size).
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from torch import nn
 from . import space
 from .device import get_device, with_oom_retry
 
-ARCHITECTURES = ("unet", "basicunet", "unetr", "torchscript")
+ARCHITECTURES = ("unet", "basicunet", "unetr", "torchscript", "monai")
 TRAINABLE = ("unet", "basicunet", "unetr")
+#: MONAI intensity transforms a model configuration may apply to its input (see ModelConfig.intensity)
+INTENSITY_TRANSFORMS = ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRange", "ScaleIntensityRangePercentiles")
 FUSIONS = ("early", "late")
 LATE_COMBINE = ("average", "vote")
 CONFIG_SUFFIX = ".json"
@@ -252,9 +256,10 @@ class ModelConfig:
         Number of modalities (input channels).
     label_values : list of int
         Label value of each output class, in output order (the first is usually 0).
-    architecture : {"unet", "basicunet", "unetr", "torchscript"}
+    architecture : {"unet", "basicunet", "unetr", "torchscript", "monai"}
         "unetr" is MONAI's UNETR: a 12-block vision transformer on 16-voxel tokens with a
-        convolutional decoder; it takes inputs of exactly ``patch_size``.
+        convolutional decoder; it takes inputs of exactly ``patch_size``. "monai" is any
+        class of ``monai.networks.nets`` named by ``network`` (a MONAI bundle's network).
     features : list of int
         Channels per level ("unet", any length >= 2), BasicUNet's 6 feature sizes, or
         UNETR's ``[feature_size, hidden_size, mlp_dim]``.
@@ -274,6 +279,12 @@ class ModelConfig:
         Weight of each modality in late fusion (normalised to sum 1).
     spacing : list of float, optional
         Voxel spacing (world units) the model works at; inputs are resampled to it.
+    network : dict
+        For "monai": ``{"name": <class in monai.networks.nets>, "args": {<keyword arguments>}}``.
+    intensity : list of dict
+        MONAI intensity transforms ``{"name": ..., "args": {...}}`` (one of
+        :data:`INTENSITY_TRANSFORMS`) applied in order to the (C, *S) input instead of
+        ``channel_mean`` / ``channel_std``, e.g. a bundle's per-image ``NormalizeIntensity``.
     """
 
     spatial_dims: int
@@ -290,6 +301,8 @@ class ModelConfig:
     fusion_weights: list[float] = field(default_factory=list)
     spacing: list[float] | None = None
     attention_heads: int = 4
+    network: dict = field(default_factory=dict)
+    intensity: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         if self.spatial_dims not in (2, 3):
@@ -306,6 +319,11 @@ class ModelConfig:
             raise ValueError(f"basicunet needs 6 feature sizes, got {self.features}")
         if self.architecture == "unet" and len(self.features) < 2:
             raise ValueError(f"unet needs at least 2 levels of features, got {self.features}")
+        if self.architecture == "monai" and not isinstance(self.network.get("name"), str):
+            raise ValueError(f"architecture 'monai' needs network={{'name': ..., 'args': {{...}}}}, got {self.network}")
+        for transform in self.intensity:
+            if transform.get("name") not in INTENSITY_TRANSFORMS:
+                raise ValueError(f"intensity transforms must be among {INTENSITY_TRANSFORMS}, got {transform}")
         if self.architecture == "unetr" and (len(self.features) != 3 or self.features[1] % self.attention_heads):
             raise ValueError(f"unetr needs features [feature_size, hidden_size, mlp_dim] with hidden_size divisible "
                              f"by attention_heads={self.attention_heads}, got {self.features}")
@@ -336,8 +354,8 @@ class ModelConfig:
     def size_divisor(self) -> int:
         """Input sizes must be multiples of this (the network downsamples by it).
 
-        Unknown for TorchScript: the largest power of two dividing every ``patch_size``
-        entry (a size the model is known to accept).
+        Unknown for TorchScript and MONAI bundle networks: the largest power of two
+        dividing every ``patch_size`` entry (a size the model is known to accept).
         """
         if self.architecture in ("basicunet", "unetr"):
             return 16
@@ -367,8 +385,15 @@ class ModelConfig:
 
 
 def _build_network(config: ModelConfig, in_channels: int) -> nn.Module:
+    from monai.networks import nets
     from monai.networks.nets import UNETR, BasicUNet, UNet
 
+    if config.architecture == "monai":
+        name = config.network["name"]
+        network_class = getattr(nets, name, None)
+        if not isinstance(network_class, type) or not issubclass(network_class, nn.Module):
+            raise ValueError(f"{name!r} is not a network class of monai.networks.nets")
+        return network_class(**config.network.get("args", {}))
     if config.architecture == "basicunet":
         return BasicUNet(spatial_dims=config.spatial_dims, in_channels=in_channels,
                          out_channels=config.n_classes, features=tuple(config.features))
@@ -427,7 +452,14 @@ class SegmentationNet(nn.Module):
         return torch.log(probabilities.clamp_min(1e-8))
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
-        """Apply the per-channel normalisation of the configuration to (C, *S) images."""
+        """Apply the normalisation of the configuration to (C, *S) images."""
+        if self.config.intensity:
+            import monai.transforms
+
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+            for transform in self.config.intensity:
+                x = getattr(monai.transforms, transform["name"])(**transform.get("args", {}))(x)
+            return np.asarray(x, dtype=np.float32)
         mean = np.asarray(self.config.channel_mean, np.float32).reshape((-1,) + (1,) * self.config.spatial_dims)
         std = np.asarray(self.config.channel_std, np.float32).reshape(mean.shape)
         return ((images - mean) / std).astype(np.float32)
@@ -863,13 +895,14 @@ def _read_config(path: Path) -> ModelConfig:
 
 
 def load_model(path, *, config: ModelConfig | dict | None = None) -> SegmentationNet:
-    """Load a model saved by :func:`save_model`, or a TorchScript file.
+    """Load a model saved by :func:`save_model`, a TorchScript file or a MONAI bundle.
 
     Parameters
     ----------
     path : str or Path
-        ``<stem>.pt`` (or the stem) of a state dict with ``<stem>.json`` beside it, or a
-        TorchScript file (its JSON, if any, beside it with the same stem).
+        ``<stem>.pt`` (or the stem) of a state dict with ``<stem>.json`` beside it, a
+        TorchScript file (its JSON, if any, beside it with the same stem), or a MONAI
+        bundle folder (or its ``models/model.pt``), read by :func:`.bundle.read_bundle`.
     config : ModelConfig or dict, optional
         Configuration to use instead of the JSON file. A TorchScript model without one
         needs at least ``spatial_dims``, ``in_channels`` and ``label_values``.
@@ -886,7 +919,14 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
         to load with ``weights_only=True`` (it would run arbitrary code).
     FileNotFoundError
     """
+    from .bundle import bundle_of, read_bundle
+
     weights, config_path = _paths(path)
+    bundle = bundle_of(path)
+    if bundle is not None:
+        bundle_config, weights = read_bundle(bundle)
+        config = config or bundle_config
+        config_path = bundle / "configs" / "inference.json"
     if not weights.exists():
         weights = Path(path)
     if not weights.exists():
@@ -920,11 +960,16 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
                          f"{str(error).splitlines()[0]}") from None
     except (RuntimeError, EOFError) as error:
         raise ValueError(f"cannot read {weights}: {error}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a checkpoint that keeps the network's weights under "model"
     if not isinstance(state, dict):
         raise ValueError(f"{weights} does not hold a state dict")
     model = SegmentationNet(config)
     try:
-        model.load_state_dict(state)
+        if bundle is not None:  # a bundle's weights are the bare network's
+            model.networks[0].load_state_dict(state)
+        else:
+            model.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f"the weights in {weights} do not fit {config_path.name}: "
                          f"{str(error).splitlines()[0]}") from None

@@ -244,9 +244,11 @@ class ExplainWidget(QWidget):
             self.layer.addItem(name, name)
 
     def load_model(self, path: str | None = None):
-        """Load a model file and select it."""
+        """Load a model file (or a MONAI bundle picked by its ``models/model.pt``) and select it."""
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt *.pth *.ts)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
+            )
             if not path:
                 return None
         try:

@@ -348,9 +348,12 @@ class SegmentWidget(QWidget):
         return written
 
     def load_model(self, path: str | None = None):
-        """Load a model file (weights-only state dict + JSON, or TorchScript) as the session's model."""
+        """Load a model (weights-only state dict + JSON, TorchScript, or a MONAI bundle picked by its
+        ``models/model.pt``) as the session's model."""
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Load model", "", "Model (*.pt *.pth *.ts)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
+            )
             if not path:
                 return None
         try:
