@@ -20,7 +20,7 @@ time on this CPU.
 Usage::
 
     python benchmarks/bench_segment.py                      # both cases, full settings
-    python benchmarks/bench_segment.py --case brats --steps 300 --json out.json
+    python benchmarks/bench_segment.py --case brats --seeds 0 1 2 --json out.json  # mean, sd over seeds
     python benchmarks/bench_segment.py --quick              # script check: tiny, meaningless numbers
 
 Timings depend on the machine's load; rerun on a quiet machine before quoting them.
@@ -29,6 +29,7 @@ Timings depend on the machine's load; rerun on a quiet machine before quoting th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -128,7 +129,7 @@ def load_brats(stride: int) -> dict:
     }
 
 
-def run_case(case: dict, *, steps: int, patch: int, batch: int, seed: int, lr: float, flips: bool = True,
+def run_case(case: dict, *, steps: int, patch: int, batch: int, seeds: list[int], lr: float, flips: bool = True,
              min_component: float = 0.0) -> list[dict]:
     images, truth, body = case["images"], case["truth"], case["body"]
     scribbles, slices = scribbles_from_truth(truth, body)
@@ -139,12 +140,12 @@ def run_case(case: dict, *, steps: int, patch: int, batch: int, seed: int, lr: f
     print(json.dumps(info))
     rows = []
 
-    def record(method, inputs, predicted, train_s=None, infer_s=None):
+    def record(method, inputs, predicted, train_s=None, infer_s=None, seed=None):
         specks = math.ceil(min_component * predicted.sum())
         predicted = segment.connected_components(predicted, min_size=specks) > 0
         row = {"case": case["name"], "method": method, "inputs": inputs, "dice": round(dice(predicted, truth), 4),
                "train_s": None if train_s is None else round(train_s, 1),
-               "infer_s": None if infer_s is None else round(infer_s, 1)}
+               "infer_s": None if infer_s is None else round(infer_s, 1), "seed": seed}
         rows.append(row | {"slices": len(slices), "slice_fraction": info["slice_fraction"]})
         print(json.dumps(row), flush=True)
 
@@ -161,12 +162,11 @@ def run_case(case: dict, *, steps: int, patch: int, batch: int, seed: int, lr: f
     grown = segment.watershed(images, scribbles) == TARGET
     record("seeded watershed from scribbles", "+".join(case["names"]), grown, infer_s=time.perf_counter() - t)
 
-    options = {"steps": steps, "patch_size": [patch] * 3, "batch_size": batch, "seed": seed, "device": "cpu",
-               "learning_rate": lr}
+    options = {"steps": steps, "patch_size": [patch] * 3, "batch_size": batch, "device": "cpu", "learning_rate": lr}
     settings = [([0], "early"), ([1], "early"), ([0, 1], "early"), ([0, 1], "late")]
-    for channels, fusion in settings:
+    for (channels, fusion), seed in itertools.product(settings, seeds):
         t = time.perf_counter()
-        model, losses = segment.train(images[channels], scribbles, fusion=fusion,
+        model, losses = segment.train(images[channels], scribbles, fusion=fusion, seed=seed,
                                       channel_names=[case["names"][c] for c in channels], **options)
         train_s = time.perf_counter() - t
         combines = ["average", "vote"] if fusion == "late" else ["average"]
@@ -177,7 +177,7 @@ def run_case(case: dict, *, steps: int, patch: int, batch: int, seed: int, lr: f
             infer_s = time.perf_counter() - t
             mode = f"late ({combine})" if fusion == "late" else ("early" if len(channels) > 1 else "single")
             label = f"unet {mode}"
-            record(label, "+".join(case["names"][c] for c in channels), labels == TARGET, train_s, infer_s)
+            record(label, "+".join(case["names"][c] for c in channels), labels == TARGET, train_s, infer_s, seed)
             print(f"  final loss {np.mean(losses[-20:]):.4f}", flush=True)
     return rows
 
@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phantom-classes", default="9,10",
                         help="phantom classes forming the target: 9,10 = lesion rim + core; 8,9,10 adds the oedema")
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0],
+                        help="training seeds; with several, every network is trained once per seed and summarised")
     parser.add_argument("--no-flips", action="store_true", help="predict without test-time flips")
     parser.add_argument("--min-component", type=float, default=0.01,
                         help="remove connected components smaller than this fraction of every method's mask")
@@ -207,16 +208,22 @@ def main(argv=None) -> int:
     rows = []
     if args.case in ("phantom", "both"):
         classes = tuple(int(c) for c in args.phantom_classes.split(","))
-        rows += run_case(load_phantom(stride, classes), steps=steps, patch=patch, batch=args.batch, seed=args.seed,
+        rows += run_case(load_phantom(stride, classes), steps=steps, patch=patch, batch=args.batch, seeds=args.seeds,
                          lr=args.lr, flips=not args.no_flips, min_component=args.min_component)
     if args.case in ("brats", "both"):
-        rows += run_case(load_brats(stride), steps=steps, patch=patch, batch=args.batch, seed=args.seed, lr=args.lr,
+        rows += run_case(load_brats(stride), steps=steps, patch=patch, batch=args.batch, seeds=args.seeds, lr=args.lr,
                          flips=not args.no_flips, min_component=args.min_component)
-    print("\n| case | method | inputs | slices | Dice | train s | infer s |\n|---|---|---|---|---|---|---|")
+    print("\n| case | method | inputs | seed | slices | Dice | train s | infer s |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['method']} | {r['inputs']} | {r['slices']} ({100 * r['slice_fraction']:.1f} %) "
+        print(f"| {r['case']} | {r['method']} | {r['inputs']} | {'-' if r['seed'] is None else r['seed']} "
+              f"| {r['slices']} ({100 * r['slice_fraction']:.1f} %) "
               f"| {r['dice']:.3f} | {r['train_s'] if r['train_s'] is not None else '-'} "
               f"| {r['infer_s'] if r['infer_s'] is not None else '-'} |")
+    if len(args.seeds) > 1:
+        print(f"\n| case | method | inputs | Dice mean | sd | min | max (seeds {args.seeds}) |\n|---|---|---|---|---|---|---|")
+        for key in dict.fromkeys((r["case"], r["method"], r["inputs"]) for r in rows if r["seed"] is not None):
+            values = np.array([r["dice"] for r in rows if (r["case"], r["method"], r["inputs"]) == key])
+            print(f"| {' | '.join(key)} | {values.mean():.3f} | {values.std():.3f} | {values.min():.3f} | {values.max():.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args), "torch_threads": torch.get_num_threads(),
                                                "rows": rows}, indent=2))

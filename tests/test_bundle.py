@@ -53,8 +53,15 @@ def make_bundle(folder, *, network=NETWORK, preprocessing=None, postprocessing=N
     return net.eval()
 
 
-def test_bundle_reads_network_spacing_intensity_window_and_classes(tmp_path):
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_bundle_reads_network_spacing_intensity_window_and_classes(tmp_path, suffix):
     make_bundle(tmp_path / "b")
+    if suffix == "yaml":
+        import yaml
+
+        config_file = tmp_path / "b" / "configs" / "inference.json"
+        (tmp_path / "b" / "configs" / "inference.yaml").write_text(yaml.safe_dump(json.loads(config_file.read_text())))
+        config_file.unlink()
     config, weights = read_bundle(tmp_path / "b")
     assert config.architecture == "monai" and config.network["name"] == "UNet"
     assert config.network["args"]["channels"] == [8, 16]
