@@ -83,6 +83,12 @@ def test_preview_follows_method_and_is_replaced(viewer_widget, qtbot):
     qtbot.waitUntil(lambda: viewer.layers[PREVIEW_NAME].metadata["method"] == "average")
     assert sum(layer.name == PREVIEW_NAME for layer in viewer.layers) == 1
     assert widget.last_preview_seconds is not None
+    widget.method_combo.setCurrentText("activity")  # integer parameters (radius, consistency)
+    qtbot.waitUntil(lambda: viewer.layers[PREVIEW_NAME].metadata["method"] == "activity")
+    expected = fuse_on_reference(
+        [np.stack([mri] * 4), np.stack([pet] * 4)], [np.diag([2.0, 1, 1, 1])] * 2, method="activity", plane=plane
+    )
+    np.testing.assert_allclose(viewer.layers[PREVIEW_NAME].data[0], expected.fused, atol=1e-6)
     count = len(viewer.layers)
     widget.method_combo.setCurrentText("learned")
     qtbot.waitUntil(lambda: PREVIEW_NAME not in viewer.layers)
