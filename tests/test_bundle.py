@@ -107,6 +107,7 @@ def test_bundle_predicts_as_monai_would(tmp_path):
     ({"network": {**NETWORK, "channels": "$[8, 16]"}}, "expression or reference"),
     ({"network": {**NETWORK, "_target_": "os.system"}}, "only networks of monai.networks.nets"),
     ({"network": {**NETWORK, "_target_": "NoSuchNet"}}, "not a network class"),
+    ({"network": {**NETWORK, "no_such_argument": 1}}, "do not fit"),
     ({"preprocessing": [{"_target_": "RandGaussianNoised", "keys": "image"}]}, "does not apply"),
     ({"postprocessing": [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]}, "sigmoid"),
 ])

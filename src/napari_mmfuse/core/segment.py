@@ -393,7 +393,10 @@ def _build_network(config: ModelConfig, in_channels: int) -> nn.Module:
         network_class = getattr(nets, name, None)
         if not isinstance(network_class, type) or not issubclass(network_class, nn.Module):
             raise ValueError(f"{name!r} is not a network class of monai.networks.nets")
-        return network_class(**config.network.get("args", {}))
+        try:
+            return network_class(**config.network.get("args", {}))
+        except TypeError as error:
+            raise ValueError(f"the arguments of network {name} do not fit it: {error}") from None
     if config.architecture == "basicunet":
         return BasicUNet(spatial_dims=config.spatial_dims, in_channels=in_channels,
                          out_channels=config.n_classes, features=tuple(config.features))
