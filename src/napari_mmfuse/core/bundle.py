@@ -23,16 +23,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .segment import ModelConfig
+from .segment import INTENSITY_TRANSFORMS, ModelConfig
 
 #: preprocessing transforms that do not change intensities or are handled by placement
 SKIPPED = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "AddChanneld",
            "EnsureTyped", "EnsureType", "ToTensord", "ToTensor", "CastToTyped", "CastToType",
            "Orientationd", "Orientation", "Identityd", "Identity")
 #: dictionary intensity transforms of a bundle -> the array transform applied at prediction
-INTENSITY = {"NormalizeIntensityd": "NormalizeIntensity", "ScaleIntensityd": "ScaleIntensity",
-             "ScaleIntensityRanged": "ScaleIntensityRange",
-             "ScaleIntensityRangePercentilesd": "ScaleIntensityRangePercentiles"}
+INTENSITY = {f"{name}d": name for name in INTENSITY_TRANSFORMS}
 DICTIONARY_ONLY = ("keys", "allow_missing_keys")
 
 

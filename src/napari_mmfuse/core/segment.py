@@ -929,7 +929,7 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
     if bundle is not None:
         bundle_config, weights = read_bundle(bundle)
         config = config or bundle_config
-        config_path = bundle / "configs" / "inference.json"
+        config_path = bundle / "configs"
     if not weights.exists():
         weights = Path(path)
     if not weights.exists():

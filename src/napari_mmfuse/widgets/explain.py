@@ -24,7 +24,6 @@ from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -40,7 +39,7 @@ from ..core import explain, segment, space
 from ._layers import geometry_of, world_affine
 from ._pickers import LayerPicker
 from ._workers import start_worker
-from .segment import LayerChecklist, labels_on_grid, modality_stack, session_model
+from .segment import LayerChecklist, choose_model_file, labels_on_grid, modality_stack, session_model
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")
@@ -246,9 +245,7 @@ class ExplainWidget(QWidget):
     def load_model(self, path: str | None = None):
         """Load a model file (or a MONAI bundle picked by its ``models/model.pt``) and select it."""
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
-            )
+            path = choose_model_file(self)
             if not path:
                 return None
         try:

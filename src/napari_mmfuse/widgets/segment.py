@@ -45,6 +45,14 @@ from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
 from ._workers import start_worker
 
+def choose_model_file(parent) -> str:
+    """Ask for a model file (a MONAI bundle is picked by its ``models/model.pt``); "" if cancelled."""
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
+    )
+    return path
+
+
 #: Method choices: label -> (kind, options)
 METHODS = {
     "UNet, early fusion": ("unet", {"fusion": "early"}),
@@ -351,9 +359,7 @@ class SegmentWidget(QWidget):
         """Load a model (weights-only state dict + JSON, TorchScript, or a MONAI bundle picked by its
         ``models/model.pt``) as the session's model."""
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
-            )
+            path = choose_model_file(self)
             if not path:
                 return None
         try:
