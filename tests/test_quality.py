@@ -101,9 +101,74 @@ def test_fusion_metrics_keys_and_errors():
     metrics = q.fusion_metrics((a + b) / 2, [a, b])
     assert set(metrics) == {"EN", "SD", "SF", "MI", "Qabf", "SSIM", "SCD", "VIF"}
     assert all(np.isfinite(v) for v in metrics.values())
-    with pytest.raises(ValueError, match="2D grey"):
-        q.fusion_metrics(np.zeros((4, 4, 3)), [a])
+    with pytest.raises(ValueError, match="colour image"):
+        q.fusion_metrics(np.zeros((40, 40, 3)), [a])
+    with pytest.raises(ValueError, match="2D grey image or a 3D volume"):
+        q.fusion_metrics(np.zeros((2, 8, 8, 8)), [a])
     with pytest.raises(ValueError, match="shape"):
         q.fusion_metrics(a, [b[:-1]])
     with pytest.raises(ValueError, match="NaN"):
         q.fusion_sd(np.full((4, 4), np.nan))
+
+
+def _volume(seed=0, shape=(12, 40, 44)):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    smooth = 120 + 60 * np.sin(x / 6) * np.cos(y / 8) + 40 * np.cos(z / 3)
+    return np.clip(np.round(smooth + rng.normal(0, 10, shape)), 0, 255)
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_ssim_of_volumes_matches_skimage_in_3d(gaussian):
+    a = _volume(1)
+    b = np.clip(a + np.random.default_rng(2).normal(0, 25, a.shape), 0, 255)
+    expected = structural_similarity(a, b, data_range=255, gaussian_weights=gaussian)
+    assert q.ssim(a, b, gaussian=gaussian) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="smaller than the SSIM window"):
+        q.ssim(a[:5], b[:5])
+
+
+def test_volume_sf_en_mi_scd_by_hand():
+    z, y, x = np.mgrid[:6, :7, :8].astype(float)
+    assert q.fusion_sf(2 * z + 3 * y + 6 * x) == pytest.approx(7.0)  # sqrt(2^2 + 3^2 + 6^2)
+    halves = np.zeros((4, 8, 8))
+    halves[2:] = 200
+    assert q.fusion_entropy(halves) == pytest.approx(1.0)
+    a, b = _volume(3), _volume(4)[:, ::-1]
+    assert q.mutual_information(a, a) == pytest.approx(q.fusion_entropy(a))
+    assert q.fusion_scd(a + b, [a, b]) == pytest.approx(2.0)
+
+
+def test_qabf_and_vif_of_a_volume_pool_its_planes():
+    from scipy import ndimage
+
+    step = np.zeros((40, 40))
+    step[:, 25:] = 100.0
+    texture = _image(5, (40, 40))
+    source = np.stack([step, texture])
+    fused = np.stack([step / 2, texture])  # plane 0 keeps half its edge strength, plane 1 all of it
+    c = q.QABF_CONSTANTS
+    q_g = c["gamma_g"] / (1 + math.exp(c["kappa_g"] * (0.5 - c["sigma_g"])))
+    q_a = c["gamma_a"] / (1 + math.exp(c["kappa_a"] * (1 - c["sigma_a"])))
+    best = c["gamma_g"] / (1 + math.exp(c["kappa_g"] * (1 - c["sigma_g"]))) * q_a
+
+    def strength(plane):  # edge strength summed over a plane, with scipy's Sobel (zero padding)
+        return np.hypot(ndimage.sobel(plane, 0, mode="constant"), ndimage.sobel(plane, 1, mode="constant")).sum()
+
+    expected = (q_g * q_a * strength(step) + best * strength(texture)) / (strength(step) + strength(texture))
+    assert q.fusion_qabf(fused, [source]) == pytest.approx(expected, rel=1e-9)
+    assert q.fusion_qabf(fused[:1], [source[:1]]) == pytest.approx(q_g * q_a, rel=1e-9)
+
+    big = _image(6, (160, 160))
+    noisy = big + np.random.default_rng(7).normal(0, 20, big.shape)
+    assert q.vif_pixel(np.stack([big, big, big]), np.stack([noisy] * 3)) == pytest.approx(q.vif_pixel(big, noisy))
+    mixed = q.vif_pixel(np.stack([big, big]), np.stack([big, noisy]))
+    assert q.vif_pixel(big, noisy) < mixed < 1.0
+
+
+def test_fusion_metrics_of_a_volume():
+    a, b = _volume(8), _volume(9)[:, :, ::-1]
+    metrics = q.fusion_metrics(np.maximum(a, b), [a, b], vif=False)
+    assert set(metrics) == {"EN", "SD", "SF", "MI", "Qabf", "SSIM", "SCD"}
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert q.fusion_metrics(a, [a, a], vif=False)["SSIM"] == pytest.approx(2.0)

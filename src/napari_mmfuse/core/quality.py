@@ -1,10 +1,16 @@
 """Image-quality metrics.
 
 Fusion metrics (the ``fusion_*`` functions and :func:`fusion_metrics`) follow the
-conventions of the image-fusion literature: 2D grey images on a 0-255 scale, 256-bin
+conventions of the image-fusion literature: grey images on a 0-255 scale, 256-bin
 histograms for entropy and mutual information, Sobel gradients for Q^AB/F
 (Xydeas & Petrovic 2000), a 7x7 window SSIM matching ``skimage.metrics.structural_similarity``
 and pixel-domain VIF (Sheikh & Bovik 2006) summed over the sources.
+
+Every metric takes 2D images (H, W) or volumes (Z, Y, X). On volumes EN, SD, MI and SCD
+use every voxel, SF sums the neighbour differences along all three axes, SSIM uses a
+7x7x7 window (as scikit-image does in 3D), and the two metrics defined on planes, Q^AB/F
+and VIF, are computed on every plane along the first axis and pooled: their numerators
+and denominators are summed over the planes, so a volume scores as one large image.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 # Xydeas-Petrovic constants (edge strength g, orientation alpha), L = 1.
 QABF_CONSTANTS = {
@@ -27,10 +34,15 @@ QABF_CONSTANTS = {
 }
 
 
-def _grey2d(image, name: str = "image") -> np.ndarray:
-    array = np.asarray(image, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2D grey image, got shape {array.shape}; take a slice or the luminance")
+def _grey(image, name: str = "image") -> np.ndarray:
+    """``image`` as float64, checked to be a 2D grey image or a 3D grey volume."""
+    array = np.ascontiguousarray(image, dtype=np.float64)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D grey image or a 3D volume, got shape {array.shape}")
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        raise ValueError(
+            f"{name} of shape {array.shape} looks like a colour image (RGB/RGBA channels last): give its luminance"
+        )
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} holds NaN/Inf values")
     return array
@@ -39,7 +51,7 @@ def _grey2d(image, name: str = "image") -> np.ndarray:
 def _same_shape(fused: np.ndarray, sources: Sequence[np.ndarray]) -> list[np.ndarray]:
     if len(sources) < 1:
         raise ValueError("give at least one source image")
-    out = [_grey2d(s, f"source {i}") for i, s in enumerate(sources)]
+    out = [_grey(s, f"source {i}") for i, s in enumerate(sources)]
     for i, s in enumerate(out):
         if s.shape != fused.shape:
             raise ValueError(f"source {i} has shape {s.shape} but the fused image {fused.shape}")
@@ -56,25 +68,27 @@ def fusion_entropy(fused, *, bins: int = 256, data_range: float = 255.0) -> floa
 
     Parameters
     ----------
-    fused : ndarray, shape (H, W)
+    fused : ndarray, shape (H, W) or (Z, Y, X)
     """
-    index = _histogram(_grey2d(fused, "fused"), bins, data_range)
+    index = _histogram(_grey(fused, "fused"), bins, data_range)
     p = np.bincount(index.ravel(), minlength=bins) / index.size
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum())
 
 
 def fusion_sd(fused) -> float:
-    """Standard deviation SD of the fused image, shape (H, W) (population, ddof 0)."""
-    return float(np.std(_grey2d(fused, "fused")))
+    """Standard deviation SD of the fused image, shape (H, W) or (Z, Y, X) (population, ddof 0)."""
+    return float(np.std(_grey(fused, "fused")))
 
 
 def fusion_sf(fused) -> float:
-    """Spatial frequency SF = sqrt(RF^2 + CF^2) of neighbour differences along rows and columns."""
-    image = _grey2d(fused, "fused")
-    row_frequency = np.mean(np.diff(image, axis=1) ** 2)
-    column_frequency = np.mean(np.diff(image, axis=0) ** 2)
-    return float(np.sqrt(row_frequency + column_frequency))
+    """Spatial frequency SF = sqrt(RF^2 + CF^2) of neighbour differences along rows and columns.
+
+    For a volume the mean squared neighbour difference along each of the three axes is summed
+    under the root.
+    """
+    image = _grey(fused, "fused")
+    return float(np.sqrt(sum(np.mean(np.diff(image, axis=axis) ** 2) for axis in range(image.ndim))))
 
 
 def mutual_information(a, b, *, bins: int = 256, data_range: float = 255.0, base: float = 2.0) -> float:
@@ -82,11 +96,11 @@ def mutual_information(a, b, *, bins: int = 256, data_range: float = 255.0, base
 
     Parameters
     ----------
-    a, b : ndarray, shape (H, W)
+    a, b : ndarray, shape (H, W) or (Z, Y, X)
     base : float
         Logarithm base: 2 gives bits, ``math.e`` nats (scikit-learn's ``mutual_info_score``).
     """
-    a, b = _grey2d(a, "a"), _grey2d(b, "b")
+    a, b = _grey(a, "a"), _grey(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
     ia, ib = _histogram(a, bins, data_range).ravel(), _histogram(b, bins, data_range).ravel()
@@ -98,24 +112,29 @@ def mutual_information(a, b, *, bins: int = 256, data_range: float = 255.0, base
 
 def fusion_mi(fused, sources, *, bins: int = 256, data_range: float = 255.0, base: float = 2.0) -> float:
     """MI: mutual information between the fused image and each source, summed."""
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     sources = _same_shape(fused, sources)
     return float(sum(mutual_information(fused, s, bins=bins, data_range=data_range, base=base) for s in sources))
 
 
 def _sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sobel responses (x, y) with zero padding, as 'same' 2D convolution."""
-    x = torch.from_numpy(image)[None, None]
+    """Sobel responses (x, y) of every plane along the first axis of (P, H, W), zero padding."""
+    x = torch.from_numpy(image)[:, None]
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype)
     ky = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=x.dtype)
     # convolution (not correlation): flip the kernels
-    sx = F.conv2d(x, kx.flip(0, 1)[None, None], padding=1)[0, 0].numpy()
-    sy = F.conv2d(x, ky.flip(0, 1)[None, None], padding=1)[0, 0].numpy()
+    sx = F.conv2d(x, kx.flip(0, 1)[None, None], padding=1)[:, 0].numpy()
+    sy = F.conv2d(x, ky.flip(0, 1)[None, None], padding=1)[:, 0].numpy()
     return sx, sy
 
 
+def _planes(image: np.ndarray) -> np.ndarray:
+    """A 2D image as one plane (1, H, W); a volume as its planes along the first axis."""
+    return image[None] if image.ndim == 2 else image
+
+
 def _edge_strength_orientation(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sx, sy = _sobel(image)
+    sx, sy = _sobel(_planes(image))
     strength = np.hypot(sx, sy)
     with np.errstate(divide="ignore", invalid="ignore"):
         orientation = np.where(sx == 0, np.pi / 2, np.arctan(sy / np.where(sx == 0, 1, sx)))
@@ -139,13 +158,14 @@ def fusion_qabf(fused, sources) -> float:
     preservation Q^SF = Q_g Q_alpha (sigmoids with :data:`QABF_CONSTANTS`) is averaged
     with the source edge strengths as weights (L = 1). Its maximum, for a fused image
     identical to every source, is Q_g(1) Q_alpha(1) = 0.9748 with these constants.
+    Volumes: the edges of every plane along the first axis, pooled over the planes.
 
     Parameters
     ----------
-    fused : ndarray, shape (H, W)
-    sources : sequence of ndarray, each shape (H, W)
+    fused : ndarray, shape (H, W) or (Z, Y, X)
+    sources : sequence of ndarray, each shape (H, W) or (Z, Y, X)
     """
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     g_f, a_f = _edge_strength_orientation(fused)
     numerator = denominator = 0.0
     for source in _same_shape(fused, sources):
@@ -157,51 +177,56 @@ def fusion_qabf(fused, sources) -> float:
     return numerator / denominator
 
 
+def _separable_filter(x: np.ndarray, kernel: np.ndarray, axes: Sequence[int] | None = None) -> np.ndarray:
+    """Correlate ``x`` with the odd 1D ``kernel`` along ``axes`` (default: all; mirror padding)."""
+    for axis in range(x.ndim) if axes is None else axes:
+        x = ndimage.correlate1d(x, kernel, axis=axis, mode="reflect")
+    return x
+
+
 def ssim(a, b, *, data_range: float = 255.0, win_size: int = 7, gaussian: bool = False) -> float:
     """Mean structural similarity, computed as ``skimage.metrics.structural_similarity``.
 
     Parameters
     ----------
-    a, b : ndarray, shape (H, W)
+    a, b : ndarray, shape (H, W) or (Z, Y, X)
     data_range : float
     win_size : int
-        Side of the uniform window (ignored with ``gaussian``).
+        Side of the uniform window (ignored with ``gaussian``); a cube for volumes.
     gaussian : bool
-        Gaussian window (sigma 1.5, truncate 3.5, 11x11) instead of the uniform one.
-        Like skimage's defaults: sample covariance, K1 = 0.01, K2 = 0.03, and the
+        Gaussian window (sigma 1.5, truncate 3.5, 11 pixels a side) instead of the uniform
+        one. Like skimage's defaults: sample covariance, K1 = 0.01, K2 = 0.03, and the
         border of half a window left out of the mean.
     """
-    a, b = _grey2d(a, "a"), _grey2d(b, "b")
+    a, b = _grey(a, "a"), _grey(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
     if gaussian:
         radius = int(3.5 * 1.5 + 0.5)
-        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        k1 = torch.exp(-0.5 * (t / 1.5) ** 2)
-        kernel = torch.outer(k1, k1) / k1.sum() ** 2
+        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / 1.5) ** 2)
+        kernel /= kernel.sum()
     else:
         if win_size % 2 == 0 or win_size < 3:
             raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
-        kernel = torch.full((win_size, win_size), 1.0 / win_size**2, dtype=torch.float64)
-    side = kernel.shape[0]
-    covariance_norm = side**2 / (side**2 - 1)
+        kernel = np.full(win_size, 1.0 / win_size)
+    side = kernel.size
+    window_size = side**a.ndim
+    covariance_norm = window_size / (window_size - 1)
     if min(a.shape) < side:
-        raise ValueError(f"images of shape {a.shape} are smaller than the {side}x{side} SSIM window")
-    pad = side // 2
-    x = torch.from_numpy(np.stack([a, b, a * a, b * b, a * b]))[:, None]
-    filtered = F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), kernel[None, None])[:, 0].numpy()
-    ux, uy, uxx, uyy, uxy = filtered
-    vx = covariance_norm * (uxx - ux * ux)
-    vy = covariance_norm * (uyy - uy * uy)
-    vxy = covariance_norm * (uxy - ux * uy)
+        raise ValueError(f"images of shape {a.shape} are smaller than the SSIM window ({side} pixels a side)")
+    ux, uy = _separable_filter(a, kernel), _separable_filter(b, kernel)
+    vx = covariance_norm * (_separable_filter(a * a, kernel) - ux * ux)
+    vy = covariance_norm * (_separable_filter(b * b, kernel) - uy * uy)
+    vxy = covariance_norm * (_separable_filter(a * b, kernel) - ux * uy)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return float(s[pad:-pad, pad:-pad].mean())
+    pad = side // 2
+    return float(s[(slice(pad, -pad),) * a.ndim].mean())
 
 
 def fusion_ssim(fused, sources, *, data_range: float = 255.0, gaussian: bool = False) -> float:
     """SSIM between the fused image and each source, summed."""
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     return float(sum(ssim(fused, s, data_range=data_range, gaussian=gaussian) for s in _same_shape(fused, sources)))
 
 
@@ -213,7 +238,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def fusion_scd(fused, sources) -> float:
     """SCD (Aslantas & Bendes): sum over sources of corr(F - sum of the other sources, source)."""
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     sources = _same_shape(fused, sources)
     if len(sources) < 2:
         raise ValueError("SCD needs at least two sources")
@@ -221,62 +246,70 @@ def fusion_scd(fused, sources) -> float:
     return float(sum(_correlation(fused - (total - s), s) for s in sources))
 
 
-def _gaussian_window(size: int) -> np.ndarray:
+def _gaussian_kernel(size: int) -> np.ndarray:
+    """1D factor of VIF's size x size Gaussian window (sigma = size / 5), normalised."""
     sigma = size / 5.0
-    half = (size - 1) / 2
-    y, x = np.mgrid[-half : half + 1, -half : half + 1]
-    window = np.exp(-(x * x + y * y) / (2 * sigma * sigma))
-    window[window < np.finfo(float).eps * window.max()] = 0
-    return window / window.sum()
+    t = np.arange(size) - (size - 1) / 2
+    kernel = np.exp(-(t * t) / (2 * sigma * sigma))
+    return kernel / kernel.sum()
 
 
-def _valid_filter(image: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(image[None, None], window[None, None])[0, 0]
+def _valid_filter(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Filter each plane of (P, H, W) with the separable window; keep the 'valid' part."""
+    cut = kernel.size // 2
+    filtered = _separable_filter(planes, kernel, axes=(1, 2))
+    return filtered[:, cut : filtered.shape[1] - cut, cut : filtered.shape[2] - cut]
+
+
+def _vif_terms(ref: np.ndarray, dist: np.ndarray, sigma_nsq: float) -> tuple[float, float]:
+    """Numerator and denominator of VIFP for planes (P, H, W), summed over planes and four scales."""
+    eps = 1e-10
+    numerator = denominator = 0.0
+    for scale in range(1, 5):
+        size = 2 ** (4 - scale + 1) + 1
+        window = _gaussian_kernel(size)
+        if scale > 1:
+            ref = _valid_filter(ref, window)[:, ::2, ::2]
+            dist = _valid_filter(dist, window)[:, ::2, ::2]
+        if min(ref.shape[1:]) < size:
+            raise ValueError(f"images are too small for VIF (need at least about {8 * 17} pixels a side)")
+        mu1, mu2 = _valid_filter(ref, window), _valid_filter(dist, window)
+        sigma1_sq = np.maximum(_valid_filter(ref * ref, window) - mu1 * mu1, 0)
+        sigma2_sq = np.maximum(_valid_filter(dist * dist, window) - mu2 * mu2, 0)
+        sigma12 = _valid_filter(ref * dist, window) - mu1 * mu2
+        g = sigma12 / (sigma1_sq + eps)
+        sv_sq = sigma2_sq - g * sigma12
+        flat_ref = sigma1_sq < eps
+        g[flat_ref] = 0
+        sv_sq[flat_ref] = sigma2_sq[flat_ref]
+        sigma1_sq[flat_ref] = 0
+        flat_dist = sigma2_sq < eps
+        g[flat_dist] = 0
+        sv_sq[flat_dist] = 0
+        negative = g < 0
+        sv_sq[negative] = sigma2_sq[negative]
+        g = np.maximum(g, 0)
+        sv_sq = np.maximum(sv_sq, eps)
+        numerator += float(np.log10(1 + g * g * sigma1_sq / (sv_sq + sigma_nsq)).sum())
+        denominator += float(np.log10(1 + sigma1_sq / sigma_nsq).sum())
+    return numerator, denominator
 
 
 def vif_pixel(reference, distorted, *, sigma_nsq: float = 2.0) -> float:
     """Pixel-domain visual information fidelity VIFP (Sheikh & Bovik 2006), four scales.
 
     Gaussian windows of 17, 9, 5, 3 pixels (sigma = size / 5); each coarser scale
-    filters and subsamples by 2. Equals 1 for identical images.
+    filters and subsamples by 2. Equals 1 for identical images. Volumes: every plane along
+    the first axis, numerators and denominators summed over the planes.
 
     Parameters
     ----------
-    reference, distorted : ndarray, shape (H, W)
+    reference, distorted : ndarray, shape (H, W) or (Z, Y, X)
     """
-    ref = torch.from_numpy(_grey2d(reference, "reference").copy())
-    dist = torch.from_numpy(_grey2d(distorted, "distorted").copy())
+    ref, dist = _grey(reference, "reference"), _grey(distorted, "distorted")
     if ref.shape != dist.shape:
-        raise ValueError(f"images differ in shape: {tuple(ref.shape)} and {tuple(dist.shape)}")
-    eps = 1e-10
-    numerator = denominator = 0.0
-    for scale in range(1, 5):
-        size = 2 ** (4 - scale + 1) + 1
-        window = torch.from_numpy(_gaussian_window(size))
-        if scale > 1:
-            ref = _valid_filter(ref, window)[::2, ::2]
-            dist = _valid_filter(dist, window)[::2, ::2]
-        if min(ref.shape) < size:
-            raise ValueError(f"images are too small for VIF (need at least about {8 * 17} pixels a side)")
-        mu1, mu2 = _valid_filter(ref, window), _valid_filter(dist, window)
-        sigma1_sq = (_valid_filter(ref * ref, window) - mu1 * mu1).clamp(min=0)
-        sigma2_sq = (_valid_filter(dist * dist, window) - mu2 * mu2).clamp(min=0)
-        sigma12 = _valid_filter(ref * dist, window) - mu1 * mu2
-        g = sigma12 / (sigma1_sq + eps)
-        sv_sq = sigma2_sq - g * sigma12
-        flat_ref = sigma1_sq < eps
-        g = torch.where(flat_ref, torch.zeros_like(g), g)
-        sv_sq = torch.where(flat_ref, sigma2_sq, sv_sq)
-        sigma1_sq = torch.where(flat_ref, torch.zeros_like(sigma1_sq), sigma1_sq)
-        flat_dist = sigma2_sq < eps
-        g = torch.where(flat_dist, torch.zeros_like(g), g)
-        sv_sq = torch.where(flat_dist, torch.zeros_like(sv_sq), sv_sq)
-        negative = g < 0
-        sv_sq = torch.where(negative, sigma2_sq, sv_sq)
-        g = g.clamp(min=0)
-        sv_sq = sv_sq.clamp(min=eps)
-        numerator += float(torch.log10(1 + g * g * sigma1_sq / (sv_sq + sigma_nsq)).sum())
-        denominator += float(torch.log10(1 + sigma1_sq / sigma_nsq).sum())
+        raise ValueError(f"images differ in shape: {ref.shape} and {dist.shape}")
+    numerator, denominator = _vif_terms(_planes(ref), _planes(dist), sigma_nsq)
     if denominator == 0:
         raise ValueError("the reference image is flat: VIF is undefined")
     return numerator / denominator
@@ -284,7 +317,7 @@ def vif_pixel(reference, distorted, *, sigma_nsq: float = 2.0) -> float:
 
 def fusion_vif(fused, sources) -> float:
     """VIF of the fused image against each source (pixel-domain VIFP), summed."""
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     return float(sum(vif_pixel(s, fused) for s in _same_shape(fused, sources)))
 
 
@@ -296,24 +329,24 @@ def fusion_metrics(
     mi_base: float = 2.0,
     vif: bool = True,
 ) -> dict[str, float]:
-    """Every fusion metric of a 2D grey fused image against its sources.
+    """Every fusion metric of a grey fused image or volume against its sources.
 
     Parameters
     ----------
-    fused : ndarray, shape (H, W)
+    fused : ndarray, shape (H, W) or (Z, Y, X)
         On the same 0..``data_range`` scale as the sources (the literature uses 0-255).
-    sources : sequence of ndarray, each shape (H, W)
+    sources : sequence of ndarray, each shape (H, W) or (Z, Y, X)
     mi_base : float
         Logarithm base of MI (2: bits; ``math.e``: nats, as scikit-learn).
     vif : bool
-        Also compute VIF (needs images of about 136 pixels a side or more).
+        Also compute VIF (needs images, or planes of a volume, of about 136 pixels a side or more).
 
     Returns
     -------
     dict
         EN, SD, SF, MI, Qabf, SSIM, SCD (and VIF).
     """
-    fused = _grey2d(fused, "fused")
+    fused = _grey(fused, "fused")
     sources = _same_shape(fused, sources)
     metrics = {
         "EN": fusion_entropy(fused, data_range=data_range),
