@@ -1,6 +1,7 @@
 """Core fusion (napari_mmfuse.core.fuse) and the ``mmfuse fuse`` / ``fuse-metrics`` commands."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -421,3 +422,44 @@ def test_cli_fuse_metrics_json(pngs, tmp_path, capsys):
     assert set(metrics) == {"EN", "SD", "SF", "MI", "Qabf", "SSIM", "SCD"}
     assert 0 < metrics["Qabf"] < 1 and metrics["MI"] > 0
     assert main(["fuse-metrics", str(pngs["a"]), str(out)]) == 1
+
+
+def test_cli_fuse_metrics_of_volumes_resamples_sources_through_their_affines(tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    from napari_mmfuse.core.fuse import normalise_intensity
+    from napari_mmfuse.core.quality import fusion_metrics
+    from napari_mmfuse.io import read, write
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:8, :40, :48].astype(np.float32)
+    t1 = (100 + 50 * np.sin(x / 5) * np.cos(y / 6) + 5 * z + rng.normal(0, 3, z.shape)).astype(np.float32)
+    ct = np.where((y - 20) ** 2 + (x - 12) ** 2 < 80, 1200.0, -800.0 + 20 * z).astype(np.float32)
+    t1_affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    flipped_affine = t1_affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 47], [0, 0, 0, 1.0]])
+    write(tmp_path / "t1.nii.gz", t1, t1_affine)
+    # the CT stored mirrored along x, its affine mirrors it back: the same world image
+    write(tmp_path / "ct.nii.gz", ct[..., ::-1].copy(), flipped_affine)
+    paths = [str(tmp_path / name) for name in ("t1.nii.gz", "ct.nii.gz", "fused.nii.gz")]
+    assert main(["fuse", *paths[:2], "--method", "maximum", "--modality", "MR", "CT", "-o", paths[2]]) == 0
+    capsys.readouterr()
+    assert main(["fuse-metrics", *paths, "--modality", "MR", "CT", "--nats"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+
+    fused = np.asarray(read(paths[2])[0].level0, dtype=np.float64)
+    fused = np.round((fused - fused.min()) / (fused.max() - fused.min()) * 255)
+    sources = [
+        np.round(normalise_intensity(t1, modality="MR") * 255),
+        np.round(normalise_intensity(ct, modality="CT") * 255),
+    ]
+    expected = fusion_metrics(fused, sources, mi_base=math.e, vif=False)
+    assert metrics == pytest.approx({k: round(v, 6) for k, v in expected.items()}, abs=2e-6)
+    mirrored = np.round(normalise_intensity(ct[..., ::-1], modality="CT") * 255)  # the CT's stored array
+    misaligned = fusion_metrics(fused, [sources[0], mirrored], mi_base=math.e, vif=False)
+    assert metrics["Qabf"] > misaligned["Qabf"] + 0.1 and metrics["MI"] > misaligned["MI"] + 0.1
+
+    assert main(["fuse-metrics", *paths, "--modality", "MR"]) == 1
+    assert "one value per source" in capsys.readouterr().err
+    picture = tmp_path / "slice.png"
+    iio.imwrite(picture, np.zeros((40, 48), np.uint8))
+    assert main(["fuse-metrics", paths[0], str(picture), paths[2]]) == 1
+    assert "not a mix" in capsys.readouterr().err

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_mmfuse.core.fuse import fuse_on_reference
+from napari_mmfuse.core.fuse import fuse_on_reference, resample_to_reference
+from napari_mmfuse.core.quality import fusion_metrics
 from napari_mmfuse.widgets.fuse import PREVIEW_NAME, FuseWidget
 
 SHOTS = Path("/tmp/mmfuse_shots")
@@ -93,6 +94,43 @@ def test_preview_follows_method_and_is_replaced(viewer_widget, qtbot):
     widget.method_combo.setCurrentText("learned")
     qtbot.waitUntil(lambda: PREVIEW_NAME not in viewer.layers)
     assert "click Fuse" in widget.status.text() and len(viewer.layers) == count - 1
+
+
+def test_metrics_of_a_volume_result_of_its_plane_or_of_every_voxel(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    mri, pet = _pair()
+    t1 = np.stack([mri * (0.5 + 0.06 * k) for k in range(8)])
+    suv = np.stack([np.roll(pet, 2 * k, axis=1) for k in range(8)])
+    viewer.add_image(t1, name="T1", scale=(2, 1, 1))
+    viewer.add_image(suv, name="PET", scale=(2, 1, 1))
+    widget.preview_check.setChecked(False)
+    widget.reference_combo.setCurrentText("T1")
+    widget.method_combo.setCurrentText("maximum")
+    viewer.dims.set_current_step(0, 5)
+
+    def table():
+        return {
+            widget.metrics_table.item(r, 0).text(): widget.metrics_table.item(r, 1).text()
+            for r in range(widget.metrics_table.rowCount())
+        }
+
+    for whole_volume in (False, True):
+        widget.volume_metrics_check.setChecked(whole_volume)
+        worker = widget.start_fusion()
+        with qtbot.waitSignal(worker.finished, timeout=60_000):
+            pass
+        qtbot.waitUntil(lambda: widget.fuse_button.isEnabled())
+        fused = np.round(viewer.layers["fused (maximum)"].data * 255)
+        sources = [np.round(p * 255) for p in resample_to_reference([t1, suv], [np.diag([2.0, 1, 1, 1])] * 2)]
+        if whole_volume:
+            assert "whole volume" in widget.status.text()
+            reference = fusion_metrics(fused, sources, vif=False)
+        else:
+            assert "plane 5" in widget.status.text()
+            reference = fusion_metrics(fused[5], [s[5] for s in sources], vif=False)
+        assert table() == {name: f"{value:.4g}" for name, value in reference.items()}
+        for layer in [layer for layer in viewer.layers if layer.name not in ("T1", "PET")]:
+            viewer.layers.remove(layer)
 
 
 def test_bad_inputs_notify_and_add_nothing(viewer_widget, monkeypatch):

@@ -6,6 +6,7 @@ Examples::
     mmfuse fuse mri.png pet.png --method colour -o fused.png --weights-out weights
     mmfuse fuse a.png b.png --method laplacian --param levels=4 --param rule=maxabs -o f.png
     mmfuse fuse-metrics mri.png ct.png fused.png
+    mmfuse fuse-metrics t1.nii.gz ct.nii.gz fused.nii.gz --modality MR CT
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser(
         "fuse-metrics",
-        help="fusion quality metrics (EN, SD, SF, MI, Qabf, SSIM, SCD, VIF) of a fused 2D image, as JSON",
+        help="fusion quality metrics (EN, SD, SF, MI, Qabf, SSIM, SCD, VIF) of a fused image or volume, as JSON",
+        description="2D pictures are compared pixel for pixel (same size, 8-bit as is, colour as luminance). "
+        "Volumes: the sources are resampled onto the fused volume's grid through their affines and "
+        "normalised as 'mmfuse fuse' normalises its inputs; Q^AB/F and VIF pool the planes along the first axis.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="the sources, then the fused image")
     parser.add_argument("--nats", action="store_true", help="MI in nats (scikit-learn's convention) instead of bits")
+    parser.add_argument("--modality", nargs="+", help="modality of each source (e.g. MR CT), for normalising volumes")
     parser.set_defaults(func=run_metrics)
 
 
@@ -160,19 +165,41 @@ def _grey_255(record, data: np.ndarray) -> np.ndarray:
     return np.round((values - low) / (high - low) * 255)
 
 
+def _volume_metrics_inputs(records, images, modalities) -> list[np.ndarray]:
+    """Volumes on the fused image's grid, 0-255: the sources resampled through their affines and
+    normalised as ``mmfuse fuse`` normalises its inputs, the fused image scaled from its range."""
+    from ..core.fuse import luminance, resample_to_reference
+
+    fused = images[-1].astype(np.float64)
+    windows = [None] * (len(images) - 1) + [(float(fused.min()), float(fused.max()))]
+    prepared = resample_to_reference(
+        images,
+        [r.affine for r in records],
+        reference_index=len(images) - 1,
+        rgb=[r.rgb for r in records],
+        modalities=list(modalities) + [None],
+        windows=windows,
+    )
+    return [np.round((luminance(p) if r.rgb else p).astype(np.float64) * 255) for p, r in zip(prepared, records)]
+
+
 def run_metrics(args) -> int:
     from ..core.quality import fusion_metrics
 
     if len(args.inputs) < 3:
         raise ValueError("fuse-metrics needs at least two sources and the fused image: A B FUSED")
-    grey = []
-    for path in args.inputs:
-        record, data = _read(path)
-        image = _grey_255(record, data)
-        if image.ndim != 2:
-            raise ValueError(f"{path}: fuse-metrics compares 2D images (got {image.ndim}D); take a slice first")
-        grey.append(image)
+    if args.modality is not None and len(args.modality) != len(args.inputs) - 1:
+        raise ValueError(f"--modality needs one value per source ({len(args.inputs) - 1}), got {len(args.modality)}")
+    records, images = zip(*(_read(path) for path in args.inputs))
+    dimensions = {r.spatial_ndim for r in records}
+    if dimensions == {2}:
+        grey = [_grey_255(record, image) for record, image in zip(records, images)]
+    elif dimensions == {3}:
+        modalities = args.modality or [r.metadata.get("modality") for r in records[:-1]]
+        grey = _volume_metrics_inputs(records, images, modalities)
+    else:
+        raise ValueError("fuse-metrics compares 2D images or 3D volumes, not a mix of the two")
     *sources, fused = grey
-    metrics = fusion_metrics(fused, sources, mi_base=math.e if args.nats else 2.0, vif=min(fused.shape) >= 136)
+    metrics = fusion_metrics(fused, sources, mi_base=math.e if args.nats else 2.0, vif=min(fused.shape[-2:]) >= 136)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))
     return 0

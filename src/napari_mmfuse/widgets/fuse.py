@@ -50,17 +50,17 @@ PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
 
 
-def _plane_metrics(fused: np.ndarray, sources: list[np.ndarray]) -> dict[str, float]:
-    """Fusion metrics of one 2D plane, images in [0, 1] (colour as luminance), on a 0-255 scale."""
-    grey = [fz.luminance(s) if s.ndim == 3 else s for s in sources]
-    fused_grey = fz.luminance(fused) if fused.ndim == 3 else fused
+def _result_metrics(fused: np.ndarray, sources: list[np.ndarray], rgb: list[bool], fused_rgb: bool) -> dict[str, float]:
+    """Fusion metrics of a 2D image or a volume in [0, 1] (colour as luminance), on a 0-255 scale."""
+    grey = [fz.luminance(s) if flag else s for s, flag in zip(sources, rgb)]
+    fused_grey = fz.luminance(fused) if fused_rgb else fused
     return fusion_metrics(
-        np.round(fused_grey * 255), [np.round(g * 255) for g in grey], vif=min(fused_grey.shape) >= 136
+        np.round(fused_grey * 255), [np.round(g * 255) for g in grey], vif=min(fused_grey.shape[-2:]) >= 136
     )
 
 
 def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
-    """Worker generator: resample, fuse (yielding progress), then measure one plane."""
+    """Worker generator: resample, fuse (yielding progress), then measure one plane or the whole result."""
     prepared = fz.resample_to_reference(
         images,
         affines,
@@ -71,10 +71,14 @@ def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
     result = yield from fz.fuse_steps(
         prepared, method=options["method"], rgb=options["rgb"], normalise=False, **options["params"]
     )
+    reference = options["reference_index"]
+    fused_rgb = result.fused.ndim > prepared[reference].ndim - int(options["rgb"][reference])
     if metrics_plane is None:
-        metrics = _plane_metrics(result.fused, prepared)
+        yield fz.FusionProgress(0, 0, "Measuring the fused image")
+        metrics = _result_metrics(result.fused, prepared, options["rgb"], fused_rgb)
     else:
-        metrics = _plane_metrics(result.fused[metrics_plane], [p[metrics_plane] for p in prepared])
+        planes = [p[metrics_plane] for p in prepared]
+        metrics = _result_metrics(result.fused[metrics_plane], planes, options["rgb"], fused_rgb)
     return result, metrics
 
 
@@ -107,6 +111,10 @@ class FuseWidget(QWidget):
         self.params_form = QFormLayout()
         self.preview_check = QCheckBox("Live preview of the current plane")
         self.preview_check.setChecked(False)
+        self.volume_metrics_check = QCheckBox("Metrics of the whole volume (slower)")
+        self.volume_metrics_check.setToolTip(
+            "Measure every voxel of a 3D result; unchecked, the metrics are of the current plane"
+        )
         self.fuse_button = QPushButton("Fuse")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -136,7 +144,8 @@ class FuseWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel("Metrics of the result (current plane)"))
+        layout.addWidget(QLabel("Metrics of the result"))
+        layout.addWidget(self.volume_metrics_check)
         layout.addWidget(self.metrics_table)
 
         self._preview_timer = QTimer(self)
@@ -403,7 +412,7 @@ class FuseWidget(QWidget):
             show_error(f"Fuse: {error}")
             return None
         reference = layers[0]
-        plane = self._current_plane(reference, affines[0])
+        plane = None if self.volume_metrics_check.isChecked() else self._current_plane(reference, affines[0])
         names = [layer.name for layer in layers]
         learned = "learned" in (options["method"], options["params"].get("inner"))
         total = int(options["params"]["n_iter"]) if learned else 0
@@ -477,7 +486,9 @@ class FuseWidget(QWidget):
                 **geometry,
             )
         self._show_metrics(metrics)
-        where = "" if plane is None else f" (metrics on plane {plane})"
+        where = f" (metrics on plane {plane})" if plane is not None else ""
+        if plane is None and result.fused.ndim - int(rgb) == 3:
+            where = " (metrics of the whole volume)"
         self.status.setText(f"Fused {len(names)} layers with {result.method!r}{where}")
         show_info(f"Fused {', '.join(names)} with {result.method}")
 
