@@ -245,6 +245,13 @@ def main(argv=None) -> int:
             if baseline
             else f"- {set_name}: best {best_method} Qabf {best['Qabf']:.3f}"
         )
+        if baseline:
+            both = [
+                m
+                for m, r in ours
+                if r["Qabf"] >= reference["Qabf"] and r["MI"] >= baseline["MI"] and r["SSIM"] >= baseline["SSIM"]
+            ]
+            print(f"  methods meeting both clauses: {', '.join(both) or 'none'}")
     if not args.skip_preview:
         timings = preview_timing(args.data)
         print("\nLive preview (resample + fuse one 256x256 plane, CPU), median ms: "
