@@ -18,6 +18,10 @@ differences remain: our SSIM uses ``data_range=255`` (CDDFuse calls scikit-image
 images without a data range) and our Q^AB/F sets the edge-strength ratio of two equal
 strengths to 1 (CDDFuse's code sets it to the fused strength).
 
+A published method's own outputs: the four MRI-PET/SPECT examples of Zero-Learning fusion
+(Lahoud & Susstrunk 2019; ../shared/data/fusion/zerolearning, when present) are a fifth set,
+fused by every method here and scored beside the authors' fused images (row "published").
+
 Reference implementations written here from established libraries: PyWavelets DWT fusion
 (db2, 3 levels, max-abs details, mean approximation) and a scikit-image Laplacian pyramid
 (``pyramid_reduce``/``pyramid_expand``, 4 levels, max-abs details, mean base).
@@ -46,6 +50,13 @@ CDDFUSE = {  # CDDFuse_MIF rows of the README (reference_metrics_from_README.txt
     "MRI_PET": {"EN": 4.22, "SD": 70.74, "SF": 29.57, "MI": 2.03, "SCD": 1.69, "VIF": 0.71, "Qabf": 0.71, "SSIM": 1.49},
     "MRI_SPECT": {"EN": 3.90, "SD": 58.31, "SF": 20.87, "MI": 2.49, "SCD": 1.35, "VIF": 0.97, "Qabf": 0.78, "SSIM": 1.48},
 }
+ZERO_LEARNING = DATA.parent / "zerolearning"
+ZERO_LEARNING_CASES = (
+    ("PET 001", "MRI-PET/MRI-001.png", "MRI-PET/PET-001.png", "MRI-PET/FUSED-001.png"),
+    ("PET 012", "MRI-PET/MRI-012.png", "MRI-PET/PET-012.png", "MRI-PET/FUSED-012.png"),
+    ("PET 060", "MRI-PET/MRI-060.png", "MRI-PET/PET-060.png", "MRI-PET/FUSED-060.png"),
+    ("SPECT tc", "MRI-SPECT/mr.png", "MRI-SPECT/tc.png", "MRI-SPECT/fusion_mr_tc.png"),
+)
 COLUMNS = ("EN", "SD", "SF", "MI", "Qabf", "SSIM", "SCD", "VIF")
 
 
@@ -99,6 +110,23 @@ def harvard_pairs(data: Path, name: str, limit: int | None):
     for stem in stems[:limit]:
         colour = folder / functional / stem
         yield stem, grey_255(folder / anatomical / stem), grey_255(colour), colour
+
+
+def zero_learning_pairs(root: Path):
+    """The MRI-PET and MRI-SPECT examples of Zero-Learning fusion with the authors' own fused outputs.
+
+    ``(name, anatomical, functional, functional path, published fused)``, grey 0-255 (colour
+    as luminance). Lahoud & Susstrunk, "Fast and Efficient Zero-Learning Image Fusion" (2019).
+    """
+    for name, anatomical, functional, fused in ZERO_LEARNING_CASES:
+        colour = root / "images" / functional
+        yield (
+            name,
+            grey_255(root / "images" / anatomical),
+            grey_255(colour),
+            colour,
+            grey_255(root / "results" / fused),
+        )
 
 
 def phantom_pair():
@@ -217,14 +245,23 @@ def main(argv=None) -> int:
         sets["phantom"] = phantom_pair()
     except ImportError:
         print("(napari_mmfuse.sample_data missing: phantom set skipped)")
+    zero_learning = []
+    if (args.data.parent / "zerolearning").is_dir():
+        zero_learning = list(zero_learning_pairs(args.data.parent / "zerolearning"))
+        sets["zero-learning"] = [case[:4] for case in zero_learning]
     methods = args.methods or [*fusion.METHODS, "colour", "ref:pywt-dwt", "ref:skimage-laplacian"]
     rows = evaluate(sets, methods)
+    if zero_learning:
+        published = [fusion_metrics(case[4], [case[1], case[2]], mi_base=math.e) for case in zero_learning]
+        mean = {k: float(np.mean([m[k] for m in published])) for k in COLUMNS}
+        rows.append(("zero-learning", "published: Zero-Learning outputs", len(published), mean, math.nan))
 
     print("\n| set | method | pairs | " + " | ".join(COLUMNS) + " | time/pair (ms) |")
     print("|---|---|---|" + "---|" * (len(COLUMNS) + 1))
     for set_name, method, count, mean, seconds in rows:
         values = " | ".join(f"{mean[k]:.2f}" if k in ("EN", "SD", "SF") else f"{mean[k]:.3f}" for k in COLUMNS)
-        print(f"| {set_name} | {method} | {count} | {values} | {1000 * seconds:.1f} |")
+        timing = "-" if math.isnan(seconds) else f"{1000 * seconds:.1f}"
+        print(f"| {set_name} | {method} | {count} | {values} | {timing} |")
     for set_name, reference in CDDFUSE.items():
         values = " | ".join(str(reference[k]) for k in COLUMNS)
         print(f"| {set_name} | CDDFuse (README, full set) | - | {values} | - |")

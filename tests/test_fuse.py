@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -463,3 +464,28 @@ def test_cli_fuse_metrics_of_volumes_resamples_sources_through_their_affines(tmp
     iio.imwrite(picture, np.zeros((40, 48), np.uint8))
     assert main(["fuse-metrics", paths[0], str(picture), paths[2]]) == 1
     assert "not a mix" in capsys.readouterr().err
+
+
+ZERO_LEARNING = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fusion" / "zerolearning"
+
+
+@pytest.mark.skipif(not ZERO_LEARNING.is_dir(), reason="shared Zero-Learning fusion examples absent")
+@pytest.mark.parametrize(
+    "anatomical, functional, published",
+    [
+        ("MRI-PET/MRI-001.png", "MRI-PET/PET-001.png", "MRI-PET/FUSED-001.png"),
+        ("MRI-PET/MRI-012.png", "MRI-PET/PET-012.png", "MRI-PET/FUSED-012.png"),
+        ("MRI-PET/MRI-060.png", "MRI-PET/PET-060.png", "MRI-PET/FUSED-060.png"),
+        ("MRI-SPECT/mr.png", "MRI-SPECT/tc.png", "MRI-SPECT/fusion_mr_tc.png"),
+    ],
+)
+def test_default_fusion_keeps_more_edges_than_a_published_method_on_its_own_examples(anatomical, functional, published):
+    from napari_mmfuse.core.quality import fusion_qabf
+
+    def grey(path):  # luminance 0-255 of a grey, RGB or palette PNG
+        return np.round(fz.luminance(np.asarray(iio.imread(path, mode="RGB"), dtype=np.float64)))
+
+    a, b = grey(ZERO_LEARNING / "images" / anatomical), grey(ZERO_LEARNING / "images" / functional)
+    theirs = grey(ZERO_LEARNING / "results" / published)
+    ours = np.round(np.clip(fz.fuse([a / 255, b / 255], normalise=False).fused * 255, 0, 255))
+    assert fusion_qabf(ours, [a, b]) > fusion_qabf(theirs, [a, b]) + 0.03
