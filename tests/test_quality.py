@@ -46,8 +46,9 @@ def test_mutual_information_identical_is_entropy_and_independent_is_zero():
 
 
 @pytest.mark.parametrize("gaussian", [False, True])
-def test_ssim_matches_skimage(gaussian):
-    a = _image(1)
+@pytest.mark.parametrize("dimensions", [2, 3])
+def test_ssim_matches_skimage_in_2d_and_3d(gaussian, dimensions):
+    a = _image(1) if dimensions == 2 else _volume(1)
     b = np.clip(a + np.random.default_rng(2).normal(0, 25, a.shape), 0, 255)
     expected = structural_similarity(a, b, data_range=255, gaussian_weights=gaussian)
     assert q.ssim(a, b, gaussian=gaussian) == pytest.approx(expected, rel=1e-9)
@@ -118,14 +119,10 @@ def _volume(seed=0, shape=(12, 40, 44)):
     return np.clip(np.round(smooth + rng.normal(0, 10, shape)), 0, 255)
 
 
-@pytest.mark.parametrize("gaussian", [False, True])
-def test_ssim_of_volumes_matches_skimage_in_3d(gaussian):
+def test_ssim_of_volumes_refuses_fewer_planes_than_the_window():
     a = _volume(1)
-    b = np.clip(a + np.random.default_rng(2).normal(0, 25, a.shape), 0, 255)
-    expected = structural_similarity(a, b, data_range=255, gaussian_weights=gaussian)
-    assert q.ssim(a, b, gaussian=gaussian) == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="smaller than the SSIM window"):
-        q.ssim(a[:5], b[:5])
+        q.ssim(a[:5], a[:5])
 
 
 def test_volume_sf_en_mi_scd_by_hand():
