@@ -387,8 +387,7 @@ def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch
     widget.region.setCurrentIndex(1)
     widget.region_labels.set_layer(region_layer)
     qtbot.mouseClick(widget.run_button, Qt.LeftButton)
-    with qtbot.waitSignal(widget.worker.finished, timeout=120_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)  # cleared when the worker finished
     assert errors == [f"Explain: {explain.NO_ATTENTION}"]
     overlay = viewer.layers["attention rollout class 2"]
     np.testing.assert_allclose(world_affine(overlay), world_affine(first))
@@ -437,8 +436,7 @@ def test_explain_widget_attention_3d(make_napari_viewer, qtbot):
     qtbot.addWidget(widget)
     widget.method.setCurrentIndex(widget.method.findData("attention"))
     qtbot.mouseClick(widget.run_button, Qt.LeftButton)
-    with qtbot.waitSignal(widget.worker.finished, timeout=120_000):
-        pass
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)  # cleared when the worker finished
     overlay = viewer.layers["attention class 1"]
     np.testing.assert_allclose(world_affine(overlay), world_affine(first))
     expected = np.zeros(volume.shape, np.float32)

@@ -40,8 +40,7 @@ def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget
     widget.preview_check.setChecked(False)
     worker = widget.start_fusion()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)  # re-enabled when the worker finished
     qtbot.waitUntil(lambda: "fused (guided)" in viewer.layers, timeout=10_000)
     fused = viewer.layers["fused (guided)"]
     assert fused.data.shape == mri.shape and fused.data.dtype == np.float32
@@ -116,10 +115,8 @@ def test_metrics_of_a_volume_result_of_its_plane_or_of_every_voxel(viewer_widget
 
     for whole_volume in (False, True):
         widget.volume_metrics_check.setChecked(whole_volume)
-        worker = widget.start_fusion()
-        with qtbot.waitSignal(worker.finished, timeout=60_000):
-            pass
-        qtbot.waitUntil(lambda: widget.fuse_button.isEnabled())
+        assert widget.start_fusion() is not None
+        qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)
         fused = np.round(viewer.layers["fused (maximum)"].data * 255)
         sources = [np.round(p * 255) for p in resample_to_reference([t1, suv], [np.diag([2.0, 1, 1, 1])] * 2)]
         if whole_volume:
@@ -167,9 +164,8 @@ def _colour_fusion_screenshot(viewer, widget, qtbot):
     widget.method_combo.setCurrentText("colour")
     qtbot.waitUntil(lambda: PREVIEW_NAME in viewer.layers and viewer.layers[PREVIEW_NAME].rgb)
     widget.preview_check.setChecked(False)
-    worker = widget.start_fusion()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    assert widget.start_fusion() is not None
+    qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)  # re-enabled when the worker finished
     qtbot.waitUntil(lambda: "fused (colour)" in viewer.layers, timeout=10_000)
     fused = viewer.layers["fused (colour)"]
     assert fused.rgb and fused.data.shape == (128, 128, 3)

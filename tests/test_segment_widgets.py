@@ -76,8 +76,9 @@ def run_and_wait(qtbot, widget, button, timeout=120_000):
     qtbot.mouseClick(button, Qt.LeftButton)
     worker = widget.worker
     assert worker is not None, "the click did not start a worker"
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
+    # the widget clears its worker when the finished signal arrives (waiting on the signal itself
+    # would miss it when the job ends before the wait starts)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
     return worker
 
 
