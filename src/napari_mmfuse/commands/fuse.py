@@ -165,22 +165,22 @@ def _grey_255(record, data: np.ndarray) -> np.ndarray:
     return np.round((values - low) / (high - low) * 255)
 
 
-def _volume_metrics_inputs(records, images, modalities) -> list[np.ndarray]:
-    """Volumes on the fused image's grid, 0-255: the sources resampled through their affines and
-    normalised as ``mmfuse fuse`` normalises its inputs, the fused image scaled from its range."""
-    from ..core.fuse import luminance, resample_to_reference
+def _volume_metrics(records, images, modalities, mi_base: float) -> dict[str, float]:
+    """Metrics of a fused volume (last) against its sources, resampled onto its grid through their
+    affines and normalised as ``mmfuse fuse`` normalises its inputs; the fused volume scaled from its range."""
+    from ..core.fuse import resample_to_reference, result_metrics
 
-    fused = images[-1].astype(np.float64)
-    windows = [None] * (len(images) - 1) + [(float(fused.min()), float(fused.max()))]
+    fused = images[-1]
+    rgb = [r.rgb for r in records]
     prepared = resample_to_reference(
         images,
         [r.affine for r in records],
         reference_index=len(images) - 1,
-        rgb=[r.rgb for r in records],
+        rgb=rgb,
         modalities=list(modalities) + [None],
-        windows=windows,
+        windows=[None] * (len(images) - 1) + [(float(fused.min()), float(fused.max()))],
     )
-    return [np.round((luminance(p) if r.rgb else p).astype(np.float64) * 255) for p, r in zip(prepared, records)]
+    return result_metrics(prepared[-1], prepared[:-1], rgb[:-1], mi_base=mi_base)
 
 
 def run_metrics(args) -> int:
@@ -191,15 +191,15 @@ def run_metrics(args) -> int:
     if args.modality is not None and len(args.modality) != len(args.inputs) - 1:
         raise ValueError(f"--modality needs one value per source ({len(args.inputs) - 1}), got {len(args.modality)}")
     records, images = zip(*(_read(path) for path in args.inputs))
+    mi_base = math.e if args.nats else 2.0
     dimensions = {r.spatial_ndim for r in records}
     if dimensions == {2}:
-        grey = [_grey_255(record, image) for record, image in zip(records, images)]
+        *sources, fused = [_grey_255(record, image) for record, image in zip(records, images)]
+        metrics = fusion_metrics(fused, sources, mi_base=mi_base, vif=min(fused.shape) >= 136)
     elif dimensions == {3}:
         modalities = args.modality or [r.metadata.get("modality") for r in records[:-1]]
-        grey = _volume_metrics_inputs(records, images, modalities)
+        metrics = _volume_metrics(records, images, modalities, mi_base)
     else:
         raise ValueError("fuse-metrics compares 2D images or 3D volumes, not a mix of the two")
-    *sources, fused = grey
-    metrics = fusion_metrics(fused, sources, mi_base=math.e if args.nats else 2.0, vif=min(fused.shape[-2:]) >= 136)
     print(json.dumps({k: round(v, 6) for k, v in metrics.items()}, indent=2))
     return 0

@@ -1382,3 +1382,39 @@ def fuse_on_reference(
     result.params = {**result.params, "reference_index": reference_index}
     return result
 
+
+
+def result_metrics(
+    fused: np.ndarray, inputs: Sequence[np.ndarray], rgb: Sequence[bool], *, mi_base: float = 2.0
+) -> dict[str, float]:
+    """Fusion metrics of a fused image or volume against the images it was fused from.
+
+    Parameters
+    ----------
+    fused : ndarray, shape (*spatial) or (*spatial, 3)
+        In [0, 1]; colour when it has one axis more than the inputs' spatial shape.
+    inputs : sequence of ndarray
+        The inputs in [0, 1] on the fused image's grid (as :func:`resample_to_reference`
+        returns them).
+    rgb : sequence of bool
+        Which inputs are colour (measured on their luminance, as is a colour result).
+    mi_base : float
+        Logarithm base of MI (2: bits; ``math.e``: nats).
+
+    Returns
+    -------
+    dict
+        :func:`napari_mmfuse.core.quality.fusion_metrics` on the 0-255 scale the literature
+        uses (VIF when the images, or the planes of a volume, are 136 pixels a side or more).
+    """
+    from .quality import fusion_metrics
+
+    grey = [luminance(image) if flag else np.asarray(image) for image, flag in zip(inputs, rgb)]
+    fused = np.asarray(fused)
+    fused_grey = luminance(fused) if fused.ndim > grey[0].ndim else fused
+    return fusion_metrics(
+        np.round(fused_grey * 255),
+        [np.round(g * 255) for g in grey],
+        mi_base=mi_base,
+        vif=min(fused_grey.shape[-2:]) >= 136,
+    )

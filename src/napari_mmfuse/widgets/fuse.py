@@ -41,22 +41,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import fuse as fz
-from ..core.quality import fusion_metrics
 from ..core.space import world_to_voxel
 from ._layers import geometry_of, spatial_affine
 from ._workers import start_worker
 
 PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
-
-
-def _result_metrics(fused: np.ndarray, sources: list[np.ndarray], rgb: list[bool], fused_rgb: bool) -> dict[str, float]:
-    """Fusion metrics of a 2D image or a volume in [0, 1] (colour as luminance), on a 0-255 scale."""
-    grey = [fz.luminance(s) if flag else s for s, flag in zip(sources, rgb)]
-    fused_grey = fz.luminance(fused) if fused_rgb else fused
-    return fusion_metrics(
-        np.round(fused_grey * 255), [np.round(g * 255) for g in grey], vif=min(fused_grey.shape[-2:]) >= 136
-    )
 
 
 def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
@@ -71,14 +61,12 @@ def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
     result = yield from fz.fuse_steps(
         prepared, method=options["method"], rgb=options["rgb"], normalise=False, **options["params"]
     )
-    reference = options["reference_index"]
-    fused_rgb = result.fused.ndim > prepared[reference].ndim - int(options["rgb"][reference])
     if metrics_plane is None:
         yield fz.FusionProgress(0, 0, "Measuring the fused image")
-        metrics = _result_metrics(result.fused, prepared, options["rgb"], fused_rgb)
+        metrics = fz.result_metrics(result.fused, prepared, options["rgb"])
     else:
         planes = [p[metrics_plane] for p in prepared]
-        metrics = _result_metrics(result.fused[metrics_plane], planes, options["rgb"], fused_rgb)
+        metrics = fz.result_metrics(result.fused[metrics_plane], planes, options["rgb"])
     return result, metrics
 
 
