@@ -474,9 +474,10 @@ class FuseWidget(QWidget):
                 **geometry,
             )
         self._show_metrics(metrics)
-        where = f" (metrics on plane {plane})" if plane is not None else ""
-        if plane is None and result.fused.ndim - int(rgb) == 3:
-            where = " (metrics of the whole volume)"
+        if plane is not None:
+            where = f" (metrics on plane {plane})"
+        else:
+            where = " (metrics of the whole volume)" if reference.ndim == 3 else ""
         self.status.setText(f"Fused {len(names)} layers with {result.method!r}{where}")
         show_info(f"Fused {', '.join(names)} with {result.method}")
 
