@@ -50,7 +50,6 @@ CDDFUSE = {  # CDDFuse_MIF rows of the README (reference_metrics_from_README.txt
     "MRI_PET": {"EN": 4.22, "SD": 70.74, "SF": 29.57, "MI": 2.03, "SCD": 1.69, "VIF": 0.71, "Qabf": 0.71, "SSIM": 1.49},
     "MRI_SPECT": {"EN": 3.90, "SD": 58.31, "SF": 20.87, "MI": 2.49, "SCD": 1.35, "VIF": 0.97, "Qabf": 0.78, "SSIM": 1.48},
 }
-ZERO_LEARNING = DATA.parent / "zerolearning"
 ZERO_LEARNING_CASES = (
     ("PET 001", "MRI-PET/MRI-001.png", "MRI-PET/PET-001.png", "MRI-PET/FUSED-001.png"),
     ("PET 012", "MRI-PET/MRI-012.png", "MRI-PET/PET-012.png", "MRI-PET/FUSED-012.png"),
