@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from napari_mmfuse.core.space import resample, voxel_to_world
+from napari_mmfuse.core.space import nifti_from_affine, resample, voxel_to_world
 from napari_mmfuse.io import nifti
 from napari_mmfuse.io._common import ReadError
 from napari_mmfuse.io.itkimage import read_itk_image, write_itk_image
@@ -348,3 +348,81 @@ def test_ixi_masks_overlap_in_world_space():
     dice = 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
     print(f"IXI002 T1/T2 brain mask Dice in world space: {dice:.4f}")
     assert dice > 0.9
+
+
+BRATS = DATA / "segmentation" / "brats2015_case"
+
+
+def test_label_maps_without_a_name_hint_and_scaled_integer_masks(tmp_path):
+    rng = np.random.default_rng(5)
+    tumour = rng.integers(0, 5, size=(6, 7, 8)).astype(np.float32)  # 0-4 as float, no name hint
+    (record,) = read_nifti(write_nifti(tmp_path / "OTMultiClass.nii.gz", tumour, np.eye(4)))
+    assert record.layer_type == "labels" and record.data.dtype == np.uint8
+    np.testing.assert_array_equal(record.data, tumour)
+    assert record.to_layer_data()[2] == "labels"
+
+    # an int32 mask stored with a scale factor reads back as 0 and 0.99999997
+    mask = np.zeros((6, 7, 8), np.int32)
+    mask[2:4, 2:5, 3:6] = 1
+    raw = np.where(mask == 1, 2147483520, -2147483648).astype(np.int32)
+    image = nib.Nifti1Image(raw, nifti_from_affine(np.eye(4)))  # napari-order identity, as write_nifti stores it
+    image.header.set_slope_inter(2.3283064365386963e-10, 0.5)
+    nib.save(image, tmp_path / "brainmask.nii.gz")
+    (record,) = read_nifti(tmp_path / "brainmask.nii.gz")
+    assert record.layer_type == "labels" and np.issubdtype(record.data.dtype, np.integer)
+    np.testing.assert_array_equal(record.data, mask)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        # an int16 CT: negative values and thousands of levels
+        ("scan.nii.gz", np.random.default_rng(1).integers(-1000, 2000, size=(6, 20, 20)).astype(np.int16)),
+        # an 8-bit MRI with many grey levels and no name hint
+        ("t1.nii.gz", np.random.default_rng(2).integers(0, 200, size=(6, 20, 20)).astype(np.uint8)),
+        # a float intensity image with a mask-like name is still not integral
+        ("masked_t1.nii.gz", np.random.default_rng(3).normal(size=(6, 20, 20)).astype(np.float32)),
+        # a constant volume is no label map without a hint
+        ("blank.nii.gz", np.zeros((4, 5, 6), np.float32)),
+        # negative labels are not label maps
+        ("signs.nii.gz", np.random.default_rng(4).integers(-2, 3, size=(4, 5, 6)).astype(np.int16)),
+    ],
+)
+def test_intensity_images_stay_images(tmp_path, name, data):
+    (record,) = read_nifti(write_nifti(tmp_path / name, data, np.eye(4)))
+    assert record.layer_type == "image"
+    np.testing.assert_array_equal(record.data, data)
+
+
+def test_label_scan_rejects_early_and_converts_block_by_block(monkeypatch):
+    monkeypatch.setattr(nifti, "SCAN_ELEMENTS", 20)  # several blocks along the first axis
+    labels = np.zeros((10, 4, 5), np.float64)
+    labels[7:, 1, 1] = 300.0
+    labels[2, 2, 2] = 3.0
+    out = nifti.is_label_map(labels, "x")
+    assert out is not None and out.dtype == np.uint16
+    np.testing.assert_array_equal(out, labels)
+    many = np.arange(10 * 4 * 5, dtype=np.float32).reshape(10, 4, 5)
+    assert nifti.label_values(many, limit=100) is None
+    assert nifti.label_values(many, limit=400).size == 200
+    assert nifti.is_label_map(many, "seg") is not None  # named, 200 values: labels
+    assert nifti.is_label_map(many, "x") is None  # unnamed, more than FEW_LABELS values
+    assert nifti.is_label_map(np.ones((3, 3, 3), np.uint8), "x", lazy=True) is None  # lazy, no hint: not scanned
+
+
+@pytest.mark.skipif(not BRATS.is_dir(), reason="shared BraTS case not available")
+def test_brats_masks_and_labels_open_as_labels_images_stay_images():
+    kinds = {}
+    for stem in ("OTMultiClass", "brainmask", "Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd"):
+        (record,) = read_nifti(BRATS / f"{stem}.nii.gz")
+        kinds[stem] = record.layer_type
+        if record.layer_type == "labels":
+            assert np.issubdtype(record.data.dtype, np.integer)
+            values = set(np.unique(record.data).tolist())
+            assert values == ({0, 1, 2, 3, 4} if stem == "OTMultiClass" else {0, 1})
+    assert kinds == {
+        "OTMultiClass": "labels",
+        "brainmask": "labels",
+        "Flair_subtrMeanDivStd": "image",
+        "T1c_subtrMeanDivStd": "image",
+    }

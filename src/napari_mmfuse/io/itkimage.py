@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from ..core.space import affine_from_itk, itk_from_affine, orientation_code, reorient_to_nearest, spacing_of
 from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
-from .nifti import _names_labels, _stem, as_labels, guess_modality
+from .nifti import _stem, guess_modality, is_label_map
 
 SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -39,8 +39,8 @@ def read_itk_image(path) -> list[ImageRecord]:
         One record. Scalar data has shape (Z, Y, X) or (Y, X). Vector pixels get their
         components on axis 0 (``channel_axis=0``), except 2D 8-bit images with 3 or 4
         components, which are returned as RGB(A) (``rgb=True``, components last). A
-        scalar file whose name contains "mask", "label" or "seg" holding at most 256
-        integer values is returned as ``layer_type="labels"``.
+        scalar mask or label map (the rule of :func:`napari_mmfuse.io.nifti.is_label_map`)
+        is returned as ``layer_type="labels"``.
 
     Raises
     ------
@@ -77,8 +77,8 @@ def read_itk_image(path) -> list[ImageRecord]:
 
     name = _stem(path, SUFFIXES)
     layer_type = "image"
-    if components == 1 and _names_labels(name):
-        labels = as_labels(data)
+    if components == 1:
+        labels = is_label_map(data, name)
         if labels is not None:
             data, layer_type = labels, "labels"
     metadata = {

@@ -25,8 +25,14 @@ SUFFIXES = (".nii.gz", ".nii")
 EAGER_READ_BYTES = 512 * 2**20
 #: Most distinct values an integer image may hold to be opened as labels.
 MAX_LABELS = 256
+#: At most this many distinct values (and at least two) make an integer-valued image a label map without a name hint.
+FEW_LABELS = 16
+#: A float value this close to an integer counts as that integer when deciding on labels.
+LABEL_TOLERANCE = 1e-3
+#: Elements per block when a volume is scanned for label values.
+SCAN_ELEMENTS = 1 << 22
 #: File-name words that mark a segmentation (any substring of the lower-case name).
-LABEL_WORDS = ("mask", "label", "seg")
+LABEL_WORDS = ("mask", "label", "seg", "parc", "aseg", "class")
 #: File-name tokens -> modality, used only when exactly one modality is named.
 #: MR values follow :mod:`napari_mmfuse.sample_data` ("MR-T1"), the others DICOM's names.
 MODALITY_TOKENS = {
@@ -77,40 +83,138 @@ def guess_modality(name: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def as_labels(data) -> np.ndarray | None:
-    """Return ``data`` as an integer label array if it holds few integer values.
+def label_values(data, limit: int = MAX_LABELS) -> np.ndarray | None:
+    """The distinct values of ``data`` when it could be a label map, else None.
+
+    A label map holds non-negative integer values (floats within :data:`LABEL_TOLERANCE`
+    of an integer count: integer masks stored with a scale factor read back as
+    0.99999997), at most ``limit`` distinct ones. The data is scanned in blocks of about
+    :data:`SCAN_ELEMENTS` along the first axis after a strided sample, so an intensity
+    image is usually rejected at the first block and memory stays bounded.
 
     Parameters
     ----------
     data : ndarray
-        In-memory image (lazy arrays are not inspected).
+        In memory or memory-mapped.
+    limit : int
+        Most distinct values allowed.
+
+    Returns
+    -------
+    ndarray of int64 or None
+        The sorted distinct (rounded) values.
+    """
+    if not isinstance(data, np.ndarray) or data.ndim == 0 or data.size == 0 or data.dtype.kind not in "biuf":
+        return None
+    if data.dtype == np.bool_:
+        return np.unique(np.asarray(data, np.uint8))
+    sample = data[tuple(slice(None, None, max(1, n // 32)) for n in data.shape)]
+    seen: set[int] = set()
+    for block in (sample, *_blocks(data)):
+        values = _block_values(np.asarray(block))
+        if values is None:
+            return None
+        seen.update(values.tolist())
+        if len(seen) > limit:
+            return None
+    return np.array(sorted(seen), dtype=np.int64)
+
+
+def _block_step(data: np.ndarray) -> int:
+    per_row = max(1, data[0].size) if data.ndim > 1 else 1
+    return max(1, SCAN_ELEMENTS // per_row)
+
+
+def _blocks(data: np.ndarray):
+    step = _block_step(data)
+    for start in range(0, data.shape[0], step):
+        yield data[start : start + step]
+
+
+def _block_values(block: np.ndarray) -> np.ndarray | None:
+    """Distinct non-negative integer values of one block, or None when it holds any other value."""
+    if block.size == 0:
+        return np.empty(0, np.int64)
+    if block.dtype.kind == "f":
+        rounded = np.rint(block)
+        with np.errstate(invalid="ignore"):  # NaN fails the comparison; Inf gives NaN in the difference
+            integral = np.all(np.abs(block - rounded) <= LABEL_TOLERANCE)
+        if not integral:
+            return None
+        block = rounded
+    low, high = block.min(), block.max()
+    if low < 0 or high > np.iinfo(np.int64).max:
+        return None
+    if high < (1 << 20):
+        return np.flatnonzero(np.bincount(np.asarray(block, np.int64).ravel()))
+    return np.unique(np.asarray(block, np.int64))
+
+
+def _label_array(data: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``data`` with an integer dtype: integers kept, bool as uint8, floats rounded to the smallest unsigned type."""
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    out = np.empty(data.shape, np.min_scalar_type(int(values[-1]) if values.size else 0))
+    step = _block_step(data)
+    for start in range(0, data.shape[0], step):
+        out[start : start + step] = np.rint(data[start : start + step])
+    return out
+
+
+def as_labels(data) -> np.ndarray | None:
+    """Return ``data`` as an integer label array if it holds few non-negative integer values.
+
+    Parameters
+    ----------
+    data : ndarray
+        In-memory or memory-mapped image (lazy arrays of other kinds are not inspected).
 
     Returns
     -------
     ndarray or None
         The data with an integer dtype (integer input keeps its dtype, bool becomes
-        uint8, integral floats the smallest integer type holding their range), or None
-        when the data is not integral or has more than :data:`MAX_LABELS` distinct values.
+        uint8, integral floats are rounded into the smallest unsigned type holding their
+        maximum), or None when :func:`label_values` says it is no label map.
     """
-    if not isinstance(data, np.ndarray) or data.size == 0:
+    values = label_values(data)
+    return None if values is None else _label_array(data, values)
+
+
+def is_label_map(data, name: str, intent: str = "none", *, lazy: bool = False) -> np.ndarray | None:
+    """Decide whether an image read from a file is a mask or label map; return its label array if so.
+
+    The rule: the data holds non-negative integer values (see :func:`label_values`), at
+    most :data:`MAX_LABELS` distinct ones, and either something says it is a
+    segmentation (NIfTI intent "label", or a name with one of :data:`LABEL_WORDS`) or it
+    has between 2 and :data:`FEW_LABELS` distinct values, which no scanned intensity
+    image has (an integer CT or MRI has hundreds to thousands; a binary mask stored as
+    float, or a 0-4 tumour map, qualifies by its values alone). A memory-mapped file
+    without such a hint is not scanned, so opening a big intensity volume stays lazy.
+
+    Parameters
+    ----------
+    data : ndarray
+    name : str
+        File stem.
+    intent : str
+        NIfTI intent name ("label" marks a label map).
+    lazy : bool
+        Whether ``data`` is memory-mapped.
+
+    Returns
+    -------
+    ndarray or None
+        The integer label array, or None for an image.
+    """
+    hint = intent == "label" or _names_labels(name)
+    if lazy and not hint:
         return None
-    if data.dtype == np.bool_:
-        return data.astype(np.uint8)
-    if np.issubdtype(data.dtype, np.floating):
-        if not np.all(np.isfinite(data)) or np.any(np.modf(data)[0]):
-            return None
-    elif not np.issubdtype(data.dtype, np.integer):
+    values = label_values(data)
+    if values is None or not (hint or 2 <= values.size <= FEW_LABELS):
         return None
-    values = np.unique(data)
-    if values.size > MAX_LABELS:
-        return None
-    if np.issubdtype(data.dtype, np.integer):
-        return data
-    low, high = int(values[0]), int(values[-1])
-    if low < np.iinfo(np.int64).min or high > np.iinfo(np.int64).max:
-        return None
-    dtype = np.result_type(np.min_scalar_type(low), np.min_scalar_type(high))
-    return data.astype(dtype)
+    return _label_array(data, values)
 
 
 def _select_affine(header) -> tuple[np.ndarray, str]:
@@ -159,9 +263,10 @@ def read_nifti(path) -> list[ImageRecord]:
         One record. 3D data has shape (Z, Y, X) (a 2D file gets one slice); 4D data has
         its 4th NIfTI axis first, as time (``axis_labels`` ``("t", "z", "y", "x")``) or,
         for vector intents and 5D files with a singleton time axis, as channels
-        (``channel_axis=0``). A file whose name contains "mask", "label" or "seg", or
-        whose intent is "label", holding at most :data:`MAX_LABELS` integer values is
-        returned as ``layer_type="labels"`` with an integer dtype.
+        (``channel_axis=0``). A 3D mask or label map (see :func:`is_label_map`: few
+        non-negative integer values, and a name with "mask", "label", "seg", ..., the
+        intent "label", or at most :data:`FEW_LABELS` values) is returned as
+        ``layer_type="labels"`` with an integer dtype.
 
     Raises
     ------
@@ -224,8 +329,8 @@ def read_nifti(path) -> list[ImageRecord]:
     name = _stem(path)
     channel_axis = 0 if leading and vector else None
     layer_type = "image"
-    if channel_axis is None and (_names_labels(name) or intent == "label"):
-        labels = as_labels(data)
+    if channel_axis is None:
+        labels = is_label_map(data, name, intent, lazy=lazy)
         if labels is not None:
             data, layer_type = labels, "labels"
     metadata = {
