@@ -86,3 +86,20 @@ def test_info_on_real_t2(capsys):
     (info,) = json.loads(capsys.readouterr().out)
     assert info["orientation"] == "SPL"
     assert sorted(info["shape"]) == [130, 256, 256]
+
+
+def test_viewer_opens_grey_picture_as_grey_and_label_maps_as_labels(make_napari_viewer, tmp_path):
+    import imageio.v3 as iio
+    from napari.layers import Image, Labels
+
+    grey = (np.arange(20 * 30) % 200).astype(np.uint8).reshape(20, 30)
+    iio.imwrite(tmp_path / "mri.png", np.dstack([grey] * 3))
+    tumour = np.zeros((4, 5, 6), np.float32)
+    tumour[1:3, 1:4, 2:5] = [1.0, 2.0, 4.0]
+    write_nifti(tmp_path / "OTMultiClass.nii.gz", tumour, np.eye(4))
+    viewer = make_napari_viewer()
+    (picture,) = viewer.open(str(tmp_path / "mri.png"), plugin="napari-mmfuse")
+    assert isinstance(picture, Image) and not picture.rgb and picture.data.shape == grey.shape
+    (labels,) = viewer.open(str(tmp_path / "OTMultiClass.nii.gz"), plugin="napari-mmfuse")
+    assert isinstance(labels, Labels) and np.issubdtype(labels.data.dtype, np.integer)
+    np.testing.assert_array_equal(labels.data, tumour)

@@ -12,6 +12,16 @@ from ._common import ImageRecord, ReadError
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def _achromatic(rgb: np.ndarray) -> bool:
+    """Whether an (H, W, 3) picture has R == G == B at every pixel (compared row block by row block)."""
+    step = max(1, (1 << 20) // max(1, rgb.shape[1]))
+    for start in range(0, rgb.shape[0], step):
+        block = rgb[start : start + step]
+        if not (np.array_equal(block[..., 0], block[..., 1]) and np.array_equal(block[..., 0], block[..., 2])):
+            return False
+    return True
+
+
 def read_plain(path) -> list[ImageRecord]:
     """Read a PNG, JPEG or BMP picture with imageio.
 
@@ -19,7 +29,9 @@ def read_plain(path) -> list[ImageRecord]:
     (identity affine, units "pixel"). Grey pictures give a 2D array; RGB/RGBA give
     ``rgb=True`` (an alpha channel that is constant over the picture is dropped,
     grey-with-alpha is expanded to RGBA when its alpha varies). A grey picture stored
-    as RGB (R == G == B) stays RGB: the file says RGB.
+    as RGB (R == G == B at every pixel, exactly; constant or no alpha) is read as the
+    grey 2D image it is, ``rgb=False`` and ``metadata["stored_as"] = "rgb"``: MRI/CT
+    slices are often saved that way and must fuse, filter and measure as grey.
 
     Parameters
     ----------
@@ -55,6 +67,9 @@ def read_plain(path) -> list[ImageRecord]:
             data = data[..., :-1]
         elif data.shape[-1] == 2:
             data = np.concatenate([np.repeat(data[..., :1], 3, axis=-1), data[..., 1:]], axis=-1)
+    stored_as = None
+    if data.ndim == 3 and data.shape[-1] == 3 and _achromatic(data):
+        data, stored_as = np.ascontiguousarray(data[..., 0]), "rgb"
     if data.ndim == 3 and data.shape[-1] == 1:
         data = data[..., 0]
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
@@ -66,6 +81,8 @@ def read_plain(path) -> list[ImageRecord]:
         "pixel_size_um": None,
         "format": path.suffix.lower().lstrip("."),
     }
+    if stored_as:
+        metadata["stored_as"] = stored_as
     record = ImageRecord(
         data=data,
         affine=np.eye(3),
