@@ -17,6 +17,8 @@ import weakref
 
 import numpy as np
 
+from ._session import unwrap
+
 _HISTORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -51,6 +53,7 @@ class AffineHistory:
     """
 
     def __init__(self, layer):
+        layer = unwrap(layer)
         self._layer = weakref.ref(layer)
         self.original = layer_affine(layer)
         self._done: list[tuple[str, np.ndarray]] = [("original", self.original.copy())]
@@ -155,12 +158,13 @@ def history_for(layer) -> AffineHistory:
     Parameters
     ----------
     layer : napari.layers.Layer or object
-        Must be hashable and weak-referenceable (napari layers are).
+        Must be hashable and weak-referenceable (napari layers are), or a proxy of one.
 
     Returns
     -------
     AffineHistory
     """
+    layer = unwrap(layer)  # every proxy of one layer shares its history
     history = _HISTORIES.get(layer)
     if history is None:
         history = _HISTORIES[layer] = AffineHistory(layer)

@@ -68,6 +68,7 @@ from ..core.register import fit_landmarks, parameters_from_transform, register_s
 from ._history import history_for, layer_affine
 from ._layers import spatial_affine
 from ._pickers import LayerPicker
+from ._session import same
 from ._workers import start_worker
 from .register import METRIC_NAMES, METRICS, registration_pair
 
@@ -296,7 +297,7 @@ class ManualCorrectionWidget(QWidget):
 
     def _bind_moving(self, index=None) -> None:
         layer = self.moving.layer()
-        if layer is self.layer and layer is not None:
+        if layer is not None and same(layer, self.layer):
             return
         if self.layer is not None:
             self.layer.events.affine.disconnect(self._on_affine)
@@ -450,6 +451,7 @@ class ManualCorrectionWidget(QWidget):
                     np.empty((0, self.ndim)),
                     ndim=self.ndim,
                     name=name,
+                    units=tuple(str(unit) for unit in self.layer.units)[-self.ndim :],  # no mixed-units warning
                     size=size,
                     face_color=color,
                     border_color="white",
@@ -468,7 +470,7 @@ class ManualCorrectionWidget(QWidget):
     def _on_points(self, event) -> None:
         if str(getattr(event, "action", "")) == "added":
             source = event.source
-            partner = self.moving_points if source is self.fixed_points else self.fixed_points
+            partner = self.moving_points if same(source, self.fixed_points) else self.fixed_points
             if partner is not None and partner in self.viewer.layers:
                 self.viewer.layers.selection.active = partner
                 partner.mode = "add"

@@ -47,6 +47,7 @@ from ..io.transforms import (
 )
 from ._history import history_for, layer_affine
 from ._pickers import LayerPicker
+from ._session import same
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
 from ._workers import start_worker
@@ -114,7 +115,7 @@ def registration_pair(fixed, moving) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """
     if fixed is None or moving is None:
         raise ValueError("choose a fixed and a moving image layer")
-    if fixed is moving:
+    if same(fixed, moving):
         raise ValueError(f"fixed and moving are the same layer ({fixed.name}); choose two layers")
     fixed_data, fixed_affine = layer_image(fixed)
     moving_data, moving_affine = layer_image(moving)

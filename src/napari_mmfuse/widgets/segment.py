@@ -15,13 +15,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-import weakref
-
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,8 +27,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -40,10 +35,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import segment, space
-from ._pickers import LayerPicker
+from ._pickers import LayerChecklist, LayerPicker, is_result
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
+from ._session import session_of
 from ._workers import start_worker
+
 
 def choose_model_file(parent) -> str:
     """Ask for a model file (a MONAI bundle is picked by its ``models/model.pt``); "" if cancelled."""
@@ -64,27 +61,37 @@ METHODS = {
     "Seeded watershed": ("watershed", {}),
 }
 
-_SESSION: dict[int, tuple[weakref.ref, object]] = {}
-
-
 def session_model(viewer):
     """The last model trained or loaded in this viewer's session, or None.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer, or any widget's proxy of it.
 
     Returns
     -------
     (SegmentationNet, list of str) or None
         The model and the names of the layers it was trained on, in channel order.
     """
-    for key, (ref, _) in list(_SESSION.items()):
-        if ref() is None:
-            del _SESSION[key]
-    entry = _SESSION.get(id(viewer))
-    return entry[1] if entry else None
+    return session_of(viewer).model
 
 
 def remember_model(viewer, model, layer_names) -> None:
     """Make ``model`` the session's current model (see :func:`session_model`)."""
-    _SESSION[id(viewer)] = (weakref.ref(viewer), (model, list(layer_names)))
+    session_of(viewer).set_model(model, layer_names)
+
+
+def strokes_layer(layers):
+    """The Labels layer that most likely holds the user's strokes, or None when unclear.
+
+    The only Labels layer; else the newest one painted in this session (not read from a
+    file, not one of the plugin's results).
+    """
+    if len(layers) == 1:
+        return layers[0]
+    painted = [layer for layer in layers if layer.source.path is None and not is_result(layer)]
+    return painted[-1] if painted else None
 
 
 def image_array(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -128,47 +135,6 @@ def labels_on_grid(layer, shape, affine) -> np.ndarray:
     return space.resample(data, own, shape, affine, interpolation="nearest")
 
 
-class LayerChecklist(QListWidget):
-    """The viewer's image layers with a check box each; the checked ones, in list order, are the inputs."""
-
-    def __init__(self, viewer):
-        super().__init__()
-        self.viewer = viewer
-        self.setMaximumHeight(110)
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.inserted.connect(lambda event: event.value.events.name.connect(self.refresh))
-        self.refresh()
-
-    def refresh(self, event=None) -> None:
-        """Rebuild, keeping the check state of layers still present."""
-        checked = set(map(id, self.checked()))
-        self.clear()
-        for layer in self.viewer.layers:
-            if isinstance(layer, Image):
-                item = QListWidgetItem(layer.name)
-                item.setData(Qt.UserRole, layer)
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                item.setCheckState(Qt.Checked if id(layer) in checked else Qt.Unchecked)
-                self.addItem(item)
-
-    def checked(self) -> list:
-        """The checked layers, top to bottom."""
-        return [self.item(i).data(Qt.UserRole) for i in range(self.count()) if self.item(i).checkState() == Qt.Checked]
-
-    def set_checked(self, layers) -> None:
-        """Check exactly ``layers`` and put them first, in that order."""
-        wanted = list(layers)
-        rest = [self.item(i).data(Qt.UserRole) for i in range(self.count())]
-        self.clear()
-        for layer in wanted + [layer for layer in rest if all(layer is not w for w in wanted)]:
-            item = QListWidgetItem(layer.name)
-            item.setData(Qt.UserRole, layer)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if any(layer is w for w in wanted) else Qt.Unchecked)
-            self.addItem(item)
-
-
 def _train_and_predict(images, scribbles, affine, options):
     """Worker body: yields TrainStep, returns (model, labels, probabilities)."""
     model = yield from segment.train_steps(images, scribbles, **options)
@@ -199,7 +165,7 @@ class SegmentWidget(QWidget):
         self.layers = LayerChecklist(viewer)
         self.method = QComboBox()
         self.method.addItems(list(METHODS))
-        self.scribbles = LayerPicker(viewer, (Labels,), optional=True)
+        self.scribbles = LayerPicker(viewer, (Labels,), optional=True, prefer=strokes_layer)
         self.steps = QSpinBox(minimum=1, maximum=20000, value=200)
         self.learning_rate = QDoubleSpinBox(decimals=4, minimum=1e-4, maximum=0.1, singleStep=1e-3, value=2e-3)
         self.learning_rate.setToolTip("Adam step size; 1e-2 converges faster on small 2D images")
