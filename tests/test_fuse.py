@@ -398,10 +398,51 @@ def test_cli_colour_and_errors(pngs, tmp_path, capsys):
     assert iio.imread(out).shape == (40, 48, 3)
     capsys.readouterr()
     assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--method", "maximum", "-o", str(tmp_path / "x.png")]) == 1
-    assert "method='colour'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pet.png: colour picture; --method maximum" in err and "--method colour" in err
+    assert len(err.strip().splitlines()) == 1
     assert main(["fuse", str(pngs["a"]), "-o", str(tmp_path / "y.png")]) == 1
     assert "at least two" in capsys.readouterr().err
     assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "-o", str(tmp_path / "z.bmp")]) == 1
+
+
+def test_cli_default_method_follows_the_inputs(pngs, tmp_path, capsys):
+    out = tmp_path / "auto.png"
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "-o", str(out)]) == 0
+    assert "method: colour" in capsys.readouterr().err
+    explicit = tmp_path / "explicit.png"
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--method", "colour", "-o", str(explicit)]) == 0
+    np.testing.assert_array_equal(iio.imread(out), iio.imread(explicit))
+    assert iio.imread(out).shape == (40, 48, 3)
+    # grey inputs: the default grey method; its parameters pass without --method
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--param", "levels=2", "-o", str(out), "--overwrite"]) == 0
+    assert f"method: {fz.DEFAULT_METHOD}" in capsys.readouterr().err
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", fz.DEFAULT_METHOD, "--param", "levels=2",
+                 "-o", str(explicit), "--overwrite"]) == 0
+    np.testing.assert_array_equal(iio.imread(out), iio.imread(explicit))
+    # the colour method's inner parameters pass without --method too
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--param", "levels=2", "--param", "colormap=jet",
+                 "-o", str(out), "--overwrite"]) == 0
+
+
+HARVARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fusion" / "harvard"
+
+
+@pytest.mark.skipif(not HARVARD.is_dir(), reason="shared Harvard fusion pairs absent")
+@pytest.mark.parametrize(("pair", "functional", "channels"), [("MRI_PET", "PET", 3), ("MRI_CT", "CT", None)])
+def test_cli_fuse_harvard_pair_with_defaults(tmp_path, capsys, pair, functional, channels):
+    name = sorted((HARVARD / pair / "MRI").glob("*.png"))[0].name
+    mri, other = HARVARD / pair / "MRI" / name, HARVARD / pair / functional / name
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(mri), str(other), "-o", str(out)]) == 0
+    fused = iio.imread(out)
+    assert fused.shape == ((256, 256, 3) if channels else (256, 256)) and fused.dtype == np.uint8
+    expected = fz.COLOUR_METHOD if channels else fz.DEFAULT_METHOD
+    assert f"method: {expected}" in capsys.readouterr().err
+    if channels:  # the PET's chroma is kept: the fused picture is coloured where the PET is
+        pet = iio.imread(other)[..., :3].astype(int)
+        hot = np.ptp(pet, axis=-1) > 60
+        assert np.ptp(fused.astype(int), axis=-1)[hot].mean() > 30
 
 
 def test_cli_fuse_nifti_output(pngs, tmp_path):
@@ -489,3 +530,14 @@ def test_default_fusion_keeps_more_edges_than_a_published_method_on_its_own_exam
     theirs = grey(ZERO_LEARNING / "results" / published)
     ours = np.round(np.clip(fz.fuse([a / 255, b / 255], normalise=False).fused * 255, 0, 255))
     assert fusion_qabf(ours, [a, b]) > fusion_qabf(theirs, [a, b]) + 0.03
+
+
+def test_auto_method_colour_only_for_real_colour():
+    grey = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    colour = fz.apply_colormap(grey)
+    assert fz.auto_method([grey, colour]) == fz.COLOUR_METHOD
+    assert fz.auto_method([grey, np.dstack([grey] * 3)]) == fz.DEFAULT_METHOD  # grey stored as RGB
+    assert fz.auto_method([grey, grey * 0.5]) == fz.DEFAULT_METHOD
+    assert fz.auto_method([grey, colour], rgb=[False, False]) == fz.DEFAULT_METHOD
+    assert fz.auto_method([grey, grey], grey_method="maximum") == "maximum"
+    assert not fz.is_colour(np.zeros((4, 4, 3))) and fz.is_colour(colour)

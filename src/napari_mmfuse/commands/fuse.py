@@ -3,6 +3,7 @@
 Examples::
 
     mmfuse fuse t1.nii.gz ct.nii.gz pet.nii.gz --reference t1.nii.gz -o fused.nii.gz
+    mmfuse fuse mri.png pet.png -o fused.png          # colour PET: colour fusion by default
     mmfuse fuse mri.png pet.png --method colour -o fused.png --weights-out weights
     mmfuse fuse a.png b.png --method laplacian --param levels=4 --param rule=maxabs -o f.png
     mmfuse fuse-metrics mri.png ct.png fused.png
@@ -33,7 +34,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="two or more image files")
     parser.add_argument(
-        "--method", default=DEFAULT_METHOD, choices=method_names(), help=f"fusion method (default {DEFAULT_METHOD})"
+        "--method",
+        default=None,
+        choices=method_names(),
+        help=f"fusion method (default: 'colour' with inner={DEFAULT_METHOD} when an input is a colour picture, "
+        f"else {DEFAULT_METHOD})",
     )
     parser.add_argument("--reference", help="the input whose grid the result uses (default: the first)")
     parser.add_argument("-o", "--output", required=True, help="output file: .png/.jpg (2D), .nii/.nii.gz or .tif")
@@ -97,9 +102,21 @@ def run_fuse(args) -> int:
     if any(len(p) != 2 for p in pairs):
         raise ValueError("--param takes KEY=VALUE")
     raw = dict(pairs)
-    params = {key: fz.parse_parameter(args.method, key, text, inner=raw.get("inner")) for key, text in raw.items()}
+    if args.method is not None:
+        params = {key: fz.parse_parameter(args.method, key, text, inner=raw.get("inner")) for key, text in raw.items()}
 
     records, images = zip(*(_read(p) for p in paths))
+    colour = [fz.is_colour(image, r.rgb) for r, image in zip(records, images)]
+    method = args.method or fz.auto_method(images, [r.rgb for r in records])
+    if args.method is None:
+        params = {key: fz.parse_parameter(method, key, text, inner=raw.get("inner")) for key, text in raw.items()}
+        print(f"method: {method} (chosen by the inputs; --method overrides)", file=sys.stderr)
+    elif method != fz.COLOUR_METHOD and any(colour):
+        names = ", ".join(p.name for p, c in zip(paths, colour) if c)
+        raise ValueError(
+            f"{names}: colour picture; --method {method} fuses grey images: use --method colour "
+            "(or leave --method out to choose by the inputs)"
+        )
     modalities = args.modality or [r.metadata.get("modality") for r in records]
     reference = records[reference_index]
     steps = fz.fuse_steps(
@@ -111,7 +128,7 @@ def run_fuse(args) -> int:
             modalities=modalities,
             device=args.device,
         ),
-        method=args.method,
+        method=method,
         rgb=[r.rgb for r in records],
         normalise=False,
         device=args.device,

@@ -847,6 +847,38 @@ def method_names() -> list[str]:
     return [*METHODS, COLOUR_METHOD]
 
 
+def is_colour(image, rgb: bool | None = None) -> bool:
+    """Whether an image carries colour: RGB(A) (``rgb``, by default a last axis of 3 or 4)
+    whose R, G and B differ somewhere. Grey stored as RGB is not colour (fusion treats it as grey).
+    """
+    array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
+    if not (_infer_rgb([array])[0] if rgb is None else rgb):
+        return False
+    return not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2]))
+
+
+def auto_method(images: Sequence, rgb: Sequence[bool] | None = None, *, grey_method: str = DEFAULT_METHOD) -> str:
+    """The method a fusion "with the defaults" uses for these inputs.
+
+    ``"colour"`` (luminance fused by ``grey_method``, the default inner method, chroma from
+    the colour image) when any input is colour (see :func:`is_colour`), else ``grey_method``.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+    rgb : sequence of bool, optional
+        Which images are RGB (default: inferred as in :func:`fuse`).
+    grey_method : str
+        The method for grey inputs.
+
+    Returns
+    -------
+    str
+    """
+    flags = [None] * len(images) if rgb is None else list(rgb)
+    return COLOUR_METHOD if any(is_colour(a, f) for a, f in zip(images, flags)) else grey_method
+
+
 def method_defaults(method: str) -> dict:
     """Default parameters of a method (for ``"colour"``: its own plus the inner method's)."""
     if method == COLOUR_METHOD:
