@@ -1,13 +1,18 @@
 """The Fuse dock widget: preview, a full fusion in a worker, bad inputs, a screenshot."""
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from napari_mmfuse.core import fuse as fz
 from napari_mmfuse.core.fuse import fuse_on_reference, resample_to_reference
 from napari_mmfuse.core.quality import fusion_metrics
-from napari_mmfuse.widgets.fuse import PREVIEW_NAME, FuseWidget
+from napari_mmfuse.widgets.fuse import AUTO, PREVIEW_NAME, FuseWidget
+
+HARVARD = Path(__file__).parents[1].parent / "shared" / "data" / "fusion" / "harvard"
 
 SHOTS = Path("/tmp/mmfuse_shots")
 
@@ -147,6 +152,7 @@ def test_bad_inputs_notify_and_add_nothing(viewer_widget, monkeypatch):
     widget.method_combo.setCurrentText("laplacian")
     assert widget.start_fusion() is None
     assert "colour" in messages[-1]
+    widget.method_combo.setCurrentText("laplacian")
     widget.set_checked(["A"])
     widget.reference_combo.setCurrentText("A")
     assert widget.start_fusion() is None
@@ -179,3 +185,144 @@ def _colour_fusion_screenshot(viewer, widget, qtbot):
     shot = viewer.screenshot(str(SHOTS / "fuse_widget.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 100
     assert widget.grab().save(str(SHOTS / "fuse_widget_panel.png"))
+
+
+def _docked(make_napari_viewer):
+    """The Fuse widget docked as a user docks it (it then holds napari's proxy of the viewer)."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Fuse")
+    return viewer, widget
+
+
+def _table(widget):
+    return {
+        widget.metrics_table.item(r, 0).text(): widget.metrics_table.item(r, 1).text()
+        for r in range(widget.metrics_table.rowCount())
+    }
+
+
+def _rows(widget):
+    return [widget.layer_list.item(i).text() for i in range(widget.layer_list.count())]
+
+
+def _ticked(widget):
+    return [layer.name for layer in widget.checked_layers()]
+
+
+def test_docked_list_follows_renames_inserts_removals_and_keeps_ticks(make_napari_viewer, qtbot):
+    viewer, widget = _docked(make_napari_viewer)
+    assert widget.method_combo.currentText() == AUTO
+    mri, pet = _pair(32)
+    viewer.add_image(mri, name="A")
+    viewer.add_image(pet, name="B")
+    viewer.add_image(mri * pet, name="hidden", visible=False)
+    viewer.add_labels((mri > 0.3).astype(np.uint8), name="mask")
+    assert _rows(widget) == ["A", "B", "hidden"]  # images only
+    assert _ticked(widget) == ["A", "B"]  # visible images are checked
+    widget.set_checked(["A", "hidden"])
+    widget.reference_combo.setCurrentText("hidden")
+    viewer.layers["A"].name = "T1 renamed"
+    viewer.layers["hidden"].name = "PET renamed"
+    assert _rows(widget) == ["T1 renamed", "B", "PET renamed"]
+    assert _ticked(widget) == ["T1 renamed", "PET renamed"]  # ticks follow the layer, not the name
+    assert widget.reference_combo.currentText() == "PET renamed"
+    viewer.layers["B"].name = "A"  # a name another layer had: not ticked by name
+    assert _ticked(widget) == ["T1 renamed", "PET renamed"]
+    viewer.layers.move(2, 0)  # reorder, as dragging in the layer list does
+    assert _rows(widget) == ["PET renamed", "T1 renamed", "A"] and _ticked(widget) == ["PET renamed", "T1 renamed"]
+    viewer.add_image(pet * 0.5, name="new")
+    assert _ticked(widget) == ["PET renamed", "T1 renamed", "new"]
+    viewer.layers.remove("PET renamed")
+    assert _rows(widget) == ["T1 renamed", "A", "new"] and _ticked(widget) == ["T1 renamed", "new"]
+    assert widget.reference_layer() is not None and widget.reference_combo.currentText() in _rows(widget)
+    selected = widget.selected_layers()
+    assert [layer.name for layer in selected][0] == widget.reference_combo.currentText()
+
+
+def test_metrics_cleared_on_new_run_and_changed_inputs_and_sums_say_so(make_napari_viewer, qtbot):
+    viewer, widget = _docked(make_napari_viewer)
+    mri, pet = _pair(64)
+    viewer.add_image(mri, name="MRI")
+    viewer.add_image(pet, name="PET")
+    widget.preview_check.setChecked(False)
+    assert widget.start_fusion() is not None
+    qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)
+    assert "fused (laplacian)" in viewer.layers  # auto on grey inputs: the default grey method
+    rows = {widget.metrics_table.item(r, 0).text(): r for r in range(widget.metrics_table.rowCount())}
+    assert widget.metrics_table.horizontalHeaderItem(2).text() == "scale"
+    ssim_note = widget.metrics_table.item(rows["SSIM"], 2).text()
+    assert "sum over the 2 sources" in ssim_note and "0..2" in ssim_note
+    assert "sum over the 2 sources" in widget.metrics_table.item(rows["SSIM"], 1).toolTip()
+    assert "sum" in widget.metrics_table.item(rows["SCD"], 2).text()
+    assert "sum" not in widget.metrics_table.item(rows["Qabf"], 2).text()
+    assert "fused (laplacian)" in widget.metrics_label.text()
+    # the result layers appear unticked and do not count as changed inputs
+    assert _ticked(widget) == ["MRI", "PET"] and widget.metrics_table.rowCount() > 0
+    viewer.layers["MRI"].name = "T1"  # renaming is no change of input
+    assert widget.metrics_table.rowCount() > 0
+    widget.set_checked(["T1"])
+    assert widget.metrics_table.rowCount() == 0  # inputs changed: the old values go
+    widget.set_checked(["T1", "PET"])
+    widget.method_combo.setCurrentText("maximum")
+    assert widget.start_fusion() is not None
+    assert widget.metrics_table.rowCount() == 0  # cleared when the run starts
+    qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)
+    assert widget.metrics_table.rowCount() > 0
+
+
+def _shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("MMFUSE_SHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.skipif(not HARVARD.is_dir(), reason="shared Harvard fusion pairs absent")
+def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, qtbot, tmp_path):
+    from napari_mmfuse.io import read
+
+    name = "11.png" if (HARVARD / "MRI_PET" / "MRI" / "11.png").exists() else sorted(
+        (HARVARD / "MRI_PET" / "MRI").glob("*.png"))[0].name
+    paths = [HARVARD / "MRI_PET" / kind / name for kind in ("MRI", "PET")]
+    viewer, widget = _docked(make_napari_viewer)
+    (mri,) = viewer.open(str(paths[0]), plugin="napari-mmfuse")
+    (pet,) = viewer.open(str(paths[1]), plugin="napari-mmfuse")
+    assert not mri.rgb and mri.data.shape == (256, 256)
+    assert pet.rgb and pet.data.shape == (256, 256, 3)
+    pet.opacity = 0.5
+    assert _ticked(widget) == [mri.name, pet.name] and widget.reference_combo.currentText() == mri.name
+    widget.preview_check.setChecked(False)
+    start = time.perf_counter()
+    qtbot.mouseClick(widget.fuse_button, 1)  # Qt.LeftButton
+    qtbot.waitUntil(lambda: widget.fuse_button.isEnabled() and "fused (colour)" in viewer.layers, timeout=60_000)
+    seconds = time.perf_counter() - start
+    print(f"default Fuse click on Harvard MRI/PET {name}: {seconds:.2f} s")
+    fused = viewer.layers["fused (colour)"]
+    assert fused.rgb and fused.data.shape == (256, 256, 3) and fused.data.dtype == np.float32
+    np.testing.assert_allclose(fused.affine.affine_matrix, mri.affine.affine_matrix)
+    np.testing.assert_allclose(fused.data_to_world([10, 20]), mri.data_to_world([10, 20]))
+    assert fused.metadata["params"]["inner"] == fz.DEFAULT_METHOD
+    # the colour is the PET's: where the PET is strongly coloured, so is the result, with the same hue order
+    pet_rgb = np.asarray(pet.data, np.float32) / 255
+    hot = np.ptp(pet_rgb, axis=-1) > 0.25
+    assert hot.sum() > 100
+    assert np.ptp(fused.data, axis=-1)[hot].mean() > 0.1
+    assert np.mean(np.argmax(fused.data[hot], -1) == np.argmax(pet_rgb[hot], -1)) > 0.8
+    # where the PET is dark, the MRI's structure shows
+    dark = pet_rgb.max(-1) < 0.05
+    assert np.corrcoef(fused.data[dark].mean(-1), np.asarray(mri.data, np.float32)[dark])[0, 1] > 0.8
+    # the table holds the core's metrics of this result
+    records = [read(p)[0] for p in paths]
+    prepared = fz.resample_to_reference(
+        [r.data for r in records], [r.affine for r in records], rgb=[r.rgb for r in records]
+    )
+    expected = fz.result_metrics(fused.data, prepared, [r.rgb for r in records])
+    assert _table(widget) == {key: f"{value:.4g}" for key, value in expected.items()}
+    assert 0 < expected["SSIM"] <= 2 and "VIF" in expected
+
+    for layer in viewer.layers:
+        layer.visible = layer.name in (mri.name, "fused (colour)")
+    viewer.layers[mri.name].visible = False
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    shot = viewer.screenshot(str(_shots(tmp_path) / "fuse_harvard_mri_pet.png"), canvas_only=False)
+    assert shot.ndim == 3 and shot.shape[0] > 100

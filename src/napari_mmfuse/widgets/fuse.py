@@ -47,6 +47,34 @@ from ._workers import start_worker
 
 PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
+#: The method entry that picks the method from the checked layers (the default).
+AUTO = "auto"
+#: Layers this widget adds; they are listed but not checked by default.
+OWN_STEPS = ("fuse", "fuse contribution", "fusion preview")
+#: Metrics that add one value per source (their range grows with the number of sources).
+SUMMED_METRICS = {"MI": (0.0, None), "SSIM": (0.0, 1.0), "SCD": (-1.0, 1.0), "VIF": (0.0, None)}
+_METRIC_NOTES = {
+    "EN": "entropy of the fused image, bits (0..8)",
+    "SD": "standard deviation of the fused image, grey levels (0..255)",
+    "SF": "spatial frequency of the fused image, grey levels",
+    "Qabf": "edge information carried from the sources (0..1; 0.97 at most)",
+}
+
+
+def metric_note(name: str, n_sources: int) -> str:
+    """What a metric's value means for ``n_sources`` sources (the table's third column and tooltip)."""
+    if name in SUMMED_METRICS:
+        low, high = SUMMED_METRICS[name]
+        if high is None:
+            span = "bits, each <= entropy" if name == "MI" else "each about 0..1"
+            return f"sum over the {n_sources} sources ({span})"
+        return f"sum over the {n_sources} sources ({low * n_sources:g}..{high * n_sources:g})"
+    return _METRIC_NOTES.get(name, "")
+
+
+def _raw(layer):
+    """The layer object behind napari's public-only proxy (a new proxy on every access)."""
+    return getattr(layer, "__wrapped__", layer)
 
 
 def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
@@ -85,15 +113,22 @@ class FuseWidget(QWidget):
         self.last_preview_seconds: float | None = None
         self._windows: dict[int, tuple[int, tuple[float, float]]] = {}
         self._param_widgets: dict[str, QWidget] = {}
+        self._listed: list = []  # the layers behind the list rows, unwrapped, in row order
+        self._named: list = []  # layers whose name events we follow
+        self._inputs_key: tuple | None = None
 
         self.layer_list = QListWidget()
-        self.layer_list.setToolTip("Images to fuse (at least two)")
+        self.layer_list.setToolTip("Images to fuse (at least two); visible images are checked when they appear")
         self.layer_list.setMaximumHeight(120)
         self.reference_combo = QComboBox()
         self.reference_combo.setToolTip("The fused image is computed on this layer's grid")
         self.method_combo = QComboBox()
-        self.method_combo.addItems(fz.method_names())
-        self.method_combo.setCurrentText(fz.DEFAULT_METHOD)
+        self.method_combo.addItems([AUTO, *fz.method_names()])
+        self.method_combo.setCurrentText(AUTO)
+        self.method_combo.setToolTip(
+            f"auto: 'colour' (luminance by {fz.DEFAULT_METHOD}, colour of the colour image) when a checked "
+            f"layer is colour, else {fz.DEFAULT_METHOD}"
+        )
         self.description = QLabel()
         self.description.setWordWrap(True)
         self.params_form = QFormLayout()
@@ -111,8 +146,12 @@ class FuseWidget(QWidget):
         self.progress.setValue(0)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        self.metrics_table = QTableWidget(0, 2)
-        self.metrics_table.setHorizontalHeaderLabels(["metric", "value"])
+        self.metrics_label = QLabel("Metrics of the result")
+        self.metrics_table = QTableWidget(0, 3)
+        self.metrics_table.setHorizontalHeaderLabels(["metric", "value", "scale"])
+        self.metrics_table.horizontalHeaderItem(2).setToolTip(
+            "MI, SSIM, SCD and VIF add one term per source: with two sources SSIM lies in 0..2"
+        )
         self.metrics_table.verticalHeader().setVisible(False)
         self.metrics_table.horizontalHeader().setStretchLastSection(True)
 
@@ -132,7 +171,7 @@ class FuseWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(QLabel("Metrics of the result"))
+        layout.addWidget(self.metrics_label)
         layout.addWidget(self.volume_metrics_check)
         layout.addWidget(self.metrics_table)
 
@@ -142,13 +181,14 @@ class FuseWidget(QWidget):
         self._preview_timer.timeout.connect(self.update_preview)
 
         self.method_combo.currentTextChanged.connect(self._method_changed)
-        self.reference_combo.currentTextChanged.connect(self._schedule_preview)
-        self.layer_list.itemChanged.connect(self._schedule_preview)
+        self.reference_combo.currentIndexChanged.connect(self._selection_changed)
+        self.layer_list.itemChanged.connect(self._selection_changed)
         self.preview_check.toggled.connect(self._preview_toggled)
         self.fuse_button.clicked.connect(self.start_fusion)
         self.cancel_button.clicked.connect(self.cancel)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
+        viewer.layers.events.moved.connect(self._refresh_layers)
         viewer.dims.events.current_step.connect(self._schedule_preview)
 
         self._refresh_layers()
@@ -157,52 +197,86 @@ class FuseWidget(QWidget):
     # ------------------------------------------------------------------ layers
 
     def _candidates(self) -> list[Image]:
+        """The image layers that can be fused (unwrapped), in layer-list order."""
         return [
-            layer
+            _raw(layer)
             for layer in self.viewer.layers
             if isinstance(layer, Image) and layer.metadata.get("step") != "fusion preview"
         ]
 
     def _refresh_layers(self, event=None):
-        items = [self.layer_list.item(i) for i in range(self.layer_list.count())]
-        checked = {item.text(): item.checkState() for item in items}
-        reference = self.reference_combo.currentText()
+        """Rebuild the list from the viewer's layers, keeping each layer's tick and the reference (by layer)."""
+        ticks = {id(layer): self.layer_list.item(row).checkState() for row, layer in enumerate(self._listed)}
+        reference = self.reference_layer()
+        candidates = self._candidates()
         self.layer_list.blockSignals(True)
         self.reference_combo.blockSignals(True)
         self.layer_list.clear()
         self.reference_combo.clear()
-        for layer in self._candidates():
+        for layer in candidates:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            default = Qt.Checked if layer.visible and not layer.metadata.get("step") else Qt.Unchecked
-            item.setCheckState(checked.get(layer.name, default))
+            default = Qt.Checked if layer.visible and layer.metadata.get("step") not in OWN_STEPS else Qt.Unchecked
+            item.setCheckState(ticks.get(id(layer), default))
             self.layer_list.addItem(item)
             self.reference_combo.addItem(layer.name)
-        if reference in [layer.name for layer in self._candidates()]:
-            self.reference_combo.setCurrentText(reference)
+        self._listed = candidates
+        index = next((i for i, layer in enumerate(candidates) if layer is reference), 0 if candidates else -1)
+        self.reference_combo.setCurrentIndex(index)
         self.layer_list.blockSignals(False)
         self.reference_combo.blockSignals(False)
+        self._follow_names(candidates)
+        self._selection_changed()
+
+    def _follow_names(self, layers):
+        for layer in self._named:
+            if not any(layer is other for other in layers):
+                layer.events.name.disconnect(self._refresh_layers)
+        for layer in layers:
+            if not any(layer is other for other in self._named):
+                layer.events.name.connect(self._refresh_layers)
+        self._named = list(layers)
+
+    def _selection_changed(self, *args):
+        """The checked layers or the reference changed: forget metrics of other inputs, update the preview."""
+        key = (tuple(id(layer) for layer in self.checked_layers()), id(self.reference_layer()))
+        if key != self._inputs_key:
+            self._inputs_key = key
+            self.clear_metrics()
         self._schedule_preview()
 
+    def reference_layer(self):
+        """The reference layer (unwrapped), or None."""
+        index = self.reference_combo.currentIndex()
+        return self._listed[index] if 0 <= index < len(self._listed) else None
+
+    def checked_layers(self) -> list[Image]:
+        """The checked layers (unwrapped), in list order."""
+        return [layer for row, layer in enumerate(self._listed) if self.layer_list.item(row).checkState() == Qt.Checked]
+
     def set_checked(self, names) -> None:
-        """Check exactly the layers called ``names`` in the list."""
-        for i in range(self.layer_list.count()):
-            item = self.layer_list.item(i)
-            item.setCheckState(Qt.Checked if item.text() in names else Qt.Unchecked)
+        """Check exactly the layers called ``names`` (names, or layers) in the list."""
+        wanted = [_raw(n) for n in names]
+        for row, layer in enumerate(self._listed):
+            hit = layer.name in wanted or any(layer is w for w in wanted)
+            self.layer_list.item(row).setCheckState(Qt.Checked if hit else Qt.Unchecked)
+
+    def set_reference(self, layer) -> None:
+        """Make ``layer`` (a layer or a name) the reference."""
+        target = _raw(layer)
+        for index, candidate in enumerate(self._listed):
+            if candidate is target or candidate.name == target:
+                self.reference_combo.setCurrentIndex(index)
+                return
+        raise ValueError(f"{layer!r} is not one of the image layers listed")
 
     def selected_layers(self) -> list[Image]:
-        """The checked layers and the reference, reference first."""
-        names = [
-            self.layer_list.item(i).text()
-            for i in range(self.layer_list.count())
-            if self.layer_list.item(i).checkState() == Qt.Checked
-        ]
-        reference = self.reference_combo.currentText()
-        if reference and reference not in names:
-            names.append(reference)
-        layers = [self.viewer.layers[name] for name in names if name in self.viewer.layers]
-        layers.sort(key=lambda layer: layer.name != reference)
-        return layers
+        """The checked layers and the reference, reference first (unwrapped layers)."""
+        layers = self.checked_layers()
+        reference = self.reference_layer()
+        if reference is None:
+            return layers
+        return [reference] + [layer for layer in layers if layer is not reference]
 
     # ------------------------------------------------------------------ parameters
 
@@ -210,14 +284,22 @@ class FuseWidget(QWidget):
         while self.params_form.rowCount():
             self.params_form.removeRow(0)
         self._param_widgets = {}
-        defaults = fz.method_defaults(method)
+        if method == AUTO:
+            defaults = fz.method_defaults(fz.DEFAULT_METHOD)
+            self.description.setText(
+                f"Chosen by the checked layers: a colour layer (PET/SPECT pseudo-colour) gives colour fusion, "
+                f"its luminance fused with the others by {fz.DEFAULT_METHOD!r} and its colour kept; grey layers "
+                f"give {fz.DEFAULT_METHOD!r}. {fz.METHODS[fz.DEFAULT_METHOD].description}"
+            )
+        else:
+            defaults = fz.method_defaults(method)
         if method == fz.COLOUR_METHOD:
             defaults = {**defaults, **fz.method_defaults(defaults["inner"])}
             self.description.setText(
                 "Colour of the functional image (RGB, or the colormap on the last grey image) over the "
                 "anatomical detail; the luminance is fused by the inner method."
             )
-        else:
+        elif method != AUTO:
             self.description.setText(fz.METHODS[method].description)
         for key, default in defaults.items():
             if default is None:
@@ -277,10 +359,13 @@ class FuseWidget(QWidget):
         shapes = [img.shape[:-1] if flag else img.shape for img, flag in zip(images, rgb)]
         fz.check_overlap(shapes, affines, reference_index=0)
         method = self.method_combo.currentText()
-        if any(rgb) and method != fz.COLOUR_METHOD:
-            names = [layer.name for layer, flag in zip(layers, rgb) if flag]
+        if method == AUTO:
+            method = fz.auto_method(images, rgb)
+        colour = [fz.is_colour(image, flag) for image, flag in zip(images, rgb)]
+        if any(colour) and method != fz.COLOUR_METHOD:
+            names = [layer.name for layer, flag in zip(layers, colour) if flag]
             raise ValueError(
-                f"{', '.join(names)} is RGB; method {method!r} fuses grey images: choose the 'colour' method "
+                f"{', '.join(names)} is colour; method {method!r} fuses grey images: choose 'auto' or 'colour' "
                 "(keeps the colour) or convert the layer to grey"
             )
         options = {
@@ -331,6 +416,7 @@ class FuseWidget(QWidget):
             return False
         method = self.method_combo.currentText()
         inner = self.parameters().get("inner") if method == fz.COLOUR_METHOD else method
+        inner = fz.DEFAULT_METHOD if inner == AUTO else inner
         if inner in fz.METHODS and not fz.METHODS[inner].interactive:
             self.status.setText(f"No live preview for {inner!r} (it trains a network): click Fuse.")
             self._remove_preview()
@@ -338,6 +424,7 @@ class FuseWidget(QWidget):
         layers = self.selected_layers()
         try:
             images, affines, options = self._inputs(layers)
+            method = options["method"]
             plane = self._current_plane(layers[0], affines[0])
             windows = [self._window(layer, image) for layer, image in zip(layers, images)]
             start = time.perf_counter()
@@ -400,6 +487,7 @@ class FuseWidget(QWidget):
             show_error(f"Fuse: {error}")
             return None
         reference = layers[0]
+        self.clear_metrics()
         plane = None if self.volume_metrics_check.isChecked() else self._current_plane(reference, affines[0])
         names = [layer.name for layer in layers]
         learned = "learned" in (options["method"], options["params"].get("inner"))
@@ -473,7 +561,7 @@ class FuseWidget(QWidget):
                 metadata=dict(provenance, step="fuse contribution", input=name),
                 **geometry,
             )
-        self._show_metrics(metrics)
+        self._show_metrics(metrics, len(names), f"fused ({result.method})")
         if plane is not None:
             where = f" (metrics on plane {plane})"
         else:
@@ -481,8 +569,19 @@ class FuseWidget(QWidget):
         self.status.setText(f"Fused {len(names)} layers with {result.method!r}{where}")
         show_info(f"Fused {', '.join(names)} with {result.method}")
 
-    def _show_metrics(self, metrics: dict):
+    def clear_metrics(self) -> None:
+        """Empty the metrics table (a run starts, or the inputs changed)."""
+        self.metrics_table.setRowCount(0)
+        self.metrics_label.setText("Metrics of the result")
+
+    def _show_metrics(self, metrics: dict, n_sources: int, layer_name: str):
         self.metrics_table.setRowCount(len(metrics))
         for row, (name, value) in enumerate(metrics.items()):
-            self.metrics_table.setItem(row, 0, QTableWidgetItem(name))
-            self.metrics_table.setItem(row, 1, QTableWidgetItem(f"{value:.4g}"))
+            note = metric_note(name, n_sources)
+            cells = (name, f"{value:.4g}", note)
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(f"{name}: {note}" if note else name)
+                self.metrics_table.setItem(row, column, item)
+        self.metrics_table.resizeColumnToContents(0)
+        self.metrics_label.setText(f"Metrics of {layer_name!r} against its {n_sources} sources")
