@@ -79,6 +79,7 @@ def test_harvard_pairs_grey_anatomy_colour_function(pair, functional):
     (mri,) = read(HARVARD / pair / "MRI" / name)
     (other,) = read(HARVARD / pair / functional / name)
     assert not mri.rgb and mri.data.shape == (256, 256) and mri.metadata["stored_as"] == "rgb"
+    assert (mri.name, other.name) == (f"MRI {Path(name).stem}", f"{functional} {Path(name).stem}")
     raw = iio.imread(HARVARD / pair / "MRI" / name)
     np.testing.assert_array_equal(mri.data, raw[..., 0] if raw.ndim == 3 else raw)
     if functional == "CT":

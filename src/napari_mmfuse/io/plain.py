@@ -12,6 +12,11 @@ from ._common import ImageRecord, ReadError
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def _name(path: Path) -> str:
+    """Layer name: the file stem, prefixed by the folder when the stem is only a number ("MRI 11", "PET 11")."""
+    return f"{path.parent.name} {path.stem}" if path.stem.isdigit() and path.parent.name else path.stem
+
+
 def _achromatic(rgb: np.ndarray) -> bool:
     """Whether an (H, W, 3) picture has R == G == B at every pixel (compared row block by row block)."""
     step = max(1, (1 << 20) // max(1, rgb.shape[1]))
@@ -41,7 +46,8 @@ def read_plain(path) -> list[ImageRecord]:
     Returns
     -------
     list of ImageRecord
-        One record; ``metadata`` holds ``source_path``, ``units`` ("pixel"),
+        One record, named by the file stem (``"<folder> <stem>"`` when the stem is a bare
+        number, as in image pairs kept in sibling folders); ``metadata`` holds ``source_path``, ``units`` ("pixel"),
         ``pixel_size_um`` (None) and ``format`` (the file suffix without dot).
 
     Raises
@@ -86,7 +92,7 @@ def read_plain(path) -> list[ImageRecord]:
     record = ImageRecord(
         data=data,
         affine=np.eye(3),
-        name=path.stem,
+        name=_name(path),
         units="pixel",
         metadata=metadata,
         rgb=rgb,
