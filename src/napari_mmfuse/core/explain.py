@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +45,10 @@ from .segment import SegmentationNet, check_images
 
 METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention")
 ATTRIBUTIONS = ("ablation", "ig")
+#: sliding-window overlap, as :func:`~.segment.predict`'s default
+OVERLAP = 0.25
+#: a channel whose minimum holds at least this fraction of the voxels has a constant background
+BACKGROUND_FRACTION = 0.1
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -60,8 +64,9 @@ def target_score(output: torch.Tensor, class_index: int, region: torch.Tensor | 
         Segmentation logits or classification logits.
     class_index : int
         Output channel of the class.
-    region : Tensor of bool, shape (*S), optional
-        Voxels summed over (segmentation only); all voxels if omitted.
+    region : Tensor of bool or float, shape (*S), optional
+        Voxels summed over (segmentation only), or a weight per voxel; all voxels if
+        omitted.
 
     Returns
     -------
@@ -169,7 +174,7 @@ def gradcam(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None
 
 def occlusion(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None,
               window: Sequence[int] | int | None = None, stride: Sequence[int] | int | None = None,
-              batch_size: int = 8) -> np.ndarray:
+              batch_size: int = 8, fill: torch.Tensor | None = None) -> np.ndarray:
     """Occlusion sensitivity: drop of the target when a window is replaced by the channel means.
 
     Parameters
@@ -184,6 +189,8 @@ def occlusion(module: nn.Module, x: torch.Tensor, *, class_index: int, region=No
         Step between windows; default half the window in 2D, the window in 3D.
     batch_size : int
         Occluded copies per forward pass.
+    fill : Tensor, shape (1, C, 1, ...), optional
+        Value of each channel inside the window; each channel's mean by default.
 
     Returns
     -------
@@ -191,31 +198,65 @@ def occlusion(module: nn.Module, x: torch.Tensor, *, class_index: int, region=No
         Mean drop of the target over the windows covering each voxel (positive: the
         voxel supports the class).
     """
-    spatial = x.shape[2:]
+    corners, window = _occluders(x.shape[2:], window, stride)
+    if fill is None:
+        fill = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+    drops = torch.zeros(len(corners), dtype=torch.float32, device=x.device)
+    for _ in _occlusion_drops(module, x, class_index, region, corners, window, fill, batch_size, drops):
+        pass
+    return _paint_occlusion(drops, corners, window, x.shape[2:]).cpu().numpy().astype(np.float32)
+
+
+def _occluders(spatial, window, stride) -> tuple[np.ndarray, list[int]]:
+    """Corners (one row each) and edge of the occluding windows tiling a grid."""
     n = len(spatial)
     window = _per_axis(window, [max(2, s // 8) for s in spatial], n)
     stride = _per_axis(stride, [max(1, w // 2) if n == 2 else w for w in window], n)
-    mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     starts = [list(range(0, max(s - w, 0) + 1, st)) for s, w, st in zip(spatial, window, stride)]
     for axis, s in enumerate(spatial):  # cover the far edge too
         if starts[axis][-1] + window[axis] < s:
             starts[axis].append(s - window[axis])
-    corners = np.array(np.meshgrid(*starts, indexing="ij")).reshape(n, -1).T
+    return np.array(np.meshgrid(*starts, indexing="ij")).reshape(n, -1).T, window
+
+
+def _occlusion_drops(module, x, class_index, region, corners, window, fill, batch_size, drops, offset=(0,)):
+    """Add the drop of the target of ``x`` (a patch at ``offset``) when each window is filled.
+
+    Only the windows that intersect the patch are run; yields after each batch.
+    """
+    offset = np.broadcast_to(np.asarray(offset), corners.shape[1:])
+    spatial = np.asarray(x.shape[2:])
+    low, high = np.maximum(corners - offset, 0), np.minimum(corners + window - offset, spatial)
+    hits = _touching(corners, window, offset, spatial)
     with torch.no_grad():
         reference = target_score(module(x), class_index, region)[0]
-        drop = torch.zeros(spatial, dtype=torch.float32, device=x.device)
-        count = torch.zeros(spatial, dtype=torch.float32, device=x.device)
-        for begin in range(0, len(corners), batch_size):
-            chunk = corners[begin : begin + batch_size]
+        for begin in range(0, len(hits), batch_size):
+            chunk = hits[begin : begin + batch_size]
             batch = x.repeat(len(chunk), *([1] * (x.ndim - 1)))
-            slices = [tuple(slice(int(c), int(c) + w) for c, w in zip(corner, window)) for corner in chunk]
-            for i, where in enumerate(slices):
-                batch[(i, slice(None), *where)] = mean[0].expand(-1, *[w.stop - w.start for w in where])
+            for i, index in enumerate(chunk):
+                where = tuple(slice(int(a), int(b)) for a, b in zip(low[index], high[index]))
+                batch[(i, slice(None), *where)] = fill[0].expand(-1, *[w.stop - w.start for w in where])
             scores = target_score(module(batch), class_index, region)
-            for where, score in zip(slices, scores):
-                drop[where] += reference - score
-                count[where] += 1
-    return (drop / count.clamp_min(1)).cpu().numpy().astype(np.float32)
+            drops[torch.from_numpy(chunk)] += (reference - scores).to(drops.device)
+            yield
+
+
+def _touching(corners: np.ndarray, window, start, size) -> np.ndarray:
+    """Indices of the occluding windows that intersect the box ``start:start + size``."""
+    low = np.maximum(corners, start)
+    high = np.minimum(corners + np.asarray(window), np.asarray(start) + np.asarray(size))
+    return np.flatnonzero(np.all(high > low, axis=1))
+
+
+def _paint_occlusion(drops: torch.Tensor, corners, window, spatial) -> torch.Tensor:
+    """Mean drop over the occluding windows covering each voxel."""
+    total = torch.zeros(tuple(spatial), dtype=torch.float32, device=drops.device)
+    count = torch.zeros(tuple(spatial), dtype=torch.float32, device=drops.device)
+    for corner, drop in zip(corners, drops):
+        where = tuple(slice(int(c), int(c) + w) for c, w in zip(corner, window))
+        total[where] += drop
+        count[where] += 1
+    return total / count.clamp_min(1)
 
 
 def _per_axis(value, default, n, minimum: int = 1) -> list[int]:
@@ -291,17 +332,22 @@ def integrated_gradients(module: nn.Module, x: torch.Tensor, *, class_index: int
     if baseline is None:
         baseline = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     baseline = baseline.expand_as(x)
-    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
     total = torch.zeros_like(x[0])
-    for begin in range(0, steps, batch_size):
-        a = alphas[begin : begin + batch_size].reshape((-1,) + (1,) * (x.ndim - 1))
-        path = baseline + a * (x - baseline)
-        total += _gradient(module, path, class_index, region).sum(dim=0)
+    for gradients in _path_gradients(module, x, baseline, class_index, region, steps, batch_size):
+        total += gradients
     return ((x - baseline)[0] * total / steps).detach().cpu().numpy().astype(np.float32)
 
 
-def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _path_gradients(module, x, baseline, class_index, region, steps: int, batch_size: int):
+    """Yield the gradients summed over each batch of midpoints of the path from ``baseline`` to ``x``."""
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
+    for begin in range(0, steps, batch_size):
+        a = alphas[begin : begin + batch_size].reshape((-1,) + (1,) * (x.ndim - 1))
+        yield _gradient(module, baseline + a * (x - baseline), class_index, region).sum(dim=0)
+
+
+def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None,
+                     fill: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Replace each channel by its mean and measure the change of the target.
 
     Parameters
@@ -310,6 +356,8 @@ def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, re
     x : Tensor, shape (1, C, *S)
     class_index : int
     region : Tensor of bool, shape (*S), optional
+    fill : Tensor, shape (C,), optional
+        Value each channel is replaced by; its mean by default.
 
     Returns
     -------
@@ -321,7 +369,7 @@ def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, re
     channels = x.shape[1]
     batch = x.repeat(channels + 1, *([1] * (x.ndim - 1)))
     for c in range(channels):
-        batch[c + 1, c] = x[0, c].mean()
+        batch[c + 1, c] = x[0, c].mean() if fill is None else fill[c]
     with torch.no_grad():
         output = module(batch)
         scores = target_score(output, class_index, region)
@@ -651,10 +699,11 @@ def _fixed_window(config, shape, low, high, region_given: bool):
     return start, np.minimum(start + window, shape)
 
 
-def _prepare(model: SegmentationNet, images, region, margin, device):
-    """Normalised, cropped input tensor, region tensor, and where the crop sits.
+def _prepare(model: SegmentationNet, images, region, margin):
+    """Normalised, cropped input tensor (CPU), region tensor, where the crop sits, and the reference.
 
-    A model with a fixed input size gets one window of its patch size centred on the
+    The whole image is normalised (as for :func:`~.segment.predict`), then cropped. A
+    model with a fixed input size gets one window of its patch size centred on the
     region (the whole image if it fits), padded at the far side when the image is smaller.
     """
     images = check_images(images)
@@ -685,17 +734,33 @@ def _prepare(model: SegmentationNet, images, region, margin, device):
     if config.fixed_input:
         low, high = _fixed_window(config, shape, low, high, region is not None)
     crop = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    sub = model.normalise(images[(slice(None), *crop)])
+    normalised = model.normalise(images)
+    sub = normalised[(slice(None), *crop)]
     if config.fixed_input:
         pad = [p - s for p, s in zip(config.patch_size, sub.shape[1:])]
     else:
         pad = [(-s) % config.size_divisor for s in sub.shape[1:]]
-    x = torch.from_numpy(np.pad(sub, [(0, 0)] + [(0, p) for p in pad], mode="edge"))[None].to(device)
+    x = torch.from_numpy(np.pad(sub, [(0, 0)] + [(0, p) for p in pad], mode="edge"))[None]
     region_tensor = None
     if region is not None:
-        padded = np.pad(region[crop], [(0, p) for p in pad])
-        region_tensor = torch.from_numpy(padded).to(device)
-    return x, region_tensor, crop, shape
+        region_tensor = torch.from_numpy(np.pad(region[crop], [(0, p) for p in pad]))
+    return x, region_tensor, crop, shape, _reference(normalised, x)
+
+
+def _reference(normalised: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+    """Each channel's "no signal" value, shape (1, C, 1, ...), for baselines, occlusion and ablation.
+
+    A channel with a constant background (the minimum held by at least
+    :data:`BACKGROUND_FRACTION` of the image's voxels: skull-stripped MRI, padding, the
+    outside of a field of view) gets that background value, so the background itself is
+    never credited; any other channel gets its mean over ``x``.
+    """
+    reference = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+    for c, channel in enumerate(normalised):
+        low = channel.min()
+        if np.count_nonzero(channel == low) >= BACKGROUND_FRACTION * channel.size:
+            reference[0, c] = float(low)
+    return reference
 
 
 def _paste(values: np.ndarray, crop, shape, leading: int = 0) -> np.ndarray:
@@ -703,6 +768,250 @@ def _paste(values: np.ndarray, crop, shape, leading: int = 0) -> np.ndarray:
     out = np.zeros(values.shape[:leading] + tuple(shape), np.float32)
     out[(Ellipsis, *crop)] = values[(Ellipsis, *[slice(0, s) for s in spatial])]
     return out
+
+
+class _Tiling:
+    """The sliding windows of :func:`~.segment.predict` over a grid, and how their overlaps blend.
+
+    Windows of the model's patch size (clipped to the grid) on MONAI's scan with
+    :data:`OVERLAP`, each weighted by a Gaussian importance map normalised so that the
+    weights of all windows sum to 1 at every voxel (one window: weight 1). The target of
+    a window is the class logit times its weight (times the region), so the targets of
+    all windows add up to the target of the blended prediction, and gradient maps of the
+    windows simply add up. Windows holding no region voxel are left out (they add nothing).
+    """
+
+    def __init__(self, shape, patch, region: torch.Tensor | None):
+        from monai.data.utils import compute_importance_map
+        from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+        shape = tuple(int(s) for s in shape)
+        size = [min(int(p), s) for p, s in zip(patch, shape)]
+        interval = _get_scan_interval(shape, size, len(size), [OVERLAP] * len(size))
+        windows = [tuple(slice(int(w.start), int(w.stop)) for w in window)
+                   for window in dense_patch_slices(shape, size, interval)]
+        if len(windows) == 1:
+            self.importance = torch.ones(size)
+        else:
+            self.importance = compute_importance_map(tuple(size), mode="gaussian", sigma_scale=0.125)
+        self.total = torch.zeros(shape)
+        for window in windows:
+            self.total[window] += self.importance
+        self.region = region
+        self.windows = [w for w in windows if region is None or bool(region[w].any())]
+
+    def weights(self, window) -> torch.Tensor:
+        """Blending weight of each voxel of a window, shape (*P)."""
+        return self.importance / self.total[window]
+
+    def target(self, window, device) -> torch.Tensor:
+        """Weight of each voxel's logit in the window's target, shape (*P), on ``device``."""
+        weights = self.weights(window)
+        return (weights if self.region is None else weights * self.region[window]).to(device)
+
+
+def _patch(x: torch.Tensor, window, device) -> torch.Tensor:
+    return x[(slice(None), slice(None), *window)].to(device)
+
+
+def _saliency_steps(model, x, tiling: _Tiling, class_index: int, samples: int, device, *, noise: float = 0.15,
+                    seed: int = 0):
+    """:func:`saliency` window by window (SmoothGrad noise drawn on the whole grid); yields progress."""
+    rounds = max(samples, 1)
+    count = rounds * len(tiling.windows)
+    yield 0, count
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    axes = tuple(range(2, x.ndim))
+    sigma = noise * (x.amax(dim=axes, keepdim=True) - x.amin(dim=axes, keepdim=True))
+    total = torch.zeros_like(x[0])
+    done = 0
+    for _ in range(rounds):
+        noisy = x + sigma * torch.randn(x.shape, generator=generator) if samples > 0 else x
+        gradient = torch.zeros_like(x[0])
+        for window in tiling.windows:
+            part = _gradient(model, _patch(noisy, window, device), class_index, tiling.target(window, device))
+            gradient[(slice(None), *window)] += part[0].cpu()
+            done += 1
+            yield done, count
+        total += gradient.abs()
+    return (total / rounds).numpy().astype(np.float32)
+
+
+def _ig_steps(model, x, tiling: _Tiling, class_index: int, baseline, steps: int, device, batch_size: int = 8):
+    """:func:`integrated_gradients` window by window; yields progress after each batch of path points."""
+    count = math.ceil(steps / batch_size) * len(tiling.windows)
+    yield 0, count
+    baseline = baseline.expand_as(x)
+    total = torch.zeros_like(x[0])
+    done = 0
+    for window in tiling.windows:
+        for gradients in _path_gradients(model, _patch(x, window, device), _patch(baseline, window, device),
+                                         class_index, tiling.target(window, device), steps, batch_size):
+            total[(slice(None), *window)] += gradients.cpu()
+            done += 1
+            yield done, count
+    return ((x - baseline)[0] * total / steps).numpy().astype(np.float32)
+
+
+def _gradcam_steps(model, x, tiling: _Tiling, class_index: int, layer, plusplus: bool, device):
+    """:func:`gradcam` window by window, the maps blended by the windows' weights; yields progress."""
+    count = len(tiling.windows)
+    yield 0, count
+    layer = layer or default_layer(model, _patch(x, tiling.windows[0], device))
+    cam = torch.zeros(x.shape[2:])
+    for done, window in enumerate(tiling.windows, start=1):
+        values = gradcam(model, _patch(x, window, device), class_index=class_index,
+                         region=tiling.target(window, device), layer=layer, plusplus=plusplus)
+        cam[window] += tiling.weights(window) * torch.from_numpy(values)
+        yield done, count
+    return cam.numpy(), layer
+
+
+def _occlusion_steps(model, x, tiling: _Tiling, class_index: int, fill, window, device, batch_size: int = 8):
+    """:func:`occlusion` window by window: each occluder's drop summed over the windows it touches."""
+    corners, edge = _occluders(x.shape[2:], window, None)
+    starts = [np.array([w.start for w in window]) for window in tiling.windows]
+    count = sum(math.ceil(len(_touching(corners, edge, start, [w.stop - w.start for w in window])) / batch_size)
+                for start, window in zip(starts, tiling.windows))
+    yield 0, count
+    drops = torch.zeros(len(corners), dtype=torch.float32)
+    done = 0
+    for start, window in zip(starts, tiling.windows):
+        for _ in _occlusion_drops(model, _patch(x, window, device), class_index, tiling.target(window, device),
+                                  corners, edge, fill.to(device), batch_size, drops, offset=start):
+            done += 1
+            yield done, count
+    return _paint_occlusion(drops, corners, edge, x.shape[2:]).numpy().astype(np.float32)
+
+
+def _ablation_steps(model, x, tiling: _Tiling, class_index: int, fill, device):
+    """:func:`channel_ablation` window by window: drops summed, maps blended; yields progress."""
+    count = len(tiling.windows)
+    yield 0, count
+    raw = np.zeros(x.shape[1], np.float64)
+    maps = torch.zeros(x.shape[1:])
+    for done, window in enumerate(tiling.windows, start=1):
+        drops, values = channel_ablation(model, _patch(x, window, device), class_index=class_index,
+                                         region=tiling.target(window, device), fill=fill.flatten().to(device))
+        raw += drops
+        maps[(slice(None), *window)] += tiling.weights(window) * torch.from_numpy(values)
+        yield done, count
+    return raw, maps.numpy()
+
+
+def _stride_period(model: nn.Module) -> int:
+    """Period of the checkerboard in a network's input gradients (1: none).
+
+    A convolution whose stride does not divide its kernel (MONAI's UNet: kernel 3, stride
+    2) reaches the voxels of even and odd positions through different numbers of taps,
+    so every gradient through it alternates with the position; stacked, the pattern
+    repeats with the network's total stride (its size divisor).
+    """
+    uneven = any(isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+                 and any(s > 1 and k % s for k, s in zip(m.kernel_size, m.stride)) for m in model.modules())
+    return model.config.size_divisor if uneven else 1
+
+
+def _destripe(maps: np.ndarray, period: int) -> np.ndarray:
+    """Remove the stride checkerboard from per-channel maps (C, *S) on the windows' grid.
+
+    The first stride-2 convolution alternates its taps voxel by voxel: the binomial
+    kernel ``[1, 2, 1] / 4`` along each axis (zero at that period-2 frequency, one voxel
+    of reach) removes it. The deeper strides give each phase of the total stride (the
+    voxel's position modulo ``period``; the windows start at multiples of it) its own
+    gain: each map is divided by the mean magnitude of its voxels of the same phase,
+    relative to the mean over all phases.
+    """
+    if period <= 1:
+        return maps
+    from scipy import ndimage
+
+    for axis in range(1, maps.ndim):
+        maps = ndimage.correlate1d(maps, np.array([0.25, 0.5, 0.25], np.float32), axis=axis, mode="nearest")
+    spatial = maps.shape[1:]
+    blocks = maps.reshape([maps.shape[0]] + [size for s in spatial for size in (s // period, period)])
+    gain = np.abs(blocks).mean(axis=tuple(range(1, 2 * len(spatial), 2)), keepdims=True)
+    gain /= np.maximum(gain.mean(axis=tuple(range(2, 2 * len(spatial) + 1, 2)), keepdims=True), 1e-30)
+    return (blocks / np.where(gain > 0, gain, 1)).reshape(maps.shape).astype(np.float32)
+
+
+def _drain(steps):
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def explain_steps(
+    model: SegmentationNet,
+    images,
+    *,
+    method: str,
+    target: int,
+    region=None,
+    layer: str | None = None,
+    rollout: bool = False,
+    margin: int | Sequence[int] | None = None,
+    samples: int = 16,
+    steps: int = 32,
+    window: Sequence[int] | int | None = None,
+    device=None,
+) -> Generator[tuple[int, int], None, Explanation]:
+    """:func:`explain` as a generator of progress, window by window of the sliding window.
+
+    Parameters
+    ----------
+    model, images, method, target, region, layer, rollout, margin, samples, steps, window, device
+        As in :func:`explain`.
+
+    Yields
+    ------
+    tuple of int
+        ``(done, total)`` units of work (network passes on one window): ``(0, total)``
+        first, before any pass; each is a cancel point (closing the generator frees its
+        arrays).
+
+    Returns
+    -------
+    Explanation
+        The generator's return value (``StopIteration.value``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    device = get_device(device)
+    model = model.to(device).eval()
+    class_index = _class_index(model, target)
+    x, region_tensor, crop, shape, reference = _prepare(model, images, region, margin)
+    channel_maps = None
+    if method == "attention":
+        yield 0, 1
+        if region_tensor is None:  # the padding is not part of the image
+            region_tensor = torch.zeros(x.shape[2:], dtype=torch.bool)
+            region_tensor[tuple(slice(0, s.stop - s.start) for s in crop)] = True
+        values = attention_map(model, x.to(device), class_index=class_index, region=region_tensor.to(device),
+                               layer=layer, rollout=rollout)
+        blocks = [layer] if layer else [_block_names(name, vit)[-1] for name, vit in _transformers(model)]
+        layer = ("rollout to " if rollout else "") + ", ".join(blocks)
+        yield 1, 1
+        return Explanation(_paste(values, crop, shape), None, method, int(target), layer)
+    tiling = _Tiling(x.shape[2:], model.config.patch_size, region_tensor)
+    if method in ("gradcam", "gradcampp"):
+        values, layer = yield from _gradcam_steps(model, x, tiling, class_index, layer, method == "gradcampp", device)
+    elif method == "occlusion":
+        values = np.clip((yield from _occlusion_steps(model, x, tiling, class_index, reference, window, device)), 0,
+                         None)
+    else:
+        if method == "ig":
+            per_channel = yield from _ig_steps(model, x, tiling, class_index, reference, steps, device)
+        else:
+            per_channel = yield from _saliency_steps(model, x, tiling, class_index,
+                                                     samples if method == "smoothgrad" else 0, device)
+        per_channel = _destripe(per_channel, _stride_period(model))
+        channel_maps = _paste(per_channel, crop, shape, leading=1)
+        values = np.abs(per_channel).sum(axis=0)
+    return Explanation(_paste(values, crop, shape), channel_maps, method, int(target),
+                       layer if method.startswith("gradcam") else None)
 
 
 def explain(
@@ -721,6 +1030,13 @@ def explain(
     device=None,
 ) -> Explanation:
     """Explain one class of a segmentation model on images.
+
+    The network runs on the windows of sliding-window inference (its patch size, the
+    overlap of :func:`~.segment.predict`), so memory is bounded by the patch: the target
+    is the class logit of the blended prediction, each window contributing its logits
+    times its blending weight; gradient maps of the windows add up, Grad-CAM and
+    ablation maps are blended. Windows holding no region voxel are skipped. Use
+    :func:`explain_steps` for progress and cancelling.
 
     Parameters
     ----------
@@ -755,37 +1071,56 @@ def explain(
     Returns
     -------
     Explanation
+        Gradient maps (saliency, SmoothGrad, integrated gradients) of a network whose
+        strided convolutions make a checkerboard (MONAI's UNet) are averaged over its
+        stride period; the integrated-gradients baseline and the occlusion fill are each
+        channel's constant background where it has one, else its mean.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    return _drain(explain_steps(model, images, method=method, target=target, region=region, layer=layer,
+                                rollout=rollout, margin=margin, samples=samples, steps=steps, window=window,
+                                device=device))
+
+
+def modality_attribution_steps(
+    model: SegmentationNet,
+    images,
+    *,
+    target: int,
+    region=None,
+    method: str = "ablation",
+    margin: int | Sequence[int] | None = None,
+    steps: int = 32,
+    device=None,
+) -> Generator[tuple[int, int], None, Attribution]:
+    """:func:`modality_attribution` as a generator of progress (as :func:`explain_steps`).
+
+    Yields
+    ------
+    tuple of int
+        ``(done, total)``, ``(0, total)`` first.
+
+    Returns
+    -------
+    Attribution
+    """
+    if method not in ATTRIBUTIONS:
+        raise ValueError(f"unknown attribution method {method!r}; use 'ablation' or 'ig'")
     device = get_device(device)
     model = model.to(device).eval()
     class_index = _class_index(model, target)
-    x, region_tensor, crop, shape = _prepare(model, images, region, margin, device)
-    channel_maps = None
-    if method in ("gradcam", "gradcampp"):
-        layer = layer or default_layer(model, x)
-        values = gradcam(model, x, class_index=class_index, region=region_tensor, layer=layer,
-                         plusplus=method == "gradcampp")
-    elif method == "occlusion":
-        values = np.clip(occlusion(model, x, class_index=class_index, region=region_tensor, window=window), 0, None)
-    elif method == "attention":
-        if region_tensor is None:  # the padding is not part of the image
-            region_tensor = torch.zeros(x.shape[2:], dtype=torch.bool, device=device)
-            region_tensor[tuple(slice(0, s.stop - s.start) for s in crop)] = True
-        values = attention_map(model, x, class_index=class_index, region=region_tensor, layer=layer, rollout=rollout)
-        blocks = [layer] if layer else [_block_names(name, vit)[-1] for name, vit in _transformers(model)]
-        layer = ("rollout to " if rollout else "") + ", ".join(blocks)
+    x, region_tensor, crop, shape, reference = _prepare(model, images, region, margin)
+    tiling = _Tiling(x.shape[2:], model.config.patch_size, region_tensor)
+    if method == "ablation":
+        raw, maps = yield from _ablation_steps(model, x, tiling, class_index, reference, device)
+        magnitude = np.abs(raw)
     else:
-        if method == "ig":
-            per_channel = integrated_gradients(model, x, class_index=class_index, region=region_tensor, steps=steps)
-        else:
-            per_channel = saliency(model, x, class_index=class_index, region=region_tensor,
-                                   samples=samples if method == "smoothgrad" else 0)
-        channel_maps = _paste(per_channel, crop, shape, leading=1)
-        values = np.abs(per_channel).sum(axis=0)
-    return Explanation(_paste(values, crop, shape), channel_maps, method, int(target),
-                       layer if method.startswith("gradcam") or method == "attention" else None)
+        per_channel = yield from _ig_steps(model, x, tiling, class_index, reference, steps, device)
+        maps = np.abs(_destripe(per_channel, _stride_period(model)))
+        raw = maps.reshape(maps.shape[0], -1).sum(axis=1).astype(np.float64)
+        magnitude = raw
+    total = magnitude.sum()
+    scores = magnitude / total if total > 0 else np.zeros_like(magnitude)
+    return Attribution(scores, raw, _paste(maps, crop, shape, leading=1), list(model.config.channel_names), method)
 
 
 def modality_attribution(
@@ -801,6 +1136,8 @@ def modality_attribution(
 ) -> Attribution:
     """One number per modality: how much it drives the target.
 
+    Window by window as :func:`explain`; :func:`modality_attribution_steps` yields progress.
+
     Parameters
     ----------
     model : SegmentationNet
@@ -809,9 +1146,10 @@ def modality_attribution(
         Label value of the class explained.
     region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
     method : {"ablation", "ig"}
-        "ablation": ``|target(x) - target(x with the channel replaced by its mean)|``;
-        maps are the per-voxel drop of the class logit. "ig": the sum of the magnitudes
-        of the channel's integrated gradients; maps are those magnitudes.
+        "ablation": ``|target(x) - target(x with the channel replaced by its reference)|``
+        (its constant background where it has one, else its mean); maps are the
+        per-voxel drop of the class logit. "ig": the sum of the magnitudes of the
+        channel's integrated gradients; maps are those magnitudes.
     margin, steps, device
         As in :func:`explain`.
 
@@ -819,22 +1157,8 @@ def modality_attribution(
     -------
     Attribution
     """
-    if method not in ATTRIBUTIONS:
-        raise ValueError(f"unknown attribution method {method!r}; use 'ablation' or 'ig'")
-    device = get_device(device)
-    model = model.to(device).eval()
-    class_index = _class_index(model, target)
-    x, region_tensor, crop, shape = _prepare(model, images, region, margin, device)
-    if method == "ablation":
-        raw, maps = channel_ablation(model, x, class_index=class_index, region=region_tensor)
-        magnitude = np.abs(raw)
-    else:
-        maps = np.abs(integrated_gradients(model, x, class_index=class_index, region=region_tensor, steps=steps))
-        raw = maps.reshape(maps.shape[0], -1).sum(axis=1).astype(np.float64)
-        magnitude = raw
-    total = magnitude.sum()
-    scores = magnitude / total if total > 0 else np.zeros_like(magnitude)
-    return Attribution(scores, raw, _paste(maps, crop, shape, leading=1), list(model.config.channel_names), method)
+    return _drain(modality_attribution_steps(model, images, target=target, region=region, method=method,
+                                             margin=margin, steps=steps, device=device))
 
 
 def randomized_copy(model: SegmentationNet, *, seed: int = 0) -> SegmentationNet:
