@@ -1,0 +1,84 @@
+"""Shared test setup: a Qt platform that works with or without a screen, and shared fixtures.
+
+Without an X display (no ``DISPLAY``, and ``pytest-xvfb`` found no ``Xvfb`` to start) Qt's
+default ``xcb`` platform aborts the whole run. There the tests fall back to Qt's
+``offscreen`` platform: plain Qt widgets work, but it has no OpenGL, so napari's vispy canvas
+cannot draw a layer (``viewer.add_image`` fails on the first GL call) and ``viewer.screenshot``
+cannot work. Tests that need a napari viewer (the ``make_napari_viewer`` fixture or the
+``needs_canvas`` marker) are skipped there, and the run says so in one line at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+NO_CANVAS = (
+    "no X display and no Xvfb: widget tests that need an OpenGL canvas are skipped; "
+    "install xvfb (apt-get install xvfb) to run them"
+)
+_VIEWER_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy"}
+_canvas: bool | None = None  # decided in pytest_configure
+
+
+def _has_screen() -> bool:
+    """Whether Qt can open windows with OpenGL here: a display, or not a Linux/BSD desktop."""
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal"):
+        return False
+    if not sys.platform.startswith(("linux", "freebsd")):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xvfb has started Xvfb and set DISPLAY
+def pytest_configure(config: pytest.Config) -> None:
+    global _canvas
+    _canvas = _has_screen()
+    if not _canvas:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a screen, skip the tests that need a drawing napari viewer.
+
+    A ``skip`` mark (not a skip inside a fixture) lets ``-ra`` fold the skips to a line per file.
+    """
+    if _canvas is not False:
+        return
+    skip = pytest.mark.skip(reason="needs an OpenGL canvas (no X display and no Xvfb)")
+    for item in items:
+        if _VIEWER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("needs_canvas"):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: after its short summary
+def pytest_terminal_summary(terminalreporter):
+    result = yield
+    if _canvas is False:
+        terminalreporter.write_line(NO_CANVAS, yellow=True, bold=True)
+    return result
+
+
+@pytest.fixture
+def shots_dir(tmp_path: Path) -> Path:
+    """Where a test saves its screenshots: ``$MMFUSE_SHOTS`` (created) when set, else ``tmp_path``."""
+    shots = os.environ.get("MMFUSE_SHOTS")
+    if not shots:
+        return tmp_path
+    path = Path(shots)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one CPU thread for the module (timings and results stable on shared machines)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
