@@ -49,10 +49,23 @@ def test_wheel_carries_manifest_and_installs(tmp_path):
         assert "napari-mmfuse = napari_mmfuse:napari.yaml" in text
         assert archive.read("napari_mmfuse/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
 
+    # A bare venv that sees this environment's packages through a .pth file: unlike
+    # --system-site-packages, that works when this environment is itself a venv.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True)
+    site_packages = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    outer = subprocess.run(  # this interpreter's path as a fresh process sees it (no pytest additions)
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+        check=True, capture_output=True, text=True, cwd=tmp_path,
+    ).stdout
+    paths = [p for p in json.loads(outer) if p and Path(p).is_dir()]
+    (Path(site_packages) / "_outer_environment.pth").write_text("\n".join(paths) + "\n")
+    # the venv's own site-packages comes first on its path, so its install shadows the editable one
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)], check=True)
     probe = (
         "import json, napari_mmfuse, importlib.resources as r;"
         "from npe2 import PluginManifest;"
