@@ -348,7 +348,8 @@ def test_plain_grey_alpha_and_grey_as_rgb(tmp_path):
     rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
     iio.imwrite(tmp_path / "rgba.png", rgba)
     (record,) = read_plain(tmp_path / "rgba.png")
-    assert record.rgb and record.data.shape == (6, 10, 3)  # constant alpha dropped, grey-as-RGB stays RGB
+    assert not record.rgb and record.data.shape == (6, 10)  # constant alpha dropped, grey stored as RGB is grey
+    np.testing.assert_array_equal(record.data, grey)
 
     rgba[0, 0, 3] = 0
     iio.imwrite(tmp_path / "alpha.png", rgba)

@@ -764,7 +764,8 @@ def predict(
     Returns
     -------
     labels : ndarray, shape (*S)
-        Label values of the model's classes (int32).
+        Label values of the model's classes (int32); 0 (unlabelled) outside the field of
+        view, where every modality sits at its constant background (see :func:`outside_view`).
     probabilities : ndarray, shape (K, *S), float32
         Class probabilities in the order of ``model.config.label_values`` (late fusion:
         the weighted average of the networks'; with "vote" the labels are the weighted
@@ -780,6 +781,7 @@ def predict(
     if images.ndim - 1 != config.spatial_dims:
         raise ValueError(f"the model is {config.spatial_dims}D but the images are {images.ndim - 1}D")
     shape = images.shape[1:]
+    outside = outside_view(images)
     regrid = config.spacing is not None and affine is not None
     if regrid:
         work_shape, work_affine = _spacing_grid(shape, affine, config.spacing)
@@ -825,7 +827,34 @@ def predict(
         probabilities = space.resample(probabilities, work_affine, shape, affine, channel_axis=0, device=device)
         labels = space.resample(labels, work_affine, shape, affine, interpolation="nearest", device=device)
     probabilities /= np.maximum(probabilities.sum(axis=0, keepdims=True), 1e-8)
+    labels[outside] = 0
     return labels, probabilities.astype(np.float32, copy=False)
+
+
+def outside_view(images: np.ndarray, *, share: float = 0.05) -> np.ndarray:
+    """Voxels outside the imaged object: every modality at its minimum, where that minimum is a background.
+
+    A channel's minimum counts as a constant background (air of a skull-stripped MRI,
+    padding, the outside of a field of view) when at least ``share`` of its voxels hold it;
+    a channel without one marks nothing outside.
+
+    Parameters
+    ----------
+    images : ndarray, shape (C, *S)
+    share : float
+        Smallest fraction of voxels at the minimum that makes it a background.
+
+    Returns
+    -------
+    ndarray of bool, shape (*S)
+    """
+    outside = np.ones(images.shape[1:], bool)
+    for channel in images:
+        at_minimum = channel == channel.min()
+        if at_minimum.mean() < share:
+            return np.zeros(images.shape[1:], bool)
+        outside &= at_minimum
+    return outside
 
 
 def uncertainty(probabilities, *, kind: str = "entropy") -> np.ndarray:
