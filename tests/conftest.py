@@ -5,7 +5,8 @@ default ``xcb`` platform aborts the whole run. There the tests fall back to Qt's
 ``offscreen`` platform: plain Qt widgets work, but it has no OpenGL, so napari's vispy canvas
 cannot draw a layer (``viewer.add_image`` fails on the first GL call) and ``viewer.screenshot``
 cannot work. Tests that need a napari viewer (the ``make_napari_viewer`` fixture or the
-``needs_canvas`` marker) are skipped there, and the run says so in one line at the end.
+``needs_canvas`` marker) are skipped there, and the run says so in one line at the end
+(``MMFUSE_REQUIRE_CANVAS=1`` makes it an error instead, as in ``.ci/run``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _has_screen() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     global _canvas
     _canvas = _has_screen()
+    if not _canvas and os.environ.get("MMFUSE_REQUIRE_CANVAS"):  # CI: never skip them silently
+        raise pytest.UsageError(
+            "no X display and no Xvfb, and MMFUSE_REQUIRE_CANVAS is set: "
+            "install xvfb (apt-get install xvfb) to run the widget tests"
+        )
     if not _canvas:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any QApplication exists
 
