@@ -525,6 +525,7 @@ class FuseWidget(QWidget):
         self.status.setText(tick.message)
 
     def _finished(self):
+        self.worker = None
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.fuse_button.setEnabled(True)
