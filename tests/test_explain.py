@@ -384,6 +384,8 @@ def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch
     assert widget.layer.itemData(widget.layer.count() - 1) == "networks.0.vit.blocks.11.attn"
     assert widget.rollout.isEnabled()
     widget.rollout.setChecked(True)
+    assert widget.target.currentData() == min(v for v in model.config.label_values if v)  # first foreground
+    widget.target.setCurrentIndex(widget.target.findData(2))
     widget.region.setCurrentIndex(1)
     widget.region_labels.set_layer(region_layer)
     qtbot.mouseClick(widget.run_button, Qt.LeftButton)

@@ -212,7 +212,8 @@ def test_bad_inputs_are_notified_and_nothing_is_lost(make_napari_viewer, qtbot, 
     explainer.layers.set_checked([t1])
     qtbot.mouseClick(explainer.run_button, Qt.LeftButton)
     assert explainer.worker is None and "takes 2 inputs" in errors[-1]
-    assert explainer.target.currentData() == 2  # the new session model's classes are shown
+    shown = [explainer.target.itemData(i) for i in range(explainer.target.count())]
+    assert shown == [1, 2] and explainer.target.currentData() == 1  # the new session model's classes are shown
     explainer.layers.set_checked([t1, t2])
     explainer.region.setCurrentIndex(2)
     qtbot.mouseClick(explainer.run_button, Qt.LeftButton)
@@ -258,6 +259,7 @@ def test_explain_3d_overlay(make_napari_viewer, qtbot, phantom):
     explainer = ExplainWidget(viewer)
     qtbot.addWidget(explainer)
     explainer.method.setCurrentIndex(explainer.method.findData("saliency"))
+    explainer.target.setCurrentIndex(explainer.target.findData(2))  # the lesion class
     explainer.region.setCurrentIndex(1)
     viewer.layers["lesion"].selected_label = 2
     explainer.region_labels.set_layer(viewer.layers["lesion"])

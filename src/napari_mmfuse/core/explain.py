@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import get_device
-from .segment import SegmentationNet, check_images
+from .segment import SegmentationNet, check_images, outside_view
 
 METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention")
 ATTRIBUTIONS = ("ablation", "ig")
@@ -714,6 +714,12 @@ def _prepare(model: SegmentationNet, images, region, margin):
     shape = images.shape[1:]
     if len(shape) != config.spatial_dims:
         raise ValueError(f"the model is {config.spatial_dims}D but the images are {len(shape)}D")
+    if region is None and not config.fixed_input:
+        # the whole image means the imaged object: voxels outside the field of view are not
+        # segmented (see segment.predict), so they are neither summed nor explained
+        outside = outside_view(images)
+        if outside.any() and not outside.all():
+            region = ~outside
     if region is not None:
         if isinstance(region, tuple) and len(region) == 2:
             region = box_region(shape, region)

@@ -56,19 +56,24 @@ class Session:
     model : tuple (model, list of str) or None
         The session's segmentation model and the names of the layers it takes, in
         channel order (set by Segment when it trains or loads one; read by Explain).
+    class_voxels : dict of int to int
+        How many voxels the model gave each class in its last segmentation (empty when
+        unknown), from which Explain guesses the class of interest.
     """
 
     def __init__(self):
         self._model = None
+        self.class_voxels: dict[int, int] = {}
         self._listeners: list = []
 
     @property
     def model(self):
         return self._model
 
-    def set_model(self, model, layer_names) -> None:
-        """Make ``model`` the session's model and tell every listener."""
+    def set_model(self, model, layer_names, class_voxels=None) -> None:
+        """Make ``model`` the session's model (with its last result's class sizes) and tell every listener."""
         self._model = (model, list(layer_names))
+        self.class_voxels = dict(class_voxels or {})
         alive = [ref for ref in self._listeners if ref() is not None]
         self._listeners = alive
         for ref in alive:

@@ -37,9 +37,10 @@ from qtpy.QtWidgets import (
 
 from ..core import explain, segment, space
 from ._layers import geometry_of, world_affine
-from ._pickers import LayerPicker
+from ._pickers import LayerChecklist, LayerPicker
+from ._session import same, session_of
 from ._workers import start_worker
-from .segment import LayerChecklist, choose_model_file, labels_on_grid, modality_stack, session_model
+from .segment import choose_model_file, labels_on_grid, modality_stack, session_model
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")
@@ -107,12 +108,42 @@ def box_from_shape(shapes_layer, shape, affine) -> tuple[tuple[int, ...], tuple[
     return tuple(low.tolist()), tuple(high.tolist())
 
 
+#: share of the progress bar taken by the explanation (the per-modality attribution follows)
+EXPLAIN_SHARE = 90
+
+
 def _explain_steps(model, images, options):
-    """Worker body: explanation, then per-modality attribution; a yield between is a cancel point."""
-    result = explain.explain(model, images, **options)
-    yield "explained"
+    """Worker body: explanation, then per-modality attribution.
+
+    Yields the percentage done (every yield is a cancel point); returns (Explanation, Attribution).
+    """
+    shown = 0
+    yield shown
+    steps = explain.explain_steps(model, images, **options)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        percent = int(EXPLAIN_SHARE * done / max(total, 1))
+        yield from range(shown + 1, percent + 1)  # one yield per percent: napari's bar counts yields
+        shown = max(shown, percent)
+    yield from range(shown + 1, EXPLAIN_SHARE + 1)
     attribution = explain.modality_attribution(model, images, target=options["target"], region=options["region"])
     return result, attribution
+
+
+def default_target(label_values, class_voxels=None) -> int:
+    """The class a user most likely wants explained: the object of interest, not its surroundings.
+
+    The smallest class of the model's last segmentation when its sizes are known (the
+    background surrounds the object), else the first foreground (non-zero) label.
+    """
+    foreground = [value for value in label_values if value != 0] or list(label_values)
+    if class_voxels and all(value in class_voxels for value in foreground):
+        return min(foreground, key=lambda value: class_voxels[value])
+    return foreground[0]
 
 
 class ExplainWidget(QWidget):
@@ -192,7 +223,13 @@ class ExplainWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.legend.itemChanged.connect(self._toggle)
+        session_of(viewer).on_model(self._on_session_model)
         self.refresh_model()
+
+    def _on_session_model(self) -> None:
+        """Segment trained or loaded a model: show it when the session's model is the source."""
+        if self.source.currentText() == SESSION and self.worker is None:
+            self.refresh_model()
 
     # ----------------------------------------------------------------- model
     def current_model(self):
@@ -205,7 +242,9 @@ class ExplainWidget(QWidget):
     def refresh_model(self, index=None, *, check_inputs: bool = True) -> None:
         """Show the chosen model's inputs and classes; fill the target and layer lists.
 
-        With ``check_inputs``, the layers the session's model was trained on are checked.
+        With ``check_inputs``, the layers named as the model's inputs (the layers the
+        session's model was trained on, or a file model's channel names) are checked in the
+        model's channel order. The target is chosen by :func:`default_target`.
         """
         model = self.current_model()
         self._shown_model = model
@@ -218,12 +257,15 @@ class ExplainWidget(QWidget):
         self.model_label.setText(f"inputs: {', '.join(config.channel_names)}; classes {config.label_values}")
         for value in config.label_values:
             self.target.addItem(str(value), value)
-        self.target.setCurrentIndex(self.target.count() - 1)
         entry = session_model(self.viewer)
-        if check_inputs and self.source.currentText() == SESSION and entry is not None:
-            by_name = {layer.name: layer for layer in self.viewer.layers}
-            if all(name in by_name for name in entry[1]):
-                self.layers.set_checked([by_name[name] for name in entry[1]])
+        from_session = self.source.currentText() == SESSION
+        sizes = session_of(self.viewer).class_voxels if from_session else None
+        self.target.setCurrentIndex(self.target.findData(default_target(config.label_values, sizes)))
+        names = entry[1] if from_session and entry is not None else config.channel_names
+        if check_inputs:
+            by_name = {layer.name: layer for layer in self.layers.layers()}
+            if all(name in by_name for name in names):
+                self.layers.set_checked([by_name[name] for name in names])
 
     def _fill_layers(self, index=None) -> None:
         """List the chosen model's convolutions (Grad-CAM) or attention blocks (attention)."""
@@ -313,14 +355,14 @@ class ExplainWidget(QWidget):
         context = {"layers": layers, "region": region_text, "method": method, "target": options["target"],
                    "label": label}
         worker = create_worker(_explain_steps, model, images, options,
-                               _progress={"total": 2, "desc": f"Explaining ({label})"})
-        worker.yielded.connect(lambda _: self.progress.setValue(1))
+                               _progress={"total": 100, "desc": f"Explaining ({label})"})
+        worker.yielded.connect(self.progress.setValue)
         worker.returned.connect(lambda result: self._on_result(*result, context))
         worker.errored.connect(lambda error: show_error(f"Explain failed: {error}"))
         worker.aborted.connect(lambda: show_info("Explain cancelled"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.progress.setRange(0, 2)
+        self.progress.setRange(0, 100)
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -338,7 +380,7 @@ class ExplainWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def _on_result(self, result, attribution, context) -> None:
-        self.progress.setValue(2)
+        self.progress.setValue(100)
         first = context["layers"][0]
         names = [layer.name for layer in context["layers"]]
         label = context["label"]
@@ -368,9 +410,21 @@ class ExplainWidget(QWidget):
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             item.setCheckState(Qt.Checked if layer.visible else Qt.Unchecked)
             self.legend.addItem(item)
+            layer.colorbar.visible = True  # the colour scale, drawn while the layer is shown
+            layer.events.visible.connect(self._sync_legend)
         self.overlays.extend(added)
 
     def _toggle(self, item) -> None:
         layer = item.data(Qt.UserRole)
         if layer is not None and layer in self.viewer.layers:
             layer.visible = item.checkState() == Qt.Checked
+
+    def _sync_legend(self, event=None) -> None:
+        """Tick the legend's entries as the layer list shows their layers (eye toggles included)."""
+        self.legend.blockSignals(True)
+        for row in range(self.legend.count()):
+            item = self.legend.item(row)
+            layer = item.data(Qt.UserRole)
+            if event is None or same(layer, event.source):
+                item.setCheckState(Qt.Checked if layer.visible else Qt.Unchecked)
+        self.legend.blockSignals(False)

@@ -77,9 +77,16 @@ def session_model(viewer):
     return session_of(viewer).model
 
 
-def remember_model(viewer, model, layer_names) -> None:
-    """Make ``model`` the session's current model (see :func:`session_model`)."""
-    session_of(viewer).set_model(model, layer_names)
+def remember_model(viewer, model, layer_names, labels=None) -> None:
+    """Make ``model`` the session's current model (see :func:`session_model`).
+
+    ``labels``, the model's segmentation of its inputs, tells Explain how large each class is.
+    """
+    counts = {}
+    if labels is not None:
+        values, sizes = np.unique(np.asarray(labels), return_counts=True)
+        counts = {int(v): int(n) for v, n in zip(values, sizes) if v != 0}
+    session_of(viewer).set_model(model, layer_names, counts)
 
 
 def strokes_layer(layers):
@@ -368,7 +375,7 @@ class SegmentWidget(QWidget):
 
     def _on_trained(self, model, labels, probabilities, context) -> None:
         self.model = model
-        remember_model(self.viewer, model, [layer.name for layer in context["layers"]])
+        remember_model(self.viewer, model, [layer.name for layer in context["layers"]], labels)
         self.status.setText(f"model: {model.config.architecture}, {model.config.fusion} fusion, inputs "
                             f"{', '.join(model.config.channel_names)}; classes {model.config.label_values}; "
                             f"final loss {self.curve.values[-1]:.3g}" if self.curve.values else "model trained")
