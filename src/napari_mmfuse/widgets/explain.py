@@ -10,6 +10,8 @@ and a bar chart of the per-modality attribution (channel ablation). Transformer 
 
 from __future__ import annotations
 
+import inspect
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -180,6 +183,10 @@ class ExplainWidget(QWidget):
         self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted; "
                               "attention: the transformer block whose attention is shown")
         self.rollout = QCheckBox("roll out across blocks")
+        default_steps = inspect.signature(explain.explain).parameters["steps"].default
+        self.path_points = QSpinBox(minimum=2, maximum=256, value=default_steps)
+        self.path_points.setToolTip("integrated gradients: points along the path from the baseline (each is one "
+                                    "pass of the network per window; fewer is faster and less exact)")
         self.rollout.setToolTip("attention: chain the blocks' attention up to the chosen one, with the skip "
                                 "connections (attention rollout)")
         self.run_button = QPushButton("Explain")
@@ -204,6 +211,7 @@ class ExplainWidget(QWidget):
         form.addRow("method", self.method)
         form.addRow("layer", self.layer)
         form.addRow("attention", self.rollout)
+        form.addRow("path points", self.path_points)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -273,6 +281,7 @@ class ExplainWidget(QWidget):
         model = self._shown_model
         method = self.method.currentData()
         self.rollout.setEnabled(method == "attention")
+        self.path_points.setEnabled(method == "ig")
         if model is None or model.config.architecture == "torchscript":
             return
         if method == "attention":
@@ -350,9 +359,11 @@ class ExplainWidget(QWidget):
             return None
         rollout = method == "attention" and self.rollout.isChecked()
         options = {"method": method, "target": self.target.currentData(), "region": region, "rollout": rollout,
+                   "steps": self.path_points.value(),
                    "layer": self.layer.currentData() if method.startswith("gradcam") or method == "attention" else None}
         label = METHOD_NAMES[method] + (" rollout" if rollout else "")
         context = {"layers": layers, "region": region_text, "method": method, "target": options["target"],
+                   "path_points": options["steps"] if method == "ig" else None,
                    "label": label}
         worker = create_worker(_explain_steps, model, images, options,
                                _progress={"total": 100, "desc": f"Explaining ({label})"})
@@ -386,6 +397,7 @@ class ExplainWidget(QWidget):
         label = context["label"]
         provenance = {"step": "explain", "method": context["method"], "target": int(context["target"]),
                       "region": context["region"], "inputs": names, "layer": result.layer,
+                      "path_points": context["path_points"],
                       "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
         # attention is a share of the most attended token's: shown on its own 0..1 scale, not stretched
         limits = {"contrast_limits": (0.0, 1.0)} if context["method"] == "attention" else {}
