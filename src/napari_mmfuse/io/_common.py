@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +143,115 @@ def refuse_overwrite(path: Path, overwrite: bool) -> None:
     """
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+#: Environment variable overriding :func:`memory_budget` (bytes, or a size such as "4G", "512M").
+BUDGET_VARIABLE = "MMFUSE_MEMORY_BUDGET"
+#: Fraction of the available memory a single read may use by default.
+BUDGET_FRACTION = 0.5
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"1234"``, ``"512M"``, ``"4G"``, ``"1.5GiB"`` or ``"2 TB"`` (binary multiples).
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is not such a size.
+    """
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if not match:
+        raise ValueError(f"{BUDGET_VARIABLE}={text!r} is not a size (bytes, or e.g. 512M, 4G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _available_memory() -> int | None:
+    """Available memory in bytes: /proc/meminfo MemAvailable, capped by a cgroup limit; psutil as a fallback."""
+    available = None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        available = None
+    if available is None:
+        try:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        except Exception:  # psutil absent or unsupported platform
+            return None
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            available = min(available, max(0, int(limit) - usage))
+        break
+    return available
+
+
+def memory_budget() -> int:
+    """Most bytes one read may allocate: ``MMFUSE_MEMORY_BUDGET`` if set, else half the available memory.
+
+    The available memory is /proc/meminfo's MemAvailable (capped by a cgroup v1/v2 limit),
+    or psutil's when there is no /proc; 2 GiB when neither says.
+
+    Raises
+    ------
+    ValueError
+        If ``MMFUSE_MEMORY_BUDGET`` is set but is not a size.
+    """
+    text = os.environ.get(BUDGET_VARIABLE, "").strip()
+    if text:
+        return parse_size(text)
+    available = _available_memory()
+    return int(BUDGET_FRACTION * available) if available else 2 * 2**30
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as a short human size ("3.2 GB")."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_budget(path, nbytes: float, what: str = "the image") -> None:
+    """Refuse (ReadError) to allocate ``nbytes`` for a read when it exceeds :func:`memory_budget`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file, named in the message.
+    nbytes : float
+        Bytes the read would allocate (the declared size: a lying header is refused too).
+    what : str
+        What would be allocated, for the message.
+    """
+    budget = memory_budget()
+    if nbytes > budget:
+        raise ReadError(
+            path,
+            f"{what} would take {format_bytes(nbytes)} in memory, over the {format_bytes(budget)} budget "
+            f"(set {BUDGET_VARIABLE} to change it)",
+        )
+
+
+def check_data_size(path, declared: float, present: float, what: str = "the header") -> None:
+    """Refuse (ReadError) a file whose data is shorter than its header declares: truncated or corrupt."""
+    if present < declared:
+        raise ReadError(
+            path,
+            f"truncated or corrupt: {what} declares {format_bytes(declared)} of pixel data "
+            f"but the file holds {format_bytes(present)}",
+        )
