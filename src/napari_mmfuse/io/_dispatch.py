@@ -183,7 +183,10 @@ def write(
             raise ValueError(f"{path.name}: a picture holds one 2D image; write volumes to .nii.gz or .tif")
         if data.dtype not in (np.uint8, np.uint16) or (data.dtype == np.uint16 and suffix != ".png"):
             raise ValueError(f"{path.name}: pictures hold 8-bit (or 16-bit PNG) pixels, not {data.dtype}")
-        iio.imwrite(path, data)
+        from .atomic import atomic_output
+
+        with atomic_output(path, overwrite=overwrite) as temporary:
+            iio.imwrite(temporary, data, extension=suffix)
         return path
     from .tiff import write_ome_tiff
 

@@ -150,5 +150,10 @@ def write_itk_image(path, data, affine, *, overwrite: bool = False) -> Path:
     image.SetSpacing([float(s) for s in spacing])
     image.SetOrigin([float(o) for o in origin])
     image.SetDirection([float(d) for d in direction.ravel()])
-    sitk.WriteImage(image, str(path), True)
+    from .atomic import atomic_output
+
+    # a detached header (.mhd/.nhdr) names its data file: both are written side by side, then moved
+    detached = path.suffix.lower() in (".mhd", ".nhdr")
+    with atomic_output(path, overwrite=overwrite, companions=detached) as temporary:
+        sitk.WriteImage(image, str(temporary), True)
     return path

@@ -462,5 +462,8 @@ def write_nifti(
         header["descrip"] = str(metadata["descrip"])[:80].encode("latin-1", "replace")
     if labels:
         header.set_intent("label")
-    nib.save(image, str(path))
+    from .atomic import atomic_output
+
+    with atomic_output(path, overwrite=overwrite) as temporary:  # the final name is renamed into place whole
+        nib.save(image, str(temporary))
     return path

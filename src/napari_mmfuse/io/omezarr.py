@@ -326,67 +326,70 @@ def write_ome_zarr(
     n_levels = pyramid_count(data.shape[y_axis : y_axis + 2], levels)
     labels = layer_type == "labels"
 
-    if path.is_file():
-        path.unlink()  # only reached with overwrite=True
-    group = zarr.open_group(str(path), mode="w" if overwrite else "w-", zarr_format=zarr_format)
-    spacing = np.ones(ndim)
-    spacing[ndim - n :] = spacing_of(affine)
-    origin = np.zeros(ndim)
-    origin[ndim - n :] = affine[:n, n]
-    level = data if isinstance(data, da.Array) else da.from_array(data)
-    datasets = []
-    for index in range(n_levels):
-        level_chunks = tuple(min(c, s) for c, s in zip(chunks, level.shape, strict=True))
-        options = (
-            {"dimension_names": list(names)}
-            if zarr_format == 3
-            else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-        )
-        array = group.create_array(
-            str(index), shape=level.shape, dtype=level.dtype, chunks=level_chunks, fill_value=0, **options
-        )
-        da.store(level.rechunk(level_chunks), array, lock=False)
-        factor = np.ones(ndim)
-        factor[y_axis : y_axis + 2] = 2.0**index
-        shift = np.zeros(ndim) if labels else spacing * (factor - 1) / 2  # block-mean pixel centres
-        datasets.append(
-            {
-                "path": str(index),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": (spacing * factor).tolist()},
-                    {"type": "translation", "translation": (origin + shift).tolist()},
-                ],
-            }
-        )
-        if index + 1 < n_levels:
-            level = downsample2(da.from_zarr(array), (y_axis, y_axis + 1), labels)
+    from .atomic import atomic_output
 
-    axes = []
-    for name in names:
-        axis = {"name": name, "type": _AXIS_TYPE[name]}
-        if axis["type"] == "space" and units != "pixel":
-            axis["unit"] = _NGFF_UNIT[units]
-        axes.append(axis)
-    multiscale = {
-        "name": _stem(path),
-        "axes": axes,
-        "datasets": datasets,
-        "type": "nearest" if labels else "mean",
-        "metadata": {"method": "napari_mmfuse 2x2 " + ("stride" if labels else "mean")},
-    }
-    ome: dict = {"multiscales": [multiscale]}
-    if "c" in names and channel_names is not None:
-        ome["omero"] = {"channels": [{"label": str(c), "color": "FFFFFF", "active": True} for c in channel_names]}
-    if labels:
-        ome["image-label"] = {}
-    if zarr_format == 2:
-        multiscale["version"] = "0.4"
+    # built in a hidden folder beside ``path`` and swapped in whole: an input that is ``path``
+    # is read (lazily, while the levels are stored) before the old folder is replaced
+    with atomic_output(path, overwrite=overwrite, folder=True) as target:
+        group = zarr.open_group(str(target), mode="w-", zarr_format=zarr_format)
+        spacing = np.ones(ndim)
+        spacing[ndim - n :] = spacing_of(affine)
+        origin = np.zeros(ndim)
+        origin[ndim - n :] = affine[:n, n]
+        level = data if isinstance(data, da.Array) else da.from_array(data)
+        datasets = []
+        for index in range(n_levels):
+            level_chunks = tuple(min(c, s) for c, s in zip(chunks, level.shape, strict=True))
+            options = (
+                {"dimension_names": list(names)}
+                if zarr_format == 3
+                else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            )
+            array = group.create_array(
+                str(index), shape=level.shape, dtype=level.dtype, chunks=level_chunks, fill_value=0, **options
+            )
+            da.store(level.rechunk(level_chunks), array, lock=False)
+            factor = np.ones(ndim)
+            factor[y_axis : y_axis + 2] = 2.0**index
+            shift = np.zeros(ndim) if labels else spacing * (factor - 1) / 2  # block-mean pixel centres
+            datasets.append(
+                {
+                    "path": str(index),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": (spacing * factor).tolist()},
+                        {"type": "translation", "translation": (origin + shift).tolist()},
+                    ],
+                }
+            )
+            if index + 1 < n_levels:
+                level = downsample2(da.from_zarr(array), (y_axis, y_axis + 1), labels)
+
+        axes = []
+        for name in names:
+            axis = {"name": name, "type": _AXIS_TYPE[name]}
+            if axis["type"] == "space" and units != "pixel":
+                axis["unit"] = _NGFF_UNIT[units]
+            axes.append(axis)
+        multiscale = {
+            "name": _stem(path),
+            "axes": axes,
+            "datasets": datasets,
+            "type": "nearest" if labels else "mean",
+            "metadata": {"method": "napari_mmfuse 2x2 " + ("stride" if labels else "mean")},
+        }
+        ome: dict = {"multiscales": [multiscale]}
+        if "c" in names and channel_names is not None:
+            ome["omero"] = {"channels": [{"label": str(c), "color": "FFFFFF", "active": True} for c in channel_names]}
         if labels:
-            ome["image-label"]["version"] = "0.4"
-        attributes = ome
-    else:
-        attributes = {"ome": {"version": "0.5", **ome}}
-    attributes[AFFINE_ATTRIBUTE] = affine.tolist()
-    attributes[UNITS_ATTRIBUTE] = units
-    group.attrs.update(attributes)
+            ome["image-label"] = {}
+        if zarr_format == 2:
+            multiscale["version"] = "0.4"
+            if labels:
+                ome["image-label"]["version"] = "0.4"
+            attributes = ome
+        else:
+            attributes = {"ome": {"version": "0.5", **ome}}
+        attributes[AFFINE_ATTRIBUTE] = affine.tolist()
+        attributes[UNITS_ATTRIBUTE] = units
+        group.attrs.update(attributes)
     return path

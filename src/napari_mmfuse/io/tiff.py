@@ -376,7 +376,13 @@ def write_ome_tiff(
     }
     bigtiff = data.nbytes * 4 / 3 > 2**31 - 2**25
     level = data
-    with tifffile.TiffWriter(path, bigtiff=bigtiff, ome=True) as writer:
+    from .atomic import atomic_output
+
+    # written under a hidden temporary name and renamed into place whole (an input may be this path)
+    with (
+        atomic_output(path, overwrite=overwrite) as temporary,
+        tifffile.TiffWriter(temporary, bigtiff=bigtiff, ome=True) as writer,
+    ):
         for index in range(n_levels):
             extra: dict = dict(options)
             if resolution:

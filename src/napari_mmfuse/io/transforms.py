@@ -83,8 +83,9 @@ def write_itk_transform(path, transform, *, overwrite: bool = False) -> Path:
             "",
         ]
     )
-    path.write_text(text)
-    return path
+    from .atomic import write_text
+
+    return write_text(path, text, overwrite=overwrite)
 
 
 def _parse_affine_text(text: str) -> np.ndarray | None:
@@ -198,8 +199,9 @@ def write_json_transform(path, transform, *, overwrite: bool = False, metadata: 
         "matrix_physical_xyz": to_physical(transform).tolist(),
         "metadata": metadata or {},
     }
-    path.write_text(json.dumps(content, indent=2))
-    return path
+    from .atomic import write_text
+
+    return write_text(path, json.dumps(content, indent=2), overwrite=overwrite)
 
 
 def read_json_transform(path) -> np.ndarray:
@@ -269,7 +271,10 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(origin.tolist())
     image.SetDirection(direction.ravel().tolist())
-    sitk.WriteImage(image, str(path), True)
+    from .atomic import atomic_output
+
+    with atomic_output(path, overwrite=overwrite, companions=path.suffix.lower() == ".mhd") as temporary:
+        sitk.WriteImage(image, str(temporary), True)
     return path
 
 
