@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 import zlib
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..core.space import (
     reorient_to_nearest,
     spacing_of,
 )
-from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
+from ._common import ImageRecord, ReadError, check_budget, check_data_size, refuse_overwrite, report_non_finite
 
 SUFFIXES = (".nii.gz", ".nii")
 #: Files smaller than this are read completely at once, so that truncation shows up here.
@@ -242,6 +243,48 @@ def _text(value) -> str:
     return str(raw).strip()
 
 
+def _check_declared_size(path: Path, header) -> None:
+    """Refuse a file whose header declares more data than the file holds, or than the memory budget allows.
+
+    A plain .nii is compared with its size (and read into memory only under the budget);
+    a .nii.gz is refused up front when the declared data exceeds the budget, then its
+    decompressed stream is counted (in blocks, nothing kept) and refused when it ends early.
+    """
+    try:
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = header.get_data_dtype().itemsize
+        offset = int(header.get_data_offset())
+        slope, inter = header.get_slope_inter()
+    except _NIBABEL_ERRORS as exc:
+        raise ReadError(path, f"invalid NIfTI header ({exc})") from exc
+    if any(n < 0 for n in shape):
+        raise ReadError(path, f"invalid NIfTI header (negative dimension in {shape})")
+    declared = float(np.prod(shape, dtype=np.float64)) * itemsize
+    scaled = (slope is not None and slope != 1) or (inter is not None and inter != 0)
+    in_memory = float(np.prod(shape, dtype=np.float64)) * (max(itemsize, 4) if scaled else itemsize)
+    if not path.name.lower().endswith(".gz"):
+        present = path.stat().st_size - offset
+        check_data_size(path, declared, present, f"the header ({'x'.join(map(str, shape))} {header.get_data_dtype()})")
+        if path.stat().st_size < EAGER_READ_BYTES:
+            check_budget(path, in_memory, f"the {'x'.join(map(str, shape))} image")
+        return
+    check_budget(path, in_memory, f"the {'x'.join(map(str, shape))} image")
+    needed = offset + int(declared)
+    seen = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while seen < needed:
+                block = stream.read(min(16 * 2**20, needed - seen))
+                if not block:
+                    break
+                seen += len(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ReadError(path, f"truncated or corrupt: the compressed stream breaks off ({exc})") from exc
+    check_data_size(
+        path, declared, max(0, seen - offset), f"the header ({'x'.join(map(str, shape))} {header.get_data_dtype()})"
+    )
+
+
 def read_nifti(path) -> list[ImageRecord]:
     """Read a NIfTI-1 or NIfTI-2 image (.nii or .nii.gz).
 
@@ -286,6 +329,7 @@ def read_nifti(path) -> list[ImageRecord]:
     if not isinstance(image.header, nib.Nifti1Header):
         raise ReadError(path, f"not a NIfTI image (nibabel sees {type(image).__name__})")
     header = image.header
+    _check_declared_size(path, header)
     try:
         nifti_affine, affine_source = _select_affine(header)
         space_unit, time_unit = header.get_xyzt_units()
