@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import check_writable, file_suffix
+from ._outputs import check_outputs, model_files
 
 # CLI flag -> (core keyword, methods that take it)
 _DENOISE_FLAGS = {
@@ -120,25 +121,60 @@ def write_result(path, data: np.ndarray, record, *, overwrite: bool, provenance:
     return write(path, data, record.affine, overwrite=overwrite, rgb=rgb, units=record.units, provenance=provenance)
 
 
-def run_denoise(args) -> int:
-    from ..core import denoise as core
-    from ..core.space import spacing_of
+def _denoise_params(args) -> dict:
+    """The method's keywords from the flags given, each checked against its declared range."""
+    from ..core.denoise import PARAMETER_RANGES
+    from ..core.params import check_parameter
 
-    output = Path(args.output)
-    _check_output(output, args.overwrite)
-    record, data = _read_one(args.input, args.series)
-    if record.rgb:
-        raise ValueError(f"{args.input} is RGB; denoising works on grey images (convert or split the channels)")
     params = {}
     for flag, (keyword, methods) in _DENOISE_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
             continue
+        name = f"--{flag.replace('_', '-')}"
         if args.method not in methods:
-            raise ValueError(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
-        params[keyword] = value
+            raise ValueError(f"{name} does not apply to --method {args.method}")
+        params[keyword] = check_parameter(name, value, PARAMETER_RANGES[keyword])
+    return params
+
+
+def _spacing(record, data: np.ndarray):
+    """World spacing of ``data``'s axes (the last ones of the record's grid), or None."""
+    from ..core.space import spacing_of
+
+    if record.spatial_ndim < data.ndim:
+        return None
+    spacing = spacing_of(record.affine)
+    if record.spatial_ndim == data.ndim + 1:  # a single slice: drop the flat axis
+        flat = record.level0.shape.index(1)
+        return np.delete(spacing, flat)
+    return spacing[-data.ndim :]
+
+
+def run_denoise(args) -> int:
+    from ..core import denoise as core
+    from ..core.device import get_device
+
+    output = Path(args.output)
+    saved = model_files(args.save_model) if args.save_model else []
+    check_outputs([("-o", output)] + [("--save-model", path) for path in saved],
+                  [args.input] + (model_files(args.model) if args.model else []), args.overwrite)
+    _check_output(output, args.overwrite)
+    params = _denoise_params(args)
     if args.method != "n2v" and (args.model or args.save_model):
         raise ValueError("--model and --save-model apply to --method n2v only")
+    get_device(args.device)
+    record, data = _read_one(args.input, args.series)
+    if record.rgb:
+        raise ValueError(f"{args.input} is RGB; denoising works on grey images (convert or split the channels)")
+    shape = data.shape
+    planar = data.ndim == 3 and 1 in shape and max(shape) > 1  # a single slice: denoised as 2D, written back
+    if planar:
+        flat = shape.index(1)
+        data = np.take(data, 0, axis=flat)
+    if args.method != "n2v":
+        spacing = _spacing(record, data)
+        core.check_distances(data.shape, spacing, args.method, params)
     if args.method == "n2v":
         if args.model:
             model = core.N2VModel.load(args.model, device=args.device)
@@ -156,12 +192,23 @@ def run_denoise(args) -> int:
                 print(f"model saved to {model.save(args.save_model)}", file=sys.stderr)
         result = model.predict(data, device=args.device)
     else:
-        spacing = spacing_of(record.affine)[-data.ndim :] if record.spatial_ndim == data.ndim else None
         result = core.denoise(data, args.method, spacing=spacing, device=args.device, **params)
+    if planar:
+        result = np.expand_dims(result, flat)
     provenance = {"step": "denoise", "method": args.method, "params": params, "input": str(args.input)}
     written = write_result(output, result, record, overwrite=args.overwrite, provenance=provenance)
     print(f"{written}: {args.method} {json.dumps(params)}")
     return 0
+
+
+def _check_normalize_params(args) -> None:
+    from ..core.normalize import PARAMETER_RANGES
+    from ..core.params import check_parameter
+
+    for key, spec in PARAMETER_RANGES.items():
+        check_parameter(f"--{key}", getattr(args, key), spec)
+    if args.low >= args.high:
+        raise ValueError(f"--low must be below --high, got --low {args.low:g} --high {args.high:g}")
 
 
 def run_normalize(args) -> int:
@@ -169,7 +216,9 @@ def run_normalize(args) -> int:
     from ..core.space import spacing_of
 
     output = Path(args.output)
+    check_outputs([("-o", output)], [args.input, args.reference], args.overwrite)
     _check_output(output, args.overwrite)
+    _check_normalize_params(args)
     record, data = _read_one(args.input, args.series)
     reference = _read_one(args.reference, 0)[1] if args.reference else None
     params: dict = {}

@@ -26,10 +26,64 @@ import torch
 import torch.nn.functional as F
 
 from .device import get_device, with_oom_retry
+from .params import ParameterRange
 
 #: Classical methods by name (see :func:`denoise`); "n2v" runs :func:`noise2void`.
 METHODS = ("gaussian", "median", "bilateral", "tv", "nlm", "diffusion", "n2v")
 DEFAULT_MAX_VOXELS = 2**22
+
+#: Allowed values of every method's numeric keyword (checked by callers before any work;
+#: distances are further bounded by the image's extent, see :func:`check_distances`).
+PARAMETER_RANGES: dict[str, ParameterRange] = {
+    "sigma": ParameterRange(float, 0.0, None, open_minimum=True),
+    "radius": ParameterRange(float, 0.0, None, open_minimum=True),
+    "sigma_spatial": ParameterRange(float, 0.0, None, open_minimum=True),
+    "sigma_range": ParameterRange(float, 0.0, None, open_minimum=True),
+    "weight": ParameterRange(float, 0.0, None, open_minimum=True),
+    "h": ParameterRange(float, 0.0, None, open_minimum=True),
+    "patch_radius": ParameterRange(float, 0.0, None),
+    "search_radius": ParameterRange(float, 0.0, None, open_minimum=True),
+    "kappa": ParameterRange(float, 0.0, None, open_minimum=True),
+    "n_iter": ParameterRange(int, 1, 10_000),
+    "steps": ParameterRange(int, 1, 1_000_000),
+    "patch": ParameterRange(int, 8, 1024),
+}
+
+#: Keywords that are distances in world units, per method (bounded by the image's extent).
+DISTANCE_PARAMETERS = {
+    "gaussian": ("sigma",),
+    "median": ("radius",),
+    "bilateral": ("sigma_spatial",),
+    "nlm": ("patch_radius", "search_radius"),
+}
+
+
+def check_distances(shape, spacing, method: str, params: dict) -> None:
+    """Refuse a distance parameter larger than the image (it would only cost memory and time).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    spacing : sequence of float or None
+        World size of a voxel per axis (None: pixels).
+    method : str
+    params : dict
+        The method's keywords.
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter and the largest allowed value (the image's largest extent).
+    """
+    spacing = _spacing(spacing, len(shape))
+    extent = float(max(n * s for n, s in zip(shape, spacing)))
+    for key in DISTANCE_PARAMETERS.get(method, ()):
+        value = params.get(key)
+        if value is not None and value > extent:
+            raise ValueError(
+                f"{key} {value:g} is larger than the image (largest extent {extent:g} world units); "
+                f"choose {key} <= {extent:g}"
+            )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -417,6 +471,7 @@ def denoise_steps(
     entry = _REGISTRY[method]
     array = check_image(image, min_size=1)
     spacing = _spacing(spacing, array.ndim)
+    check_distances(array.shape, spacing, method, params)
     check_image(array, min_size=entry.min_size(spacing, **params))
     kernel, halo = entry.build(array, spacing, **params)
     return (yield from _run_slabs(kernel, array, halo=halo, device=device, max_voxels=max_voxels))
@@ -906,8 +961,11 @@ class N2VModel:
         stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
         stem.parent.mkdir(parents=True, exist_ok=True)
         weights = stem.with_suffix(".pt")
-        torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, weights)
-        stem.with_suffix(".json").write_text(self.config.to_json())
+        from ..io.atomic import atomic_output, write_text
+
+        with atomic_output(weights, overwrite=True) as temporary:  # each file renamed into place whole
+            torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, temporary)
+        write_text(stem.with_suffix(".json"), self.config.to_json(), overwrite=True)
         return weights
 
     @classmethod

@@ -37,14 +37,32 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(choice)
+    try:
+        device = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {choice!r}; choose one of {available_devices()}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {choice!r}; choose one of {available_devices()}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {choice!r} requested but CUDA is not available; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {choice!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"choose one of {available_devices()}")
     if device.type == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     ):
         raise ValueError(f"device {choice!r} requested but MPS is not available; use 'cpu'")
     return device
+
+
+def available_devices() -> list[str]:
+    """Names of the devices present: "cpu", then "cuda" and "cuda:N" per GPU, then "mps"."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
 
 
 def is_out_of_memory(error: BaseException) -> bool:

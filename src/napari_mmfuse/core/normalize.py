@@ -12,8 +12,16 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from .params import ParameterRange
+
 #: Methods of :func:`normalize` by name.
 METHODS = ("percentile", "zscore", "histogram", "n4", "macenko", "reinhard")
+#: Allowed values of the methods' numeric keywords (checked by callers before any work).
+PARAMETER_RANGES = {
+    "low": ParameterRange(float, 0.0, 100.0),
+    "high": ParameterRange(float, 0.0, 100.0),
+    "degree": ParameterRange(int, 1, 5),
+}
 GREY_METHODS = ("percentile", "zscore", "histogram", "n4")
 RGB_METHODS = ("macenko", "reinhard")
 
@@ -127,6 +135,11 @@ def match_histogram(image, reference) -> np.ndarray:
     """
     array = _grey(image)
     ref = _grey(reference, "reference")
+    if float(ref.max()) == float(ref.min()):
+        raise ValueError(
+            f"the reference image is constant (every pixel = {float(ref.min()):g}); "
+            "matching its histogram would make the image constant: choose a reference with contrast"
+        )
     values, inverse, counts = np.unique(array.ravel(), return_inverse=True, return_counts=True)
     ref_values, ref_counts = np.unique(ref.ravel(), return_counts=True)
     quantiles = np.cumsum(counts) / array.size
