@@ -293,6 +293,9 @@ def read_displacement_field(path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such displacement field: {path}")
+    from .itkimage import check_itk_file
+
+    check_itk_file(path)  # truncated or corrupt files, lying headers: one ReadError before any allocation
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
