@@ -22,7 +22,7 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
 
 from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
-from ._common import ImageRecord, ReadError
+from ._common import ImageRecord, ReadError, check_budget, format_bytes
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _MODALITIES = {"PT": "PET", "NM": "SPECT", "SM": "microscopy"}
@@ -454,6 +454,7 @@ def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
                 raise ReadError(file, f"decoded frame has shape {frame.shape[:2]}, header says {item.shape}")
             if out is None:
                 dtype = np.float32 if rescale and frame.ndim == 2 else frame.dtype
+                check_budget(file, len(ordered) * frame.size * np.dtype(dtype).itemsize, f"the {len(ordered)}-slice stack")
                 out = np.empty((len(ordered),) + frame.shape, dtype=dtype)
             elif frame.shape != out.shape[1:]:
                 raise ReadError(file, f"frame shape {frame.shape} differs from the rest of its series {out.shape[1:]}")
@@ -466,10 +467,71 @@ def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
     return out, bool(rescale and out.ndim == 3)
 
 
+def _frame_bytes(dataset) -> int:
+    """Bytes of one decoded frame as the header declares it (Rows x Columns x samples x bytes per sample)."""
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples = int(dataset.get("SamplesPerPixel") or 1)
+        bits = int(dataset.get("BitsAllocated") or 8)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise ReadError(dataset.filename, f"invalid image size in the header ({error})") from error
+    if min(rows, columns, samples, bits) <= 0:
+        raise ReadError(dataset.filename, f"invalid image size in the header ({rows}x{columns}, {samples} samples)")
+    return rows * columns * samples * max(1, -(-bits // 8))
+
+
+def _check_pixel_header(file: Path, dataset, n_frames: int) -> None:
+    """Compare Rows x Columns x frames x bits with the pixel data present, and the decoded size with the budget.
+
+    Native pixel data must hold every declared byte; for JPEG-family encapsulated data the
+    first frame's own JPEG header must give the declared Rows and Columns (the
+    compressed length bounds nothing exactly).
+    """
+    if "PixelData" not in dataset:
+        raise ReadError(file, "no pixel data element (the file may be truncated)")
+    frame_bytes = _frame_bytes(dataset)
+    declared_frames = int(dataset.get("NumberOfFrames") or 1)
+    check_budget(file, n_frames * frame_bytes, f"{n_frames} decoded {dataset.Rows}x{dataset.Columns} frame(s)")
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or not UID(syntax).is_encapsulated:
+        bits = int(dataset.get("BitsAllocated") or 8)
+        pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1) * declared_frames
+        needed = -(-pixels * bits // 8)
+        present = len(dataset.PixelData)
+        if present < needed:
+            raise ReadError(
+                file,
+                f"truncated or corrupt: {declared_frames} frame(s) of {dataset.Rows}x{dataset.Columns} need "
+                f"{format_bytes(needed)} of pixel data, the file holds {format_bytes(present)}",
+            )
+        return
+    if not str(syntax).startswith("1.2.840.10008.1.2.4."):
+        return
+    try:
+        from pydicom.encaps import generate_frames
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        first = next(generate_frames(dataset.PixelData, number_of_frames=declared_frames))
+        params = _get_jpg_parameters(first)
+    except Exception:  # a private helper or a malformed stream: the decoder reports it
+        return
+    height, width = params.get("height"), params.get("width")
+    if height and width and (height, width) != (int(dataset.Rows), int(dataset.Columns)):
+        raise ReadError(
+            file,
+            f"corrupt: the header declares {dataset.Rows}x{dataset.Columns} frames, its JPEG data holds {height}x{width}",
+        )
+
+
 def _frames(file: Path, indices: list[int]):
     """Decoded frames ``indices`` (sorted) of one file, as ReadError on any failure."""
     try:
         dataset = pydicom.dcmread(file)
+    except Exception as error:  # pydicom raises many types on corrupt files
+        raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
+    _check_pixel_header(file, dataset, len(indices))
+    try:
         frames = list(iter_pixels(dataset, indices=indices))
     except Exception as error:  # pydicom and its decoders raise many types
         raise ReadError(file, f"pixel data cannot be read ({type(error).__name__}: {error})") from error
@@ -507,6 +569,7 @@ def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> I
     if len(planes) > 1:
         warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=3)
     wanted = [f for f, (_, _, _, z) in enumerate(layout) if z == planes[0]]
+    _check_slide_size(file, dataset, layout, wanted, tile, total, len(path_ids))
     frames = dict(zip(wanted, _frames(file, wanted)))
 
     if not declared:
@@ -584,6 +647,47 @@ def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> I
         channel_names=path_names[: out.shape[0]] if multichannel else None,
         rgb=samples == 3,
     )
+
+
+#: A slide whose tiles cover less than this fraction of its declared matrix is not assembled ...
+MIN_SLIDE_COVERAGE = 0.5
+#: ... when the assembled matrix would exceed this many bytes (a small sparse slide is filled in).
+SPARSE_SLIDE_BYTES = 64 * 2**20
+
+
+def _check_slide_size(file: Path, dataset, layout, wanted, tile, total, n_paths: int) -> None:
+    """Compare the declared total pixel matrix with the tiles actually present, before allocating it.
+
+    Every tile must start inside the matrix; the matrix must fit the memory budget; and a
+    matrix over :data:`SPARSE_SLIDE_BYTES` whose tiles cover under :data:`MIN_SLIDE_COVERAGE`
+    of it is refused as a lying (or very sparse) header rather than filled with blank pixels.
+    """
+    if min(total) <= 0 or min(tile) <= 0:
+        raise ReadError(file, f"invalid slide size: {total[1]}x{total[0]} matrix of {tile[1]}x{tile[0]} tiles")
+    frame_bytes = _frame_bytes(dataset)
+    pixel_bytes = frame_bytes / (tile[0] * tile[1])
+    covered: set = set()
+    area = 0
+    for index in wanted:
+        row, col, identifier, _ = layout[index]
+        if not (0 <= row < total[0] and 0 <= col < total[1]):
+            raise ReadError(
+                file, f"corrupt: frame {index + 1} sits at row {row + 1}, column {col + 1}, outside the "
+                f"{total[1]}x{total[0]} matrix"
+            )
+        if (row, col, identifier) not in covered:
+            covered.add((row, col, identifier))
+            area += min(tile[0], total[0] - row) * min(tile[1], total[1] - col)
+    matrix = float(total[0]) * total[1] * n_paths
+    assembled = matrix * pixel_bytes
+    check_budget(file, assembled + len(wanted) * frame_bytes, f"the {total[1]}x{total[0]} slide")
+    if assembled > SPARSE_SLIDE_BYTES and area < MIN_SLIDE_COVERAGE * matrix:
+        raise ReadError(
+            file,
+            f"the header declares a {total[1]}x{total[0]} pixel matrix ({format_bytes(assembled)}) but its "
+            f"{len(covered)} tile(s) of {tile[1]}x{tile[0]} cover {100 * area / matrix:.2g} % of it; not assembled "
+            "(truncated file or lying header)",
+        )
 
 
 def _tile_layout(
