@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import check_writable, file_suffix
+from ._outputs import check_outputs
 
 
 
@@ -82,6 +83,18 @@ def write_image(
     return write(path, data, affine, overwrite=overwrite, rgb=rgb, units=units, provenance=provenance)
 
 
+def _weight_paths(prefix, paths: list[Path], output: Path) -> list[Path]:
+    """The contribution maps ``--weights-out PREFIX`` writes: ``PREFIX_<i>_<input stem><output suffix>``."""
+    if not prefix:
+        return []
+    suffix = file_suffix(output)
+    targets = []
+    for i, path in enumerate(paths):
+        stem = path.name[: -len(file_suffix(path))] if file_suffix(path) else path.name
+        targets.append(Path(f"{prefix}_{i}_{stem}{suffix}"))
+    return targets
+
+
 def run_fuse(args) -> int:
     from ..core import fuse as fz
 
@@ -89,6 +102,8 @@ def run_fuse(args) -> int:
     if len(paths) < 2:
         raise ValueError(f"fuse needs at least two images, got {len(paths)}")
     output = Path(args.output)
+    check_outputs([("-o", output)] + [("--weights-out", p) for p in _weight_paths(args.weights_out, paths, output)],
+                  paths, args.overwrite)
     check_writable(output, args.overwrite)
     reference_index = 0
     if args.reference is not None:
@@ -154,10 +169,7 @@ def run_fuse(args) -> int:
     written = [write_image(output, result.fused, reference.affine, rgb=rgb, units=reference.units,
                            overwrite=args.overwrite, provenance=provenance)]
     if args.weights_out:
-        suffix = file_suffix(output)
-        for i, path in enumerate(paths):
-            stem = path.name[: -len(file_suffix(path))] if file_suffix(path) else path.name
-            target = Path(f"{args.weights_out}_{i}_{stem}{suffix}")
+        for i, (path, target) in enumerate(zip(paths, _weight_paths(args.weights_out, paths, output))):
             meta = dict(provenance, step="fuse contribution", input=str(path))
             written.append(write_image(target, result.weights[i], reference.affine, rgb=False,
                                        units=reference.units, overwrite=args.overwrite, provenance=meta))

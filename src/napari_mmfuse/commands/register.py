@@ -30,6 +30,7 @@ from ..core.lazy import (
     output_level_index,
 )
 from ..io import check_writable
+from ._outputs import check_outputs
 
 
 def add_parser(subparsers) -> None:
@@ -237,6 +238,11 @@ def run_register(args) -> int:
     from ..core.register import register
     from ..io.transforms import read_transform, write_displacement_field, write_transform
 
+    check_outputs(
+        [("-o", args.output), ("--transform", args.transform), ("--displacement", args.displacement)],
+        [args.fixed, args.moving, args.init, args.fixed_mask, args.moving_mask],
+        args.overwrite,
+    )
     check_writable(args.output, args.overwrite)
     if args.displacement and args.model != "deformable":
         raise ValueError("--displacement needs --model deformable")
@@ -311,6 +317,7 @@ def run_landmarks(args) -> int:
     from ..core.register import fit_landmarks
     from ..io.transforms import write_transform
 
+    check_outputs([("--transform", args.transform)], [args.fixed, args.moving], args.overwrite)
     _check_outputs([args.transform], args.overwrite)
     fixed = read_points_csv(args.fixed)
     moving = read_points_csv(args.moving)
@@ -329,6 +336,9 @@ def run_transform(args) -> int:
     from ..core.space import resample
     from ..io.transforms import read_displacement_field, read_transform
 
+    check_outputs(
+        [("-o", args.output)], [args.moving, args.transform, args.displacement, args.reference], args.overwrite
+    )
     check_writable(args.output, args.overwrite)
     _check_outputs([args.output], args.overwrite)
     transform = read_transform(args.transform)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._outputs import check_outputs, model_files
+
 NIFTI = (".nii", ".nii.gz")
 
 
@@ -140,6 +142,9 @@ def run_segment(args) -> int:
     from ..core import segment
     from ..io.nifti import write_nifti
 
+    saved = [("--save-model", path) for path in model_files(args.save_model)] if args.save_model else []
+    check_outputs([("-o", args.output), ("--probabilities", args.probabilities)] + saved,
+                  [*args.images, args.scribbles, args.model] + (model_files(args.model) if args.model else []), args.overwrite)
     output = _check_output(args.output, args.overwrite)
     probabilities_path = _check_output(args.probabilities, args.overwrite) if args.probabilities else None
     if args.method != "unet" and (args.model or args.save_model or args.probabilities):
@@ -192,8 +197,11 @@ def run_segment(args) -> int:
 
 def run_explain(args) -> int:
     from ..core import explain, segment
+    from ..io.atomic import write_text
     from ..io.nifti import write_nifti
 
+    check_outputs([("-o", args.output), ("--attribution-json", args.attribution_json)],
+                  [*args.images, args.roi, *model_files(args.model)], args.overwrite)
     output = _check_output(args.output, args.overwrite)
     if args.attribution_json:
         attribution_path = Path(args.attribution_json)
@@ -220,7 +228,7 @@ def run_explain(args) -> int:
             "attribution": [float(v) for v in attribution.scores],
             "raw": [float(v) for v in attribution.raw],
         }
-        attribution_path.write_text(json.dumps(summary, indent=2))
+        write_text(attribution_path, json.dumps(summary, indent=2), overwrite=args.overwrite)
         for path, score in zip(args.images, attribution.scores):
             print(f"  {path}: {score:.3f}")
         print(f"wrote {attribution_path}")

@@ -911,8 +911,11 @@ def save_model(model: SegmentationNet, path, *, overwrite: bool = False) -> tupl
     if model.config.architecture == "torchscript":
         raise ValueError("a TorchScript model is already a file; keep using that file")
     weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-    config.write_text(model.config.to_json())
+    from ..io.atomic import atomic_output, write_text
+
+    with atomic_output(weights, overwrite=overwrite) as temporary:  # each file renamed into place whole
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, temporary)
+    write_text(config, model.config.to_json(), overwrite=overwrite)
     return weights, config
 
 

@@ -1,0 +1,103 @@
+"""Check every output location of a command before its work starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file or folder (existing or not)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _writable_folder(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, so read-only mounts count too)."""
+    probe = folder / f".mmfuse-probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+    return True
+
+
+def check_outputs(outputs: Iterable, inputs: Iterable = (), overwrite: bool = False) -> list[Path]:
+    """Refuse, before any work, outputs that cannot or must not be written.
+
+    Parameters
+    ----------
+    outputs : iterable of (label, path) pairs or paths
+        Every file or folder the command writes (``-o`` and each secondary output);
+        ``None`` paths (options not given) are skipped. ``label`` names the option in
+        messages (e.g. ``"--probabilities"``).
+    inputs : iterable of paths
+        The command's input files and folders (``None`` skipped).
+    overwrite : bool
+        Whether ``--overwrite`` was given.
+
+    Returns
+    -------
+    list of Path
+        The outputs checked.
+
+    Raises
+    ------
+    ValueError
+        If two outputs are the same path.
+    FileNotFoundError
+        If an output's folder does not exist.
+    PermissionError
+        If an output's folder is not writable.
+    FileExistsError
+        If an output exists (or is one of the inputs) and ``overwrite`` is False.
+
+    Notes
+    -----
+    An output that is also an input is allowed with ``--overwrite``: the writers build
+    the result under a temporary name and rename it into place once it is complete
+    (:mod:`napari_mmfuse.io.atomic`), so the input is read whole first.
+    """
+    labelled = []
+    for item in outputs:
+        label, path = item if isinstance(item, tuple) else ("-o", item)
+        if path is not None:
+            labelled.append((label, Path(path)))
+    input_paths = [Path(p) for p in inputs if p is not None]
+    for index, (label, path) in enumerate(labelled):
+        for other_label, other in labelled[:index]:
+            if _same(path, other):
+                raise ValueError(f"{other_label} and {label} both name {path}; give each output its own file")
+        folder = path.parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"cannot write {label} {path}: the folder {folder} does not exist")
+        if not _writable_folder(folder):
+            raise PermissionError(f"cannot write {label} {path}: the folder {folder} is not writable")
+        if overwrite:
+            continue
+        for source in input_paths:
+            if _same(path, source):
+                raise FileExistsError(
+                    f"{label} {path} is also an input; pass --overwrite to replace it "
+                    "(the result is computed in full before it replaces the input)"
+                )
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    return [path for _, path in labelled]
+
+
+def model_files(stem) -> list[Path]:
+    """The two files a saved model stem names: ``<stem>.pt`` and ``<stem>.json``."""
+    path = Path(stem)
+    stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
+    return [stem.with_suffix(".pt"), stem.with_suffix(".json")]
