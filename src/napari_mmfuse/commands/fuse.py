@@ -97,6 +97,7 @@ def _weight_paths(prefix, paths: list[Path], output: Path) -> list[Path]:
 
 def run_fuse(args) -> int:
     from ..core import fuse as fz
+    from ..core.device import get_device
 
     paths = [Path(p) for p in args.inputs]
     if len(paths) < 2:
@@ -113,6 +114,9 @@ def run_fuse(args) -> int:
         reference_index = matches[0]
     if args.modality is not None and len(args.modality) != len(paths):
         raise ValueError(f"--modality needs one value per input ({len(paths)}), got {len(args.modality)}")
+    for name in args.modality or []:
+        fz.check_modality(name)
+    get_device(args.device)
     pairs = [item.split("=", 1) for item in args.param]
     if any(len(p) != 2 for p in pairs):
         raise ValueError("--param takes KEY=VALUE")
@@ -200,6 +204,14 @@ def _volume_metrics(records, images, modalities, mi_base: float) -> dict[str, fl
     from ..core.fuse import resample_to_reference, result_metrics
 
     fused = images[-1]
+    low, high = float(np.min(fused)), float(np.max(fused))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("the fused image holds NaN/Inf values; fill them first (e.g. numpy.nan_to_num)")
+    if high == low:
+        raise ValueError(
+            f"the fused image is constant (all {'zeros' if low == 0 else f'{low:g}'}): there is nothing to measure; "
+            "check that the fusion wrote its result"
+        )
     rgb = [r.rgb for r in records]
     prepared = resample_to_reference(
         images,
@@ -213,12 +225,15 @@ def _volume_metrics(records, images, modalities, mi_base: float) -> dict[str, fl
 
 
 def run_metrics(args) -> int:
+    from ..core.fuse import check_modality
     from ..core.quality import fusion_metrics
 
     if len(args.inputs) < 3:
         raise ValueError("fuse-metrics needs at least two sources and the fused image: A B FUSED")
     if args.modality is not None and len(args.modality) != len(args.inputs) - 1:
         raise ValueError(f"--modality needs one value per source ({len(args.inputs) - 1}), got {len(args.modality)}")
+    for name in args.modality or []:
+        check_modality(name)
     records, images = zip(*(_read(path) for path in args.inputs))
     mi_base = math.e if args.nats else 2.0
     dimensions = {r.spatial_ndim for r in records}

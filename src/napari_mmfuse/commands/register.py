@@ -234,6 +234,28 @@ def _lazy_output(moving: SourceImage, transform, reference: SourceImage, displac
     )
 
 
+def _check_register_params(args) -> None:
+    """``--levels``, ``--iterations`` and ``--max-size`` against their declared ranges."""
+    from ..core.params import check_parameter
+    from ..core.register.driver import PARAMETER_RANGES
+
+    for key, spec in PARAMETER_RANGES.items():
+        check_parameter(f"--{key.replace('_', '-')}", getattr(args, key), spec)
+
+
+def _capped_levels(levels: int, *shapes) -> int:
+    """``levels`` capped so the coarsest level keeps a few voxels per axis (with a note when capped)."""
+    from ..core.register.driver import MIN_COARSEST_SIDE, max_levels
+
+    most = max_levels(*shapes)
+    if levels > most:
+        side = min(min(shape) for shape in shapes)
+        print(f"note: --levels {levels} capped to {most}: the coarsest level keeps at least "
+              f"{MIN_COARSEST_SIDE} voxels per axis (smallest side {side})")
+        return most
+    return levels
+
+
 def run_register(args) -> int:
     from ..core.register import register
     from ..io.transforms import read_transform, write_displacement_field, write_transform
@@ -244,6 +266,7 @@ def run_register(args) -> int:
         args.overwrite,
     )
     check_writable(args.output, args.overwrite)
+    _check_register_params(args)
     if args.displacement and args.model != "deformable":
         raise ValueError("--displacement needs --model deformable")
     _check_outputs([args.output, args.transform, args.displacement], args.overwrite)
@@ -254,6 +277,7 @@ def run_register(args) -> int:
             print(f"registering {path} on pyramid level {index} of {len(source.levels)}, shape {source.level_shapes()[index]}")
     fixed_gray, fixed_affine = registration_image(fixed, fixed_index)
     moving_gray, moving_affine = registration_image(moving, moving_index)
+    levels = _capped_levels(args.levels, fixed_gray.shape, moving_gray.shape)
     result = register(
         fixed_gray,
         fixed_affine,
@@ -261,7 +285,7 @@ def run_register(args) -> int:
         moving_affine,
         model=args.model,
         metric=args.metric,
-        levels=args.levels,
+        levels=levels,
         iterations=args.iterations,
         init=None if args.init is None else read_transform(args.init),
         fixed_mask=_mask(args.fixed_mask, fixed, fixed_index, "fixed"),
@@ -332,6 +356,23 @@ def run_landmarks(args) -> int:
     return 0
 
 
+def _check_transform_overlap(moving: SourceImage, transform, reference: SourceImage, args) -> None:
+    """Refuse, as ``register`` does, a moving image that the transform places off the reference.
+
+    With a displacement field the linear part alone does not say where voxels land; not checked.
+    """
+    from ..core.space import overlap_fraction
+
+    if args.displacement or moving.ndim != reference.ndim:
+        return
+    placed = np.linalg.inv(transform) @ moving.affine
+    if overlap_fraction(reference.shape, reference.affine, moving.shape, placed) == 0:
+        raise ValueError(
+            f"{args.moving} does not overlap the reference {args.reference} in world space under this transform "
+            "(the output would be all zeros); check the images' placement (origin/units) and the transform"
+        )
+
+
 def run_transform(args) -> int:
     from ..core.space import resample
     from ..io.transforms import read_displacement_field, read_transform
@@ -345,6 +386,7 @@ def run_transform(args) -> int:
     moving, reference = open_image(args.moving), open_image(args.reference)
     if transform.shape[0] - 1 != reference.ndim:
         raise ValueError(f"the transform is {transform.shape[0] - 1}D but the reference {reference.ndim}D")
+    _check_transform_overlap(moving, transform, reference, args)
     field, field_affine = read_displacement_field(args.displacement) if args.displacement else (None, None)
     if moving.multiscale or reference.multiscale:
         out = _lazy_output(moving, transform, reference, field, field_affine, args.interpolation)

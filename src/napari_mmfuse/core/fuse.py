@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from . import space
 from .device import get_device
+from .params import ParameterRange, check_parameter
 
 # benchmarks/bench_fuse.py (Harvard MRI-CT/PET/SPECT and the head phantom): the Laplacian
 # pyramid has Q^AB/F 0.620 / 0.760 / 0.710 and the highest SCD of the blending methods in
@@ -810,6 +811,43 @@ PARAMETER_CHOICES = {
     "inner": tuple(METHODS),
 }
 """Allowed values of the string parameters (the widget and the CLI offer these)."""
+PARAMETER_RANGES: dict[str, ParameterRange] = {
+    # laplacian, wavelet
+    "levels": ParameterRange(int, 1, 10),
+    # laplacian, activity
+    "consistency": ParameterRange(int, 0, 25),
+    # activity
+    "radius": ParameterRange(int, 0, 100),
+    # guided
+    "r1": ParameterRange(int, 1, 500),
+    "eps1": ParameterRange(float, 0.0, None, open_minimum=True),
+    "r2": ParameterRange(int, 1, 500),
+    "eps2": ParameterRange(float, 0.0, None, open_minimum=True),
+    # saliency
+    "sigma": ParameterRange(float, 0.0, 1000.0, open_minimum=True),
+    "smooth": ParameterRange(float, 0.0, 1000.0, open_minimum=True),
+    # learned
+    "n_iter": ParameterRange(int, 1, 100_000),
+    "lr": ParameterRange(float, 0.0, 10.0, open_minimum=True),
+    "width": ParameterRange(int, 1, 256),
+    "crop": ParameterRange(int, 8, 1024),
+    "w_ssim": ParameterRange(float, 0.0, None),
+    "w_grad": ParameterRange(float, 0.0, None),
+    "w_intensity": ParameterRange(float, 0.0, None),
+    "seed": ParameterRange(int, 0, 2**32 - 1),
+    # average (each of the comma-separated weights)
+    "weights": ParameterRange(float, 0.0, None),
+}
+"""Allowed values of the numeric parameters, by name (the CLI checks ``--param`` values against these)."""
+MODALITIES = ("MR", "MRI", "CT", "PET", "SPECT", "NM", "US", "XR", "CR", "DX", "MG", "OT")
+"""Modality names the CLI accepts (case-insensitive); :func:`intensity_window` gives CT, PET,
+SPECT and NM their own windows, the others percentiles."""
+
+
+def check_modality(name: str | None) -> None:
+    """Refuse a modality name that is not one of :data:`MODALITIES` (None: unknown, allowed)."""
+    if name is not None and name.upper() not in MODALITIES:
+        raise ValueError(f"unknown modality {name!r}; choose one of {', '.join(MODALITIES)}")
 
 
 def parse_parameter(method: str, key: str, text: str, *, inner: str | None = None):
@@ -831,12 +869,17 @@ def parse_parameter(method: str, key: str, text: str, *, inner: str | None = Non
     if key not in defaults and not (method == "average" and key == "weights"):
         raise ValueError(f"method {method!r} has no parameter {key!r}; it takes {sorted(defaults)}")
     if key == "weights":
-        return [float(v) for v in text.split(",")]
+        weights = [check_parameter(key, v, PARAMETER_RANGES[key]) for v in text.split(",")]
+        if not sum(weights) > 0:
+            raise ValueError(f"weights must not all be 0, got {text}")
+        return weights
     default = defaults[key]
     if key in PARAMETER_CHOICES:
         if text not in PARAMETER_CHOICES[key]:
             raise ValueError(f"{key} must be one of {list(PARAMETER_CHOICES[key])}, not {text!r}")
         return text
+    if key in PARAMETER_RANGES:
+        return check_parameter(key, text, PARAMETER_RANGES[key])
     if default is None or isinstance(default, int) and not isinstance(default, bool):
         return int(text)
     return float(text)

@@ -133,6 +133,22 @@ def _matrix_from_sitk(transform, n: int) -> np.ndarray:
     return matrix
 
 
+def _refuse_plain_list(path: Path, text: str) -> None:
+    """Refuse a text file of several transforms that is not one CompositeTransform.
+
+    ITK writes a composite as a ``CompositeTransform_*`` block followed by its parts; a plain
+    list of ``#Transform`` blocks has no agreed order of application, and SimpleITK reads
+    only its first transform (with a warning), which would silently drop the others.
+    """
+    kinds = [line.partition(":")[2].strip() for line in text.splitlines() if line.partition(":")[0].strip() == "Transform"]
+    if len(kinds) > 1 and not kinds[0].startswith("CompositeTransform"):
+        raise ValueError(
+            f"{path} holds {len(kinds)} transforms ({', '.join(kinds)}) without a CompositeTransform header: "
+            "ITK/SimpleITK would read only the first; compose them into one transform "
+            "(or save them as a SimpleITK CompositeTransform) first"
+        )
+
+
 def read_itk_transform(path) -> np.ndarray:
     """Read a linear ITK transform file as a napari-order matrix (fixed -> moving world).
 
@@ -159,6 +175,7 @@ def read_itk_transform(path) -> np.ndarray:
         text = path.read_text(errors="replace")
         if not text.lstrip().startswith("#Insight Transform File"):
             raise ValueError(f"{path} is not an ITK transform file (no '#Insight Transform File' header)")
+        _refuse_plain_list(path, text)
         matrix = _parse_affine_text(text)
         if matrix is not None:
             return from_physical(matrix)

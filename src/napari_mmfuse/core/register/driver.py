@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..device import get_device
+from ..params import ParameterRange
 from ..space import _check_affine, overlap_fraction, resample
 from .deformable import ControlGrid, jacobian_determinant, node_shape_for
 from .linear import (
@@ -28,6 +29,28 @@ from .metrics import Similarity, check_metric, higher_is_better, intensity_range
 from .pyramid import MIN_AXIS, Level, build_pyramid, grid_points, halve, inside, normaliser, sample
 
 MODELS = LINEAR_MODELS + ("deformable",)
+#: Allowed values of :func:`register`'s numeric options (checked by callers before any work);
+#: ``levels`` is further capped by the image size, see :func:`max_levels`.
+PARAMETER_RANGES = {
+    "levels": ParameterRange(int, 1, None),  # capped by the image size, see max_levels
+    "iterations": ParameterRange(int, 1, 100_000),
+    "max_size": ParameterRange(int, 16, None),
+}
+#: The coarsest pyramid level keeps at least this many voxels along every axis.
+MIN_COARSEST_SIDE = 8
+
+
+def max_levels(*shapes) -> int:
+    """Most pyramid levels whose coarsest keeps :data:`MIN_COARSEST_SIDE` voxels per axis.
+
+    The largest ``L`` with ``min(side) // 2 ** (L - 1) >= MIN_COARSEST_SIDE`` over every
+    axis of every shape given; at least 1.
+    """
+    side = min(min(shape) for shape in shapes)
+    levels = 1
+    while side // 2**levels >= MIN_COARSEST_SIDE:
+        levels += 1
+    return levels
 #: Most fixed points one linear iteration samples.
 MAX_LINEAR_SAMPLES = 2**16
 #: Most fixed points one deformable iteration samples (MI/NMI/MSE).
