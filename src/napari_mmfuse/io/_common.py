@@ -255,3 +255,19 @@ def check_data_size(path, declared: float, present: float, what: str = "the head
             f"truncated or corrupt: {what} declares {format_bytes(declared)} of pixel data "
             f"but the file holds {format_bytes(present)}",
         )
+
+
+def materialize(data, path=None, what: str = "the image") -> np.ndarray:
+    """``np.asarray(data)`` after checking its size against :func:`memory_budget`.
+
+    For lazy (dask, zarr, memory-mapped) arrays that a step needs in memory: a level
+    read lazily may be far larger than the machine.
+
+    Raises
+    ------
+    ReadError
+        If ``data`` would take more bytes than the budget.
+    """
+    nbytes = float(np.prod(getattr(data, "shape", ()), dtype=np.float64)) * np.dtype(data.dtype).itemsize
+    check_budget(path if path is not None else "<array>", nbytes, what)
+    return np.asarray(data)

@@ -10,6 +10,7 @@ in the custom attribute ``"mmfuse_affine"``, which our reader prefers.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dask.array as da
@@ -17,7 +18,7 @@ import numpy as np
 import zarr
 
 from ..core.space import spacing_of
-from ._common import ImageRecord, ReadError, refuse_overwrite
+from ._common import ImageRecord, ReadError, format_bytes, memory_budget, refuse_overwrite
 from .tiff import (
     WRITE_UNITS,
     canonical_layout,
@@ -169,11 +170,65 @@ def read_ome_zarr(path) -> list[ImageRecord]:
         raise ReadError(path, f"inconsistent OME-NGFF metadata ({type(exc).__name__}: {exc})") from exc
 
 
+#: A level that could not be held in memory (over the budget) or has more than
+#: :data:`MANY_CHUNKS` chunks must have at least this fraction of its chunk files present.
+MIN_CHUNKS_PRESENT = 0.5
+MANY_CHUNKS = 1_000_000
+_ZARR_METADATA = {".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"}
+
+
+def _count_files(folder: Path, stop: int) -> int:
+    """Chunk (or shard) files under ``folder``, counting no further than ``stop``."""
+    count, pending = 0, [folder]
+    while pending and count < stop:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+            elif entry.name not in _ZARR_METADATA:
+                count += 1
+    return count
+
+
+def _check_chunks_present(path: Path, array, name: str) -> None:
+    """Compare a level's declared shape with the chunk files present, before dask builds its graph.
+
+    Missing chunks read as the fill value, so a sparse level is fine while it is small;
+    a level over the memory budget, or with more than :data:`MANY_CHUNKS` chunks, whose
+    files are mostly absent is refused as a lying (or truncated) ``.zarray``/``zarr.json``.
+    """
+    shape = tuple(int(n) for n in array.shape)
+    if any(n < 0 for n in shape):
+        raise ReadError(path, f"level {name!r} declares a negative shape {shape}")
+    unit = getattr(array, "shards", None) or array.chunks
+    units = float(np.prod([-(-n // max(1, int(c))) for n, c in zip(shape, unit, strict=False)], dtype=np.float64))
+    nbytes = float(np.prod(shape, dtype=np.float64)) * np.dtype(array.dtype).itemsize
+    if nbytes <= memory_budget() and units <= MANY_CHUNKS:
+        return
+    folder = path / name
+    if not folder.is_dir():
+        return  # a remote or zipped store: the files cannot be counted here
+    needed = int(np.ceil(MIN_CHUNKS_PRESENT * units))
+    present = _count_files(folder, needed)
+    if present < needed:
+        size = "x".join(str(n) for n in shape)
+        raise ReadError(
+            path,
+            f"level {name!r} declares a {size} array ({format_bytes(nbytes)}, {units:.3g} chunks) but holds "
+            f"{present} chunk file(s); truncated or lying metadata",
+        )
+
+
 def _record(path: Path, group, attributes: dict, ome: dict) -> ImageRecord:
     multiscale = ome["multiscales"][0]
     datasets = multiscale["datasets"]
     if not datasets:
         raise ReadError(path, "the multiscales list no datasets")
+    for d in datasets:
+        _check_chunks_present(path, group[d["path"]], d["path"])
     arrays = [da.from_zarr(group[d["path"]]) for d in datasets]
     ndim = arrays[0].ndim
     if any(a.ndim != ndim for a in arrays):
