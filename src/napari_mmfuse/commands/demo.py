@@ -105,12 +105,20 @@ def _scrollable(dock) -> None:
 def run(args) -> int:
     import napari
 
+    if args.screenshot:
+        from ._outputs import check_outputs
+
+        check_outputs([("--screenshot", args.screenshot)], overwrite=True)  # folder there and writable, before the window
     viewer = open_demo(args.sample)
     if args.screenshot:
         from qtpy.QtWidgets import QApplication
 
         QApplication.processEvents()
-        viewer.window._qt_window.grab().save(args.screenshot)
+        from ..io.atomic import atomic_output
+
+        with atomic_output(args.screenshot, overwrite=True) as temporary:  # renamed into place whole
+            if not viewer.window._qt_window.grab().save(str(temporary)):
+                raise OSError(f"Qt could not write the screenshot {args.screenshot}")
         viewer.close()
         return 0
     napari.run()
