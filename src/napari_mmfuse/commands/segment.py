@@ -127,6 +127,34 @@ def _on_grid(path, record, device) -> np.ndarray:
     return resample(data, other.affine, record.data.shape, record.affine, interpolation="nearest", device=device)
 
 
+def _scribbles_on_grid(path, record, device) -> np.ndarray:
+    """The scribbles on the first image's grid; refused when none of their strokes lands on it."""
+    from ..core.space import overlap_fraction
+
+    data, other = _read_one(path)
+    if np.any(data) and overlap_fraction(record.data.shape, record.affine, data.shape, other.affine) == 0:
+        raise ValueError(f"the scribbles do not overlap the images' grid: {path} lies elsewhere in world space; "
+                         "check its placement (origin/units)")
+    scribbles = _on_grid(path, record, device)
+    if np.any(data) and not np.any(scribbles):
+        raise ValueError(f"the scribbles do not overlap the images' grid: none of the strokes in {path} "
+                         "lands on the images; check its placement (origin/units)")
+    return scribbles
+
+
+def _check_segment_params(args) -> None:
+    """Numeric options against their declared ranges, and the device, before any work."""
+    from ..core.device import get_device
+    from ..core.params import check_parameter
+    from ..core.segment import PARAMETER_RANGES
+
+    for key, spec in PARAMETER_RANGES.items():
+        value = getattr(args, key)
+        if value is not None:
+            check_parameter(f"--{key.replace('_', '-')}", value, spec)
+    get_device(args.device)
+
+
 def _write_probabilities(path, probabilities, affine, overwrite):
     from ..io.nifti import write_nifti
 
@@ -149,8 +177,9 @@ def run_segment(args) -> int:
     probabilities_path = _check_output(args.probabilities, args.overwrite) if args.probabilities else None
     if args.method != "unet" and (args.model or args.save_model or args.probabilities):
         raise ValueError("--model, --save-model and --probabilities apply to --method unet only")
+    _check_segment_params(args)
     images, record = _subject(args.images, args.device)
-    scribbles = _on_grid(args.scribbles, record, args.device) if args.scribbles else None
+    scribbles = _scribbles_on_grid(args.scribbles, record, args.device) if args.scribbles else None
     provenance = {"step": "segment", "method": args.method, "inputs": [str(p) for p in args.images]}
     if args.method in ("otsu", "multiotsu"):
         labels = segment.threshold(images[0], method=args.method, classes=args.classes)
@@ -197,6 +226,7 @@ def run_segment(args) -> int:
 
 def run_explain(args) -> int:
     from ..core import explain, segment
+    from ..core.device import get_device
     from ..io.atomic import write_text
     from ..io.nifti import write_nifti
 
@@ -207,6 +237,7 @@ def run_explain(args) -> int:
         attribution_path = Path(args.attribution_json)
         if attribution_path.exists() and not args.overwrite:
             raise FileExistsError(f"{attribution_path} already exists; pass --overwrite to replace it")
+    get_device(args.device)
     model = segment.load_model(args.model)
     images, record = _subject(args.images, args.device)
     region = _on_grid(args.roi, record, args.device) > 0 if args.roi else None

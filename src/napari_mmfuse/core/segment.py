@@ -37,7 +37,15 @@ from torch import nn
 
 from . import space
 from .device import get_device, with_oom_retry
+from .params import ParameterRange
 
+#: Allowed values of the training/segmentation options (checked by callers before any work).
+PARAMETER_RANGES = {
+    "steps": ParameterRange(int, 1, 1_000_000),
+    "patch": ParameterRange(int, 8, 1024),
+    "classes": ParameterRange(int, 2, 5),
+    "min_size": ParameterRange(int, 0, None),
+}
 ARCHITECTURES = ("unet", "basicunet", "unetr", "torchscript", "monai")
 TRAINABLE = ("unet", "basicunet", "unetr")
 #: MONAI intensity transforms a model configuration may apply to its input (see ModelConfig.intensity)
@@ -981,7 +989,10 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
             raise ValueError(f"{weights} is a TorchScript model without {config_path.name}; "
                              "write one with spatial_dims, in_channels and label_values")
         config.architecture = "torchscript"
-        module = torch.jit.load(str(weights), map_location="cpu")
+        try:
+            module = torch.jit.load(str(weights), map_location="cpu")
+        except (RuntimeError, ValueError, OSError, zipfile.BadZipFile):
+            raise ValueError(f"{weights} is not a TorchScript model (or is corrupt)") from None
         networks = [module] if config.fusion == "early" else None
         if networks is None:
             raise ValueError("a TorchScript model is one network; use fusion 'early' in its configuration")
