@@ -127,6 +127,17 @@ def test_missing_output_folder_fails_before_reading(tmp_path, capsys, no_reading
     assert err.startswith("mmfuse register: error:") and "does not exist" in err and "\n" not in err
 
 
+def test_a_folder_is_never_replaced_by_a_file(tmp_path, capsys, no_reading):
+    folder = tmp_path / "d.nii.gz"
+    (folder / "keep").mkdir(parents=True)
+    args = ["denoise", str(tmp_path / "v.nii.gz"), "--method", "gaussian", "-o", str(folder), "--overwrite"]
+    assert main(args) == 1
+    assert "a folder of that name" in capsys.readouterr().err and (folder / "keep").is_dir()
+    with pytest.raises(IsADirectoryError):
+        write_nifti(folder, np.zeros((2, 2, 2), np.float32), np.eye(4), overwrite=True)
+    assert (folder / "keep").is_dir()
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder_fails_before_reading(tmp_path, capsys, no_reading):
     folder = tmp_path / "ro"

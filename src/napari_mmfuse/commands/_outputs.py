@@ -24,11 +24,13 @@ def _writable_folder(folder: Path) -> bool:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except OSError:
         return False
-    os.close(fd)
     try:
-        probe.unlink()
-    except OSError:
-        pass
+        os.close(fd)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
     return True
 
 
@@ -61,6 +63,8 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), overwrite: bool = Fa
         If an output's folder is not writable.
     FileExistsError
         If an output exists (or is one of the inputs) and ``overwrite`` is False.
+    IsADirectoryError
+        If a file output names an existing folder (only ``.zarr`` outputs are folders).
 
     Notes
     -----
@@ -83,6 +87,8 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), overwrite: bool = Fa
             raise FileNotFoundError(f"cannot write {label} {path}: the folder {folder} does not exist")
         if not _writable_folder(folder):
             raise PermissionError(f"cannot write {label} {path}: the folder {folder} is not writable")
+        if path.is_dir() and not path.name.lower().endswith(".zarr"):
+            raise IsADirectoryError(f"cannot write {label} {path}: a folder of that name is there")
         if overwrite:
             continue
         for source in input_paths:

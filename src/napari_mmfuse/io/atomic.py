@@ -236,6 +236,8 @@ def atomic_output(path, *, overwrite: bool = False, folder: bool = False, compan
         raise FileExistsError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if not folder and path.is_dir():
+        raise IsADirectoryError(f"cannot write the file {path}: a folder of that name is there")
     if companions:
         holder = temporary_name(path)
         holder.mkdir()
