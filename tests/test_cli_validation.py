@@ -85,7 +85,7 @@ def _refused(capsys, argv, output, *needles):
 
 REFUSED = {
     "denoise --sigma 1e9": (["denoise", "{vol}", "--method", "gaussian", "--sigma", "1e9"], ("sigma", "<= 16")),
-    "denoise --sigma -1": (["denoise", "{vol}", "--method", "gaussian", "--sigma", "-1"], ("--sigma", "> 0")),
+    "denoise --sigma -1": (["denoise", "{vol}", "--method", "gaussian", "--sigma", "-1"], ("--sigma", ">= 0")),
     "denoise --device bogus": (["denoise", "{vol}", "--method", "gaussian", "--device", "bogus"], ("'bogus'", "cpu")),
     "denoise tv --weight inf": (["denoise", "{vol}", "--method", "tv", "--weight", "inf"], ("--weight", "finite", "> 0")),
     "denoise --iterations 0": (["denoise", "{vol}", "--method", "diffusion", "--iterations", "0"], ("--iterations", "[1, 10000]")),

@@ -35,7 +35,7 @@ DEFAULT_MAX_VOXELS = 2**22
 #: Allowed values of every method's numeric keyword (checked by callers before any work;
 #: distances are further bounded by the image's extent, see :func:`check_distances`).
 PARAMETER_RANGES: dict[str, ParameterRange] = {
-    "sigma": ParameterRange(float, 0.0, None, open_minimum=True),
+    "sigma": ParameterRange(float, 0.0, None),  # gaussian: std (> 0, checked by the filter); nlm: noise std
     "radius": ParameterRange(float, 0.0, None, open_minimum=True),
     "sigma_spatial": ParameterRange(float, 0.0, None, open_minimum=True),
     "sigma_range": ParameterRange(float, 0.0, None, open_minimum=True),
