@@ -49,7 +49,8 @@ def no_reading(monkeypatch):
 
 def test_transform_zarr_onto_itself_keeps_the_image(tmp_path, capsys):
     image = _image()
-    volume = write_ome_zarr(tmp_path / "v.ome.zarr", image, np.diag([0.5, 0.5, 1.0]), units="mm")
+    # two levels: a pyramid is read lazily, the case where the old writer emptied the store first
+    volume = write_ome_zarr(tmp_path / "v.ome.zarr", image, np.diag([0.5, 0.5, 1.0]), units="mm", levels=2)
     identity = write_transform(tmp_path / "id.tfm", np.eye(3))
     args = ["transform", str(volume), "--transform", str(identity), "--reference", str(volume), "-o", str(volume)]
     assert main(args) == 1  # an input, without --overwrite: refused before any work
@@ -64,7 +65,7 @@ def test_transform_zarr_onto_itself_keeps_the_image(tmp_path, capsys):
 def test_register_onto_its_moving_zarr_keeps_the_image(tmp_path):
     image = _image()
     fixed = write_ome_zarr(tmp_path / "a.ome.zarr", image, np.eye(3), units="mm")
-    moving = write_ome_zarr(tmp_path / "v.ome.zarr", image, np.eye(3), units="mm")
+    moving = write_ome_zarr(tmp_path / "v.ome.zarr", image, np.eye(3), units="mm", levels=2)
     args = ["register", str(fixed), str(moving), "-o", str(moving), "--overwrite", "--levels", "1", "--iterations", "3"]
     assert main(args) == 0
     back = np.asarray(read(moving)[0].level0)
@@ -73,9 +74,13 @@ def test_register_onto_its_moving_zarr_keeps_the_image(tmp_path):
     assert _hidden(tmp_path) == []
 
 
-def test_transform_ome_tiff_onto_itself_keeps_the_image(tmp_path):
-    image = _image(seed=1)
-    path = write_ome_tiff(tmp_path / "v.ome.tif", image, np.eye(3), units="um")
+def test_transform_ome_tiff_onto_itself_keeps_the_image(tmp_path, monkeypatch):
+    """The streamed (> 256 MB) case in small: a pyramid read lazily, written tile by tile onto itself."""
+    import napari_mmfuse.io.tiff as tiff
+
+    monkeypatch.setattr(tiff, "IN_MEMORY_WRITE_BYTES", 0)
+    image = _image((128, 128), seed=1)
+    path = write_ome_tiff(tmp_path / "v.ome.tif", image, np.eye(3), units="um", pyramid_levels=2, tile=32)
     identity = write_transform(tmp_path / "id.tfm", np.eye(3))
     args = ["transform", str(path), "--transform", str(identity), "--reference", str(path), "-o", str(path), "--overwrite"]
     assert main(args) == 0
