@@ -63,6 +63,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # around the terminal's own: after its short summary
 def pytest_terminal_summary(terminalreporter):
     result = yield
+    for report in terminalreporter.stats.get("passed", []):  # the flows' step times (test_flows.py)
+        steps = [(name, seconds) for name, seconds in report.user_properties if ": " in str(name)]
+        if steps:
+            flow = steps[0][0].split(": ")[0]
+            terminalreporter.write_line(f"{flow}: " + ", ".join(f"{n.split(': ', 1)[1]} {s:.1f} s" for n, s in steps))
     if _canvas is False:
         terminalreporter.write_line(NO_CANVAS, yellow=True, bold=True)
     return result

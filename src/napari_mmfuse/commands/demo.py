@@ -8,7 +8,6 @@ PLUGIN = "napari-mmfuse"
 DEFAULT_SAMPLE = "head_phantom"
 # The demo window on a 1920x1080 screen (smaller where the screen is smaller).
 WINDOW_SIZE = (1600, 1000)
-MAX_DOCK_WIDTH = 560  # a wider widget scrolls sideways in its dock
 
 
 @cache
@@ -39,10 +38,8 @@ def add_parser(subparsers) -> None:
 def open_demo(sample: str = DEFAULT_SAMPLE):
     """Create a viewer with the sample opened and every widget of the plugin docked; return it.
 
-    The widgets share one tabbed dock on the right, each tab titled with the widget's name and
-    each widget scrollable, so the window fits the screen (at most ``WINDOW_SIZE``). Each dock
-    holds a ``QScrollArea`` around the plugin's widget (``viewer.window.dock_widgets`` gives the
-    scroll area; its ``widget()`` is the plugin's).
+    The widgets share one tabbed dock on the right, each tab titled with the widget's name
+    (each widget scrolls its own contents), so the window fits the screen (at most ``WINDOW_SIZE``).
 
     Raises
     ------
@@ -64,7 +61,6 @@ def open_demo(sample: str = DEFAULT_SAMPLE):
     docks = []
     for contribution in manifest.contributions.widgets or []:
         dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, contribution.display_name)
-        _scrollable(dock)
         # the tab's text ("&" escaped: Qt reads it as a shortcut mark); the dock keeps its name
         dock.setWindowTitle(contribution.display_name.replace("&", "&&"))
         if window.dockWidgetArea(dock) != Qt.RightDockWidgetArea:  # napari's settings remember areas
@@ -86,20 +82,6 @@ def open_demo(sample: str = DEFAULT_SAMPLE):
     if first_image is not None:
         viewer.layers.selection.active = first_image
     return viewer
-
-
-def _scrollable(dock) -> None:
-    """Put a dock's content in a scroll area, so a tall widget does not make the window taller."""
-    from qtpy.QtWidgets import QFrame, QScrollArea
-
-    content = dock.widget()
-    scroll = QScrollArea()
-    scroll.setFrameShape(QFrame.NoFrame)
-    scroll.setWidgetResizable(True)
-    natural = content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
-    scroll.setMinimumWidth(min(natural, MAX_DOCK_WIDTH))
-    scroll.setWidget(content)
-    dock.setWidget(scroll)
 
 
 def run(args) -> int:

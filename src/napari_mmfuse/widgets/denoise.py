@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from ..core import denoise as dn
 from ..core import normalize as nm
 from ..core.space import spacing_of
+from ._dock import scroll_contents
 from ._plots import CurvePlot
 from ._layers import geometry_of, world_affine
 from ._workers import start_worker
@@ -189,6 +190,7 @@ class DenoiseWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.loss_plot)
         layout.addStretch()
+        scroll_contents(self)
 
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)

@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 
 from ..core import explain, segment, space
 from ._layers import geometry_of, world_affine
+from ._dock import scroll_contents
 from ._pickers import LayerChecklist, LayerPicker
 from ._session import same, session_of
 from ._workers import start_worker
@@ -224,6 +225,7 @@ class ExplainWidget(QWidget):
         layout.addWidget(QLabel("overlays (check to show)"))
         layout.addWidget(self.legend)
         layout.addStretch()
+        scroll_contents(self)
 
         self.source.currentIndexChanged.connect(self.refresh_model)
         self.method.currentIndexChanged.connect(self._fill_layers)

@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 
 from ..core import fuse as fz
 from ..core.space import world_to_voxel
+from ._dock import scroll_contents
 from ._layers import geometry_of, spatial_affine
 from ._workers import start_worker
 
@@ -174,6 +175,7 @@ class FuseWidget(QWidget):
         layout.addWidget(self.metrics_label)
         layout.addWidget(self.volume_metrics_check)
         layout.addWidget(self.metrics_table)
+        scroll_contents(self)
 
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)

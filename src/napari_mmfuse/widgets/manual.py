@@ -65,6 +65,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.register import fit_landmarks, parameters_from_transform, register_steps, transform_from_parameters
+from ._dock import scroll_contents
 from ._history import history_for, layer_affine
 from ._layers import spatial_affine
 from ._pickers import LayerPicker
@@ -272,6 +273,7 @@ class ManualCorrectionWidget(QWidget):
         layout.addWidget(refine_box)
         layout.addWidget(self.status)
         layout.addStretch()
+        scroll_contents(self)
 
         self.moving.currentIndexChanged.connect(self._bind_moving)
         self.add_points_button.clicked.connect(self.landmark_layers)

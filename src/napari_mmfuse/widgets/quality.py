@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
 
 from ..core import space
 from ..core.register import local_similarity_map, metric_value
+from ._dock import scroll_contents
 from ._history import history_for, layer_affine
 from ._layers import geometry_of
 from ._pickers import LayerPicker
@@ -210,6 +211,7 @@ class QualityViewWidget(QWidget):
         layout.addWidget(views)
         layout.addWidget(metrics)
         layout.addStretch()
+        scroll_contents(self)
 
         self.checkerboard_button.clicked.connect(lambda: self.show_view("checkerboard"))
         self.difference_button.clicked.connect(lambda: self.show_view("difference"))

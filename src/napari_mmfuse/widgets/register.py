@@ -45,6 +45,7 @@ from ..io.transforms import (
     write_displacement_field,
     write_itk_transform,
 )
+from ._dock import scroll_contents
 from ._history import history_for, layer_affine
 from ._pickers import LayerPicker
 from ._session import same
@@ -266,6 +267,7 @@ class RegisterWidget(QWidget):
         layout.addLayout(history_row)
         layout.addWidget(transform_box)
         layout.addStretch()
+        scroll_contents(self)
 
         self.register_button.clicked.connect(self.register)
         self.cancel_button.clicked.connect(self.cancel)

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import segment, space
+from ._dock import scroll_contents
 from ._pickers import LayerChecklist, LayerPicker, is_result
 from ._plots import CurvePlot
 from ._layers import geometry_of, spatial_affine
@@ -212,6 +213,7 @@ class SegmentWidget(QWidget):
         layout.addLayout(files)
         layout.addWidget(self.status)
         layout.addStretch()
+        scroll_contents(self)
 
         self.train_button.clicked.connect(self.run)
         self.predict_button.clicked.connect(self.predict)

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core import space
+from ._dock import scroll_contents
 from ._layers import spatial_affine
 from ._workers import start_worker
 
@@ -104,6 +105,7 @@ class PhysicalSpaceWidget(QWidget):
         layout.addWidget(self.cancel_button)
         layout.addWidget(self.progress)
         layout.addStretch()
+        scroll_contents(self)
 
         self.resample_button.clicked.connect(self.start_resample)
         self.cancel_button.clicked.connect(self._cancel)
