@@ -15,7 +15,11 @@ Consequences:
 * An output may be one of the inputs: the inputs are read while the result is computed
   into the temporary, and the swap happens after.
 * Concurrent writers to one name: the last complete rename wins, and the name then holds
-  that writer's complete result (rename semantics); no two results are ever mixed.
+  that writer's complete result (rename semantics); no two results are ever mixed. A
+  folder's swap is two renames: between them the name is briefly absent, never partial.
+* A symbolic link at the final name is replaced by the result, its target left alone.
+* Files written together (a model's ``.pt`` and ``.json``) are each renamed whole, one
+  after the other, not as one transaction.
 * Any exception, :class:`KeyboardInterrupt` included, removes the temporary. SIGINT and
   SIGTERM become :class:`Interrupted` through :func:`install_signal_handlers`; a signal
   arriving during the final rename is held until the rename is done.
