@@ -78,7 +78,8 @@ def test_register_rgb_moving_on_luminance_with_init(png_pair, tmp_path):
     fixed, moving = png_pair
     grey = iio.imread(moving)
     rgb_path = tmp_path / "moving_rgb.png"
-    iio.imwrite(rgb_path, np.stack([grey, grey, grey], axis=-1))
+    tinted = [grey, (grey * 0.8).astype(grey.dtype), (grey * 0.5).astype(grey.dtype)]  # colour, not grey-as-RGB
+    iio.imwrite(rgb_path, np.stack(tinted, axis=-1))
     init = tmp_path / "init.json"
     assert main(["register-landmarks", str(_csv(tmp_path, "f.csv", [[0, 0], [90, 10], [30, 80]])),
                  str(_csv(tmp_path, "m.csv", _moved([[0, 0], [90, 10], [30, 80]], TRUTH))),

@@ -20,7 +20,7 @@ import tifffile
 import zarr
 
 from ..core.space import spacing_of
-from ._common import ImageRecord, ReadError, refuse_overwrite, report_non_finite
+from ._common import ImageRecord, ReadError, format_bytes, memory_budget, refuse_overwrite, report_non_finite
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".qptiff", ".ndpi", ".btf")
 #: Single-level images smaller than this are read into memory at once.
@@ -478,6 +478,19 @@ def _check_complete(path: Path, series) -> None:
                 continue
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False) if c]
             size = page.parent.filehandle.size
+            segments = int(np.prod(getattr(page, "chunked", (len(page.dataoffsets),)), dtype=np.float64))
+            if len(page.dataoffsets) < segments or len(page.databytecounts) < segments:
+                raise ReadError(
+                    path,
+                    f"corrupt: a {'x'.join(map(str, page.shape))} page needs {segments} strips/tiles, "
+                    f"the file lists {min(len(page.dataoffsets), len(page.databytecounts))}",
+                )
+            if page.compression == 1 and sum(page.databytecounts) < page.nbytes:
+                raise ReadError(
+                    path,
+                    f"truncated or corrupt: an uncompressed {'x'.join(map(str, page.shape))} page needs "
+                    f"{format_bytes(page.nbytes)}, its strips/tiles hold {format_bytes(sum(page.databytecounts))}",
+                )
             if ends and max(ends) > size:
                 raise ReadError(path, f"truncated: the image data needs {max(ends)} bytes but the file has {size}")
 
@@ -664,10 +677,15 @@ def read_tiff(path) -> list[ImageRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such TIFF file: {path}")
+    quiet = _quiet_tifffile()  # its warnings about a corrupt file become our one-line ReadError
     try:
         tif = tifffile.TiffFile(path)
     except _TIFF_ERRORS as exc:
+        quiet.close()
         raise ReadError(path, f"not a readable TIFF file ({exc})") from exc
+    except BaseException:
+        quiet.close()
+        raise
     try:
         return [_read_series(path, tif)]
     except ReadError:
@@ -676,6 +694,21 @@ def read_tiff(path) -> list[ImageRecord]:
         raise ReadError(path, f"image data could not be read ({exc})") from exc
     finally:
         tif.close()  # the dask arrays' stores reopen the file when they read
+        quiet.close()
+
+
+class _quiet_tifffile:
+    """Silence tifffile's log until ``close()``: its reports on a corrupt file become our one-line ReadError."""
+
+    def __init__(self):
+        import logging
+
+        self._logger = logging.getLogger("tifffile")
+        self._level = self._logger.level
+        self._logger.setLevel(max(logging.CRITICAL, self._level))
+
+    def close(self) -> None:
+        self._logger.setLevel(self._level)
 
 
 def _read_series(path: Path, tif) -> ImageRecord:
@@ -701,7 +734,7 @@ def _read_series(path: Path, tif) -> ImageRecord:
         others = [i for i in plain if i not in spatial]
         order = others + ([channel] if channel is not None else []) + spatial + ([samples] if rgb else [])
 
-    if len(series.levels) == 1 and series.nbytes <= EAGER_READ_BYTES:
+    if len(series.levels) == 1 and series.nbytes <= min(EAGER_READ_BYTES, memory_budget()):
         arrays = [series.asarray()]
     else:
         arrays = [da.from_zarr(zarr.open(series.aszarr(level=k), mode="r")) for k in range(len(series.levels))]
