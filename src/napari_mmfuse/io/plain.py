@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 
-from ._common import ImageRecord, ReadError
+from ._common import ImageRecord, ReadError, check_budget, format_bytes
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -25,6 +26,36 @@ def _achromatic(rgb: np.ndarray) -> bool:
         if not (np.array_equal(block[..., 0], block[..., 1]) and np.array_equal(block[..., 0], block[..., 2])):
             return False
     return True
+
+
+#: Deflate expands at most about 1032-fold: a PNG whose pixels would be larger than this
+#: many times its file size cannot hold them.
+PNG_MAX_RATIO = 1100
+
+
+def _check_picture_size(path: Path) -> None:
+    """The dimensions in the picture's header against the memory budget (and, for PNG, the file size), before decoding."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own checks follow
+            picture = Image.open(path)
+        with picture:
+            width, height = picture.size
+            bands = len(picture.getbands())
+            bits = {"I;16": 16, "I;16B": 16, "I": 32, "F": 32, "1": 8}.get(picture.mode, 8)
+            kind = picture.format
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
+        raise ReadError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
+    nbytes = float(width) * height * max(bands, 1) * bits / 8
+    check_budget(path, 2 * nbytes, f"the {width}x{height} picture")
+    if kind == "PNG" and nbytes > PNG_MAX_RATIO * path.stat().st_size:
+        raise ReadError(
+            path,
+            f"truncated or corrupt: the header declares {width}x{height} pixels ({format_bytes(nbytes)}), more "
+            f"than a {format_bytes(path.stat().st_size)} PNG can hold",
+        )
 
 
 def read_plain(path) -> list[ImageRecord]:
@@ -61,8 +92,11 @@ def read_plain(path) -> list[ImageRecord]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such picture file: {path}")
+    _check_picture_size(path)
     try:
-        data = np.asarray(iio.imread(path))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Image size", Warning)  # Pillow's bomb warning: the budget was checked
+            data = np.asarray(iio.imread(path))
     except Exception as exc:  # imageio/Pillow raise OSError, ValueError, SyntaxError, ...
         raise ReadError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[-1] == 1:
