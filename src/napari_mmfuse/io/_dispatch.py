@@ -89,7 +89,10 @@ def read(path) -> list[ImageRecord]:
     reader = reader_for(path)
     if reader is None:
         raise ReadError(path, "not a format napari-mmfuse reads (NIfTI, DICOM, MHA/NRRD, TIFF/SVS, OME-Zarr, PNG/JPEG)")
-    return reader(path)
+    try:
+        return reader(path)
+    except MemoryError as exc:  # a size the checks let through but the machine cannot hold
+        raise ReadError(path, "out of memory while reading (corrupt sizes, or set MMFUSE_MEMORY_BUDGET lower)") from exc
 
 
 _PICTURE_OUT = (".png", ".jpg", ".jpeg")
