@@ -1,6 +1,6 @@
 """Explanations on a full-size volume: wall time and peak memory per method.
 
-The input is the BraTS 2015 case (``/work/shared/data/segmentation/brats2015_case``:
+The input is the BraTS 2015 case (``../shared/data/segmentation/brats2015_case``:
 FLAIR + T1c, 2 x 155 x 240 x 240) when present, else a synthetic volume of the same size.
 The model is a session UNet (default features, 48-voxel patches) trained briefly on
 strokes drawn from the ground truth (a synthetic lesion without the case): the numbers
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-BRATS = Path("/work/shared/data/segmentation/brats2015_case")
+BRATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "segmentation" / "brats2015_case"
 SHAPE = (155, 240, 240)
 
 
