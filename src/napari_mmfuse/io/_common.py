@@ -18,6 +18,7 @@ class ReadError(ValueError):
     """A file of a supported type could not be read (corrupt, truncated, inconsistent)."""
 
     def __init__(self, path, problem: str):
+        problem = re.sub(r"\s*\n\s*", " ", str(problem).strip())  # one line, whatever a library said
         super().__init__(f"cannot read {Path(path)}: {problem}")
         self.path = Path(path)
         self.problem = problem

@@ -73,10 +73,10 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
         from .nifti import _NIBABEL_ERRORS, _check_declared_size
 
         try:
-            header = nib.load(str(path)).header
+            image = nib.load(str(path))
         except _NIBABEL_ERRORS as exc:
             raise ReadError(path, f"not a readable NIfTI file ({exc})") from exc
-        _check_declared_size(path, header)
+        _check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -243,7 +243,7 @@ def _text(value) -> str:
     return str(raw).strip()
 
 
-def _check_declared_size(path: Path, header) -> None:
+def _check_declared_size(path: Path, header, offset: int) -> None:
     """Refuse a file whose header declares more data than the file holds, or than the memory budget allows.
 
     A plain .nii is compared with its size (and read into memory only under the budget);
@@ -253,7 +253,6 @@ def _check_declared_size(path: Path, header) -> None:
     try:
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = header.get_data_dtype().itemsize
-        offset = int(header.get_data_offset())
         slope, inter = header.get_slope_inter()
     except _NIBABEL_ERRORS as exc:
         raise ReadError(path, f"invalid NIfTI header ({exc})") from exc
@@ -329,7 +328,7 @@ def read_nifti(path) -> list[ImageRecord]:
     if not isinstance(image.header, nib.Nifti1Header):
         raise ReadError(path, f"not a NIfTI image (nibabel sees {type(image).__name__})")
     header = image.header
-    _check_declared_size(path, header)
+    _check_declared_size(path, header, int(getattr(image.dataobj, "offset", 0)))  # the header copy says 0
     try:
         nifti_affine, affine_source = _select_affine(header)
         space_unit, time_unit = header.get_xyzt_units()
