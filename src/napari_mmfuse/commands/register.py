@@ -76,14 +76,6 @@ def add_parser(subparsers) -> None:
     transform.set_defaults(func=run_transform)
 
 
-def _check_outputs(paths, overwrite: bool) -> None:
-    from ..io._common import refuse_overwrite
-
-    for path in paths:
-        if path is not None:
-            refuse_overwrite(Path(path), overwrite)
-
-
 @dataclass
 class SourceImage:
     """An input image of ``register``/``transform``, its pixels left where the reader put them.
@@ -269,7 +261,6 @@ def run_register(args) -> int:
     _check_register_params(args)
     if args.displacement and args.model != "deformable":
         raise ValueError("--displacement needs --model deformable")
-    _check_outputs([args.output, args.transform, args.displacement], args.overwrite)
     fixed, moving = open_image(args.fixed), open_image(args.moving)
     fixed_index, moving_index = registration_level(fixed, args.max_size), registration_level(moving, args.max_size)
     for source, path, index in ((fixed, args.fixed, fixed_index), (moving, args.moving, moving_index)):
@@ -342,7 +333,6 @@ def run_landmarks(args) -> int:
     from ..io.transforms import write_transform
 
     check_outputs([("--transform", args.transform)], [args.fixed, args.moving], args.overwrite)
-    _check_outputs([args.transform], args.overwrite)
     fixed = read_points_csv(args.fixed)
     moving = read_points_csv(args.moving)
     if fixed.shape != moving.shape:
@@ -381,7 +371,6 @@ def run_transform(args) -> int:
         [("-o", args.output)], [args.moving, args.transform, args.displacement, args.reference], args.overwrite
     )
     check_writable(args.output, args.overwrite)
-    _check_outputs([args.output], args.overwrite)
     transform = read_transform(args.transform)
     moving, reference = open_image(args.moving), open_image(args.reference)
     if transform.shape[0] - 1 != reference.ndim:
