@@ -10,7 +10,9 @@ micrometres.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -59,6 +61,24 @@ class _Slice:
     slope: float
     intercept: float
     instance: int
+
+
+class _CappedFile(io.FileIO):
+    """A file whose ``read(n)`` never asks for more than what is left: a corrupt DICOM length
+    field (say 0x7FFFFFFF) would otherwise make Python allocate that many bytes up front."""
+
+    def read(self, size=-1):
+        if size is not None and size > 0:
+            size = min(size, max(0, os.fstat(self.fileno()).st_size - self.tell()))
+        return super().read(size)
+
+
+def _dcmread(file, **options):
+    """``pydicom.dcmread`` through a :class:`_CappedFile` (the dataset keeps the file name)."""
+    with _CappedFile(file, "r") as stream:
+        dataset = pydicom.dcmread(stream, **options)
+    dataset.filename = str(file)
+    return dataset
 
 
 def _has_preamble(path: Path) -> bool:
@@ -195,7 +215,7 @@ def _number_key(number) -> float:
 
 def _same_series(file: Path) -> list[Path]:
     try:
-        wanted = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        wanted = _dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
     except Exception as error:  # pydicom raises many types on corrupt headers
         raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
     uid = wanted.get("SeriesInstanceUID")
@@ -207,7 +227,7 @@ def _same_series(file: Path) -> list[Path]:
             same.append(other)
         elif _has_preamble(other):
             try:
-                header = pydicom.dcmread(other, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                header = _dcmread(other, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
             except Exception:  # an unreadable sibling belongs to no series we read
                 continue
             if header.get("SeriesInstanceUID") == uid:
@@ -217,7 +237,7 @@ def _same_series(file: Path) -> list[Path]:
 
 def _read_header(file: Path):
     try:
-        return pydicom.dcmread(file, stop_before_pixels=True)
+        return _dcmread(file, stop_before_pixels=True)
     except Exception as error:  # pydicom raises many types on corrupt headers
         raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
 
@@ -527,7 +547,7 @@ def _check_pixel_header(file: Path, dataset, n_frames: int) -> None:
 def _frames(file: Path, indices: list[int]):
     """Decoded frames ``indices`` (sorted) of one file, as ReadError on any failure."""
     try:
-        dataset = pydicom.dcmread(file)
+        dataset = _dcmread(file)
     except Exception as error:  # pydicom raises many types on corrupt files
         raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
     _check_pixel_header(file, dataset, len(indices))
@@ -543,7 +563,7 @@ def _frames(file: Path, indices: list[int]):
 def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> ImageRecord:
     """Assemble the tiles of a whole-slide image instance into one 2D slide."""
     try:
-        dataset = pydicom.dcmread(file)
+        dataset = _dcmread(file)
     except Exception as error:  # pydicom raises many types on corrupt files
         raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
     tile = (int(dataset.Rows), int(dataset.Columns))
