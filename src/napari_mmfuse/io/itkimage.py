@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,47 @@ def _header_end(head: bytes, suffix: str) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def native_stderr_muted():
+    """Send what C++ code writes to file descriptor 2 (MetaIO's multi-line reports) to nowhere meanwhile.
+
+    The reason of a failure still reaches the caller through SimpleITK's exception.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _inflated_size(path: Path, start: int, limit: float) -> int:
+    """Bytes the zlib stream from ``start`` inflates to (up to ``limit``), nothing kept; ReadError when corrupt."""
+    inflate, size = zlib.decompressobj(), 0
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(start)
+            while size < limit:
+                block = stream.read(1 << 20)
+                if not block:
+                    break
+                size += len(inflate.decompress(block, 1 << 24))
+                while inflate.unconsumed_tail and size < limit:
+                    size += len(inflate.decompress(inflate.unconsumed_tail, 1 << 24))
+                if inflate.eof:
+                    break
+    except zlib.error as exc:
+        raise ReadError(path, f"truncated or corrupt: the compressed pixel data does not inflate ({exc})") from exc
+    return size
+
+
 def check_itk_file(path) -> "sitk.ImageFileReader":
     """Compare what an image file's header declares with its data and the memory budget, before any allocation.
 
@@ -75,12 +120,13 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
         try:
             image = nib.load(str(path))
         except _NIBABEL_ERRORS as exc:
-            raise ReadError(path, f"not a readable NIfTI file ({exc})") from exc
+            raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
         _check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with native_stderr_muted():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ReadError(path, f"SimpleITK could not read its header ({_itk_reason(exc)})") from exc
     size = reader.GetSize()
@@ -96,12 +142,24 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
     start = _header_end(head, suffix)
     packed = re.search(rb"^\s*CompressedDataSize\s*=\s*(\d+)", head, re.MULTILINE) if suffix == ".mha" else None
     local = re.search(rb"^\s*ElementDataFile\s*=\s*LOCAL\s*?\r?\n", head, re.IGNORECASE | re.MULTILINE)
-    if packed is not None and local is not None:  # MetaIO reports a short stream on stderr only: check first
+    if packed is not None and local is not None:  # MetaIO reports a bad stream on stderr only: check first
         check_data_size(path, int(packed.group(1)), path.stat().st_size - local.end(), "CompressedDataSize")
+        check_data_size(path, declared, _inflated_size(path, local.end(), declared), f"the header ({shape})")
     if start is not None:
         check_data_size(path, declared, path.stat().st_size - start, f"the header ({shape}, {components} component(s))")
     check_budget(path, 2 * declared, f"the {shape} image")
     return reader
+
+
+def _metadata(image) -> dict:
+    """The image's ITK metadata dictionary, leaving out keys a corrupt header made undecodable."""
+    out = {}
+    for key in image.GetMetaDataKeys():
+        try:
+            out[key] = image.GetMetaData(key)
+        except (TypeError, RuntimeError, UnicodeError):
+            continue
+    return out
 
 
 def read_itk_image(path) -> list[ImageRecord]:
@@ -137,7 +195,8 @@ def read_itk_image(path) -> list[ImageRecord]:
         raise FileNotFoundError(f"no such image file: {path}")
     check_itk_file(path)
     try:
-        image = sitk.ReadImage(str(path))
+        with native_stderr_muted():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ReadError(path, f"SimpleITK could not read it ({_itk_reason(exc)})") from exc
     ndim = image.GetDimension()
@@ -170,7 +229,7 @@ def read_itk_image(path) -> list[ImageRecord]:
         "spacing": tuple(float(s) for s in spacing_of(affine)),
         "orientation": orientation_code(affine),
         "original_orientation": original_orientation,
-        "itk_metadata": {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()},
+        "itk_metadata": _metadata(image),
         "non_finite_voxels": report_non_finite(data, path),
     }
     modality = guess_modality(name)

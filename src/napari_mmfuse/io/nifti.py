@@ -324,7 +324,7 @@ def read_nifti(path) -> list[ImageRecord]:
     try:
         image = nib.load(str(path))
     except _NIBABEL_ERRORS as exc:
-        raise ReadError(path, f"not a readable NIfTI file ({exc})") from exc
+        raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
     if not isinstance(image.header, nib.Nifti1Header):
         raise ReadError(path, f"not a NIfTI image (nibabel sees {type(image).__name__})")
     header = image.header

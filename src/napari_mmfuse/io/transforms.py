@@ -310,11 +310,12 @@ def read_displacement_field(path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such displacement field: {path}")
-    from .itkimage import check_itk_file
+    from .itkimage import check_itk_file, native_stderr_muted
 
     check_itk_file(path)  # truncated or corrupt files, lying headers: one ReadError before any allocation
     try:
-        image = sitk.ReadImage(str(path))
+        with native_stderr_muted():
+            image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ValueError(f"cannot read displacement field {path}: {str(error).strip().splitlines()[-1]}") from error
     n = image.GetDimension()
