@@ -153,7 +153,14 @@ def read_dicom(path) -> list[ImageRecord]:
         the slice normal, mixed orientations in one series, a slide without pixel
         spacing, or focal planes left out.
     """
-    path = Path(path)
+    with warnings.catch_warnings():
+        # pydicom's validation notes (a UID one character too long, ...) are noise here: a file
+        # that cannot be read gives one ReadError line
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        return _read_dicom(Path(path))
+
+
+def _read_dicom(path: Path) -> list[ImageRecord]:
     if path.is_dir():
         files = [f for f in _candidates(path) if _has_preamble(f)]
         if not files:
@@ -198,7 +205,7 @@ def read_dicom(path) -> list[ImageRecord]:
             warnings.warn(
                 f"DICOM series {info.name!r} ({uid}) mixes {len(groups)} orientations, frame sizes or "
                 "pixel spacings; each is read as a separate volume",
-                stacklevel=2,
+                stacklevel=3,
             )
         for part, items in enumerate(groups, start=1):
             name = info.name if len(groups) == 1 else f"{info.name} [{part}]"
@@ -370,7 +377,7 @@ def _stack_geometry(items: list[_Slice], label: str):
     row, col = _cosines(first.orientation)
     normal = _normal(first.orientation)
     if first.pixel_spacing is None:
-        warnings.warn(f"{label}: no PixelSpacing; 1 mm pixels assumed", stacklevel=4)
+        warnings.warn(f"{label}: no PixelSpacing; 1 mm pixels assumed", stacklevel=5)
     row_spacing, col_spacing = first.pixel_spacing or (1.0, 1.0)
     depth = np.array([item.position @ normal for item in items])
     order = np.argsort(depth, kind="stable")
@@ -398,7 +405,7 @@ def _stack_geometry(items: list[_Slice], label: str):
         warnings.warn(
             f"{label}: irregular slice spacing along the normal (median {step:.4g} mm): " + "; ".join(problems)
             + ". Loaded on a regular grid with the median spacing.",
-            stacklevel=4,
+            stacklevel=5,
         )
 
     origin = items[kept[0]].position
@@ -409,7 +416,7 @@ def _stack_geometry(items: list[_Slice], label: str):
         warnings.warn(
             f"{label}: slice positions drift up to {drift:.3g} mm off the slice normal (gantry tilt?); "
             "the volume is loaded without that shear",
-            stacklevel=4,
+            stacklevel=5,
         )
     direction = np.column_stack([row, col, normal])
     affine = affine_from_itk([col_spacing, row_spacing, step], origin, direction)
@@ -424,7 +431,7 @@ def _build_volume(info: _Series, items: list[_Slice], name: str, source: Path) -
         warnings.warn(
             f"{label}: no ImagePositionPatient/ImageOrientationPatient; slices are ordered by InstanceNumber "
             "and placed with an identity orientation at the origin",
-            stacklevel=3,
+            stacklevel=4,
         )
         ordered = sorted(items, key=lambda item: (item.instance, str(item.path), item.frame))
         step = items[0].spacing_between or items[0].thickness or 1.0
@@ -587,7 +594,7 @@ def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> I
             path_names.append(identifier)
     planes = sorted({z for _, _, _, z in layout})
     if len(planes) > 1:
-        warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=3)
+        warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=4)
     wanted = [f for f, (_, _, _, z) in enumerate(layout) if z == planes[0]]
     _check_slide_size(file, dataset, layout, wanted, tile, total, len(path_ids))
     frames = dict(zip(wanted, _frames(file, wanted)))
@@ -601,7 +608,7 @@ def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> I
             warnings.warn(
                 f"{file.name}: frame order not declared (no DimensionOrganizationType); the tiles join up "
                 "when placed column by column rather than row by row, so they are placed that way",
-                stacklevel=3,
+                stacklevel=4,
             )
             layout = column_major
 
@@ -618,7 +625,7 @@ def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> I
 
     pixel_spacing = _floats(_find((shared,), (dataset,), "PixelMeasuresSequence", "PixelSpacing"))
     if pixel_spacing is None:
-        warnings.warn(f"{file.name}: no PixelSpacing; the slide is placed in pixels", stacklevel=3)
+        warnings.warn(f"{file.name}: no PixelSpacing; the slide is placed in pixels", stacklevel=4)
         spacing_um = (1.0, 1.0)
         units = "pixel"
     else:
