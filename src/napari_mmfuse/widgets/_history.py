@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from ._session import unwrap
+from ._session import Callbacks, unwrap
 
 _HISTORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -58,7 +58,7 @@ class AffineHistory:
         self.original = layer_affine(layer)
         self._done: list[tuple[str, np.ndarray]] = [("original", self.original.copy())]
         self._undone: list[tuple[str, np.ndarray]] = []
-        self._callbacks: list = []
+        self._callbacks = Callbacks()
 
     @property
     def current(self) -> np.ndarray:
@@ -85,10 +85,7 @@ class AffineHistory:
 
         Bound methods are held weakly, so a closed widget does not stay alive.
         """
-        if any(ref() == callback for ref in self._callbacks):
-            return
-        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
-        self._callbacks.append(ref)
+        self._callbacks.add(callback)
 
     def record(self, label: str = "edit") -> bool:
         """Record the layer's present affine if it differs from the top of the history.
@@ -144,12 +141,7 @@ class AffineHistory:
         return np.array_equal(layer_affine(self._layer()), self._done[-1][1])
 
     def _notify(self) -> None:
-        alive = [ref for ref in self._callbacks if ref() is not None]
-        self._callbacks = alive
-        for ref in alive:
-            callback = ref()
-            if callback is not None:
-                callback()
+        self._callbacks()
 
 
 def history_for(layer) -> AffineHistory:

@@ -48,6 +48,27 @@ def index_of(layer, layers) -> int:
     return next((i for i, other in enumerate(layers) if unwrap(other) is target), -1)
 
 
+class Callbacks:
+    """Functions to call on an event; bound methods are held weakly, so a closed widget does not stay alive."""
+
+    def __init__(self):
+        self._refs: list = []
+
+    def add(self, callback) -> None:
+        """Remember ``callback`` (once)."""
+        if any(ref() == callback for ref in self._refs):
+            return
+        self._refs.append(weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback))
+
+    def __call__(self) -> None:
+        """Call every callback still alive."""
+        self._refs = [ref for ref in self._refs if ref() is not None]
+        for ref in self._refs:
+            callback = ref()
+            if callback is not None:
+                callback()
+
+
 class Session:
     """State shared by the widgets of one viewer.
 
@@ -64,7 +85,7 @@ class Session:
     def __init__(self):
         self._model = None
         self.class_voxels: dict[int, int] = {}
-        self._listeners: list = []
+        self._listeners = Callbacks()
 
     @property
     def model(self):
@@ -74,17 +95,11 @@ class Session:
         """Make ``model`` the session's model (with its last result's class sizes) and tell every listener."""
         self._model = (model, list(layer_names))
         self.class_voxels = dict(class_voxels or {})
-        alive = [ref for ref in self._listeners if ref() is not None]
-        self._listeners = alive
-        for ref in alive:
-            callback = ref()
-            if callback is not None:
-                callback()
+        self._listeners()
 
     def on_model(self, callback) -> None:
         """Call ``callback()`` whenever the model changes (bound methods are held weakly)."""
-        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else (lambda: callback)
-        self._listeners.append(ref)
+        self._listeners.add(callback)
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
