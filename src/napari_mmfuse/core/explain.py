@@ -964,12 +964,44 @@ def explain_steps(
     window: Sequence[int] | int | None = None,
     device=None,
 ) -> Generator[tuple[int, int], None, Explanation]:
-    """:func:`explain` as a generator of progress, window by window of the sliding window.
+    """Explain one class of a segmentation model on images, window by window, yielding progress.
+
+    The network runs on the windows of sliding-window inference (its patch size, the
+    overlap of :func:`~.segment.predict`), so memory is bounded by the patch: the target
+    is the class logit of the blended prediction, each window contributing its logits
+    times its blending weight; gradient maps of the windows add up, Grad-CAM and
+    ablation maps are blended. Windows holding no region voxel are skipped. Use
+    :func:`explain_steps` for progress and cancelling.
 
     Parameters
     ----------
-    model, images, method, target, region, layer, rollout, margin, samples, steps, window, device
-        As in :func:`explain`.
+    model : SegmentationNet
+    images : ndarray, shape (C, *S)
+        The model's input modalities on one grid (raw intensities; normalised here).
+    method : {"gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention"}
+        "attention" needs a transformer (``architecture="unetr"``); its map is in [0, 1].
+    target : int
+        Label value of the class explained.
+    region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
+        Where the class logit is summed (a mask, or a box of voxel corners with ``high``
+        exclusive); the whole image without one. For "attention": whose tokens'
+        attention is shown.
+    layer : str, optional
+        Grad-CAM layer name (the deepest convolution by default), or the attention
+        block of "attention" (see :func:`attention_blocks`; the last by default).
+    rollout : bool
+        "attention": roll the attention out across blocks up to ``layer``.
+    margin : int or sequence of int, optional
+        Context kept around the region (voxels); half the model's patch by default.
+        The maps are zero outside the region's box plus this margin (outside the
+        window for a model with a fixed input size).
+    samples : int
+        SmoothGrad noisy copies.
+    steps : int
+        Integrated-gradients path points.
+    window : int or sequence of int, optional
+        Occlusion window.
+    device : str or torch.device, optional
 
     Yields
     ------
@@ -1020,71 +1052,21 @@ def explain_steps(
                        layer if method.startswith("gradcam") else None)
 
 
-def explain(
-    model: SegmentationNet,
-    images,
-    *,
-    method: str,
-    target: int,
-    region=None,
-    layer: str | None = None,
-    rollout: bool = False,
-    margin: int | Sequence[int] | None = None,
-    samples: int = 16,
-    steps: int = 32,
-    window: Sequence[int] | int | None = None,
-    device=None,
-) -> Explanation:
-    """Explain one class of a segmentation model on images.
-
-    The network runs on the windows of sliding-window inference (its patch size, the
-    overlap of :func:`~.segment.predict`), so memory is bounded by the patch: the target
-    is the class logit of the blended prediction, each window contributing its logits
-    times its blending weight; gradient maps of the windows add up, Grad-CAM and
-    ablation maps are blended. Windows holding no region voxel are skipped. Use
-    :func:`explain_steps` for progress and cancelling.
+def explain(model: SegmentationNet, images, **options) -> Explanation:
+    """Explain one class of a segmentation model on images: :func:`explain_steps` run to its end.
 
     Parameters
     ----------
     model : SegmentationNet
     images : ndarray, shape (C, *S)
-        The model's input modalities on one grid (raw intensities; normalised here).
-    method : {"gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention"}
-        "attention" needs a transformer (``architecture="unetr"``); its map is in [0, 1].
-    target : int
-        Label value of the class explained.
-    region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
-        Where the class logit is summed (a mask, or a box of voxel corners with ``high``
-        exclusive); the whole image without one. For "attention": whose tokens'
-        attention is shown.
-    layer : str, optional
-        Grad-CAM layer name (the deepest convolution by default), or the attention
-        block of "attention" (see :func:`attention_blocks`; the last by default).
-    rollout : bool
-        "attention": roll the attention out across blocks up to ``layer``.
-    margin : int or sequence of int, optional
-        Context kept around the region (voxels); half the model's patch by default.
-        The maps are zero outside the region's box plus this margin (outside the
-        window for a model with a fixed input size).
-    samples : int
-        SmoothGrad noisy copies.
-    steps : int
-        Integrated-gradients path points.
-    window : int or sequence of int, optional
-        Occlusion window.
-    device : str or torch.device, optional
+    **options
+        The keyword arguments of :func:`explain_steps` (``method`` and ``target`` required).
 
     Returns
     -------
     Explanation
-        Gradient maps (saliency, SmoothGrad, integrated gradients) of a network whose
-        strided convolutions make a checkerboard (MONAI's UNet) are averaged over its
-        stride period; the integrated-gradients baseline and the occlusion fill are each
-        channel's constant background where it has one, else its mean.
     """
-    return _drain(explain_steps(model, images, method=method, target=target, region=region, layer=layer,
-                                rollout=rollout, margin=margin, samples=samples, steps=steps, window=window,
-                                device=device))
+    return _drain(explain_steps(model, images, **options))
 
 
 def modality_attribution_steps(
@@ -1098,7 +1080,24 @@ def modality_attribution_steps(
     steps: int = 32,
     device=None,
 ) -> Generator[tuple[int, int], None, Attribution]:
-    """:func:`modality_attribution` as a generator of progress (as :func:`explain_steps`).
+    """One number per modality: how much it drives the target.
+
+    Window by window as :func:`explain_steps`, yielding progress.
+
+    Parameters
+    ----------
+    model : SegmentationNet
+    images : ndarray, shape (C, *S)
+    target : int
+        Label value of the class explained.
+    region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
+    method : {"ablation", "ig"}
+        "ablation": ``|target(x) - target(x with the channel replaced by its reference)|``
+        (its constant background where it has one, else its mean); maps are the
+        per-voxel drop of the class logit. "ig": the sum of the magnitudes of the
+        channel's integrated gradients; maps are those magnitudes.
+    margin, steps, device
+        As in :func:`explain_steps`.
 
     Yields
     ------
@@ -1129,42 +1128,21 @@ def modality_attribution_steps(
     return Attribution(scores, raw, _paste(maps, crop, shape, leading=1), list(model.config.channel_names), method)
 
 
-def modality_attribution(
-    model: SegmentationNet,
-    images,
-    *,
-    target: int,
-    region=None,
-    method: str = "ablation",
-    margin: int | Sequence[int] | None = None,
-    steps: int = 32,
-    device=None,
-) -> Attribution:
-    """One number per modality: how much it drives the target.
-
-    Window by window as :func:`explain`; :func:`modality_attribution_steps` yields progress.
+def modality_attribution(model: SegmentationNet, images, **options) -> Attribution:
+    """One number per modality: :func:`modality_attribution_steps` run to its end.
 
     Parameters
     ----------
     model : SegmentationNet
     images : ndarray, shape (C, *S)
-    target : int
-        Label value of the class explained.
-    region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
-    method : {"ablation", "ig"}
-        "ablation": ``|target(x) - target(x with the channel replaced by its reference)|``
-        (its constant background where it has one, else its mean); maps are the
-        per-voxel drop of the class logit. "ig": the sum of the magnitudes of the
-        channel's integrated gradients; maps are those magnitudes.
-    margin, steps, device
-        As in :func:`explain`.
+    **options
+        The keyword arguments of :func:`modality_attribution_steps` (``target`` required).
 
     Returns
     -------
     Attribution
     """
-    return _drain(modality_attribution_steps(model, images, target=target, region=region, method=method,
-                                             margin=margin, steps=steps, device=device))
+    return _drain(modality_attribution_steps(model, images, **options))
 
 
 def randomized_copy(model: SegmentationNet, *, seed: int = 0) -> SegmentationNet:

@@ -184,7 +184,7 @@ class ExplainWidget(QWidget):
         self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted; "
                               "attention: the transformer block whose attention is shown")
         self.rollout = QCheckBox("roll out across blocks")
-        default_steps = inspect.signature(explain.explain).parameters["steps"].default
+        default_steps = inspect.signature(explain.explain_steps).parameters["steps"].default
         self.path_points = QSpinBox(minimum=2, maximum=256, value=default_steps)
         self.path_points.setToolTip("integrated gradients: points along the path from the baseline (each is one "
                                     "pass of the network per window; fewer is faster and less exact)")
