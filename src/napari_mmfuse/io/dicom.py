@@ -157,7 +157,12 @@ def read_dicom(path) -> list[ImageRecord]:
         # pydicom's validation notes (a UID one character too long, ...) are noise here: a file
         # that cannot be read gives one ReadError line
         warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
-        return _read_dicom(Path(path))
+        try:
+            return _read_dicom(Path(path))
+        except (ReadError, FileNotFoundError, MemoryError):
+            raise
+        except Exception as error:  # pydicom converts values lazily: a corrupt one fails where it is first used
+            raise ReadError(path, f"corrupt DICOM data ({type(error).__name__}: {error})") from error
 
 
 def _read_dicom(path: Path) -> list[ImageRecord]:

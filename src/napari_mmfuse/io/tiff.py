@@ -680,9 +680,9 @@ def read_tiff(path) -> list[ImageRecord]:
     quiet = _quiet_tifffile()  # its warnings about a corrupt file become our one-line ReadError
     try:
         tif = tifffile.TiffFile(path)
-    except _TIFF_ERRORS as exc:
+    except Exception as exc:  # tifffile fails in many ways on corrupt tags (TypeError, ZeroDivisionError, ...)
         quiet.close()
-        raise ReadError(path, f"not a readable TIFF file ({exc})") from exc
+        raise ReadError(path, f"not a readable TIFF file ({type(exc).__name__}: {exc})") from exc
     except BaseException:
         quiet.close()
         raise
@@ -690,8 +690,10 @@ def read_tiff(path) -> list[ImageRecord]:
         return [_read_series(path, tif)]
     except ReadError:
         raise
-    except _TIFF_ERRORS as exc:
-        raise ReadError(path, f"image data could not be read ({exc})") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile fails in many ways on corrupt tags (TypeError, ZeroDivisionError, ...)
+        raise ReadError(path, f"image data could not be read ({type(exc).__name__}: {exc})") from exc
     finally:
         tif.close()  # the dask arrays' stores reopen the file when they read
         quiet.close()
