@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -272,3 +273,17 @@ def materialize(data, path=None, what: str = "the image") -> np.ndarray:
     nbytes = float(np.prod(getattr(data, "shape", ()), dtype=np.float64)) * np.dtype(data.dtype).itemsize
     check_budget(path if path is not None else "<array>", nbytes, what)
     return np.asarray(data)
+
+
+class CappedFile(io.FileIO):
+    """A binary file whose ``read(n)`` never asks for more than what is left.
+
+    Python allocates ``n`` bytes up front for ``read(n)``: a corrupt length field (a DICOM
+    element, a PNG chunk, say 0x7FFFFFFF) would make a library allocate that much for a
+    file of a few kilobytes. Pass this to libraries that accept file objects.
+    """
+
+    def read(self, size=-1):
+        if size is not None and size > 0:
+            size = min(size, max(0, os.fstat(self.fileno()).st_size - self.tell()))
+        return super().read(size)

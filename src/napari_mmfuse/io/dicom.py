@@ -10,9 +10,7 @@ micrometres.
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
 
 from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
-from ._common import ImageRecord, ReadError, check_budget, format_bytes
+from ._common import CappedFile, ImageRecord, ReadError, check_budget, format_bytes
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _MODALITIES = {"PT": "PET", "NM": "SPECT", "SM": "microscopy"}
@@ -63,19 +61,9 @@ class _Slice:
     instance: int
 
 
-class _CappedFile(io.FileIO):
-    """A file whose ``read(n)`` never asks for more than what is left: a corrupt DICOM length
-    field (say 0x7FFFFFFF) would otherwise make Python allocate that many bytes up front."""
-
-    def read(self, size=-1):
-        if size is not None and size > 0:
-            size = min(size, max(0, os.fstat(self.fileno()).st_size - self.tell()))
-        return super().read(size)
-
-
 def _dcmread(file, **options):
     """``pydicom.dcmread`` through a :class:`_CappedFile` (the dataset keeps the file name)."""
-    with _CappedFile(file, "r") as stream:
+    with CappedFile(file, "r") as stream:
         dataset = pydicom.dcmread(stream, **options)
     dataset.filename = str(file)
     return dataset

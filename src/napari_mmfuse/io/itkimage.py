@@ -115,10 +115,11 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
     if suffix in (".nii", ".nii.gz"):
         import nibabel as nib
 
-        from .nifti import _NIBABEL_ERRORS, _check_declared_size
+        from .nifti import _NIBABEL_ERRORS, _check_declared_size, nibabel_quiet
 
         try:
-            image = nib.load(str(path))
+            with nibabel_quiet():
+                image = nib.load(str(path))
         except _NIBABEL_ERRORS as exc:
             raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
         _check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import re
 import zlib
 from pathlib import Path
@@ -243,6 +245,18 @@ def _text(value) -> str:
     return str(raw).strip()
 
 
+@contextlib.contextmanager
+def nibabel_quiet():
+    """Silence nibabel's log meanwhile: it reports header fixes of a corrupt file line by line on stderr."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _check_declared_size(path: Path, header, offset: int) -> None:
     """Refuse a file whose header declares more data than the file holds, or than the memory budget allows.
 
@@ -322,7 +336,8 @@ def read_nifti(path) -> list[ImageRecord]:
     if not path.is_file():
         raise FileNotFoundError(f"no such NIfTI file: {path}")
     try:
-        image = nib.load(str(path))
+        with nibabel_quiet():
+            image = nib.load(str(path))
     except _NIBABEL_ERRORS as exc:
         raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
     if not isinstance(image.header, nib.Nifti1Header):

@@ -8,7 +8,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from ._common import ImageRecord, ReadError, check_budget, format_bytes
+from ._common import CappedFile, ImageRecord, ReadError, check_budget, format_bytes
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -38,14 +38,13 @@ def _check_picture_size(path: Path) -> None:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
+        with CappedFile(path, "r") as stream, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own checks follow
-            picture = Image.open(path)
-        with picture:
-            width, height = picture.size
-            bands = len(picture.getbands())
-            bits = {"I;16": 16, "I;16B": 16, "I": 32, "F": 32, "1": 8}.get(picture.mode, 8)
-            kind = picture.format
+            with Image.open(stream) as picture:
+                width, height = picture.size
+                bands = len(picture.getbands())
+                bits = {"I;16": 16, "I;16B": 16, "I": 32, "F": 32, "1": 8}.get(picture.mode, 8)
+                kind = picture.format
     except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
         raise ReadError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
     nbytes = float(width) * height * max(bands, 1) * bits / 8
@@ -96,7 +95,8 @@ def read_plain(path) -> list[ImageRecord]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Image size", Warning)  # Pillow's bomb warning: the budget was checked
-            data = np.asarray(iio.imread(path))
+            with CappedFile(path, "r") as stream:
+                data = np.asarray(iio.imread(stream, extension=path.suffix.lower()))
     except Exception as exc:  # imageio/Pillow raise OSError, ValueError, SyntaxError, ...
         raise ReadError(path, f"not a readable picture ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 3 and data.shape[-1] == 1:

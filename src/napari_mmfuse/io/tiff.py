@@ -478,6 +478,13 @@ def _check_complete(path: Path, series) -> None:
                 continue
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False) if c]
             size = page.parent.filehandle.size
+            chunk_bytes = float(np.prod(getattr(page, "chunks", page.shape), dtype=np.float64)) * page.dtype.itemsize
+            if chunk_bytes > max(4 * page.nbytes, 64 * 2**20):
+                raise ReadError(
+                    path,
+                    f"corrupt: a {'x'.join(map(str, page.shape))} page declares "
+                    f"{'x'.join(map(str, page.chunks))} strips/tiles ({format_bytes(chunk_bytes)} each)",
+                )
             segments = int(np.prod(getattr(page, "chunked", (len(page.dataoffsets),)), dtype=np.float64))
             if len(page.dataoffsets) < segments or len(page.databytecounts) < segments:
                 raise ReadError(
