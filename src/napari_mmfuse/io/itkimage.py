@@ -52,6 +52,67 @@ def _header_end(head: bytes, suffix: str) -> int | None:
     return None
 
 
+_META_LINE = re.compile(rb"^([A-Za-z][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*?)[ \t\r]*$")
+_NUMBER = rb"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?"
+_META_VALUES = {
+    b"NDims": rb"\d+",
+    b"DimSize": rb"\d+( +\d+)*",
+    b"ElementNumberOfChannels": rb"\d+",
+    b"HeaderSize": rb"-?\d+",
+    b"CompressedData": rb"(?i:true|false)",
+    b"CompressedDataSize": rb"\d+",
+    b"BinaryData": rb"(?i:true|false)",
+    b"ElementType": rb"MET_[A-Z0-9_]+",
+    **{
+        key: _NUMBER + rb"( +" + _NUMBER + rb")*"
+        for key in (b"ElementSpacing", b"ElementSize", b"Offset", b"Position", b"Origin", b"CenterOfRotation",
+                    b"TransformMatrix", b"Rotation", b"Orientation")
+    },
+}
+
+
+def _check_metaimage_header(path: Path, head: bytes) -> None:
+    """Parse a MetaImage header strictly before MetaIO sees it: a corrupt one can crash the process.
+
+    Every line up to ``ElementDataFile`` must be ``Key = Value`` with a well-formed value for the
+    keys that size and place the data; local compressed data must be exactly
+    ``CompressedDataSize`` bytes long (when given) and inflate to the declared size.
+    """
+    lines = head.split(b"\n")
+    values: dict[bytes, bytes] = {}
+    offset = 0
+    for number, line in enumerate(lines, start=1):
+        if offset + len(line) >= len(head) and len(head) == 1 << 16:
+            raise ReadError(path, "corrupt MetaImage header: no ElementDataFile line in its first 64 KB")
+        offset += len(line) + 1
+        match = _META_LINE.match(line)
+        if match is None:
+            raise ReadError(path, f"corrupt MetaImage header: line {number} is not 'Key = Value'")
+        key, value = match.groups()
+        pattern = _META_VALUES.get(key)
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise ReadError(path, f"corrupt MetaImage header: {key.decode()} = {value[:40]!r}")
+        values[key] = value
+        if key == b"ElementDataFile":
+            break
+    else:
+        raise ReadError(path, "corrupt MetaImage header: no ElementDataFile line")
+    data_file = values[b"ElementDataFile"]
+    if not data_file.isascii() or not data_file.strip():
+        raise ReadError(path, f"corrupt MetaImage header: ElementDataFile = {data_file[:40]!r}")
+    if data_file != b"LOCAL":
+        return
+    if values.get(b"CompressedData", b"false").lower() != b"true":
+        return
+    remaining = path.stat().st_size - offset
+    if b"CompressedDataSize" in values and int(values[b"CompressedDataSize"]) != remaining:
+        raise ReadError(
+            path,
+            f"truncated or corrupt: CompressedDataSize is {int(values[b'CompressedDataSize'])} bytes, "
+            f"the file holds {remaining} after its header",
+        )
+
+
 @contextlib.contextmanager
 def native_stderr_muted():
     """Send what C++ code writes to file descriptor 2 (MetaIO's multi-line reports) to nowhere meanwhile.
@@ -123,6 +184,9 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
         except _NIBABEL_ERRORS as exc:
             raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
         _check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))
+    if suffix in (".mha", ".mhd"):
+        with open(path, "rb") as stream:
+            _check_metaimage_header(path, stream.read(1 << 16))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
