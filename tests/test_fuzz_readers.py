@@ -261,7 +261,12 @@ def corrupt(key: str, raw: bytes, how: str, tmp: Path) -> bytes:
     raise ValueError(how)
 
 
-CORRUPTIONS = ["empty", "cutat8", "cutat200", "cut0.5", "cut0.9", "cut0.99", *(f"flip{seed}" for seed in range(1, 13)), "lie-huge", "lie-large"]
+CORRUPTIONS = [
+    "empty", "cutat8", "cutat200", "cut0.5", "cut0.9", "cut0.99",
+    *(f"flip{seed}" for seed in range(1, 13)),
+    "flip38", "flip57", "flip165", "flip284",  # found by a longer sweep: TIFF tile size, PNG chunk, NIfTI unit, MHA crash
+    "lie-huge", "lie-large",
+]
 
 
 def check_read(path: Path, reader=read) -> object:

@@ -3,4 +3,7 @@
 from ._common import ImageRecord, ReadError, memory_budget
 from ._dispatch import as_picture, check_writable, file_suffix, is_picture, read, reader_for, write
 
-__all__ = ["ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "memory_budget", "read", "reader_for", "write"]
+__all__ = [
+    "ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "memory_budget", "read",
+    "reader_for", "write",
+]

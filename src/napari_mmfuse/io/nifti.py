@@ -49,7 +49,10 @@ MODALITY_TOKENS = {
 }
 _VECTOR_INTENTS = {"displacement vector", "vector", "quaternion", "rgb vector", "rgba vector", "fnirt disp field"}
 _SPACE_SCALE = {"meter": 1000.0, "micron": 1e-3}  # -> mm; "mm" and "unknown" are kept as mm
-_NIBABEL_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
+#: What nibabel raises on a corrupt file (an unknown unit or intent code is a KeyError).
+_NIBABEL_ERRORS = (
+    ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, KeyError, IndexError, TypeError
+)
 
 
 def _stem(path: Path, suffixes=SUFFIXES) -> str:
