@@ -1,9 +1,10 @@
 """Readers and writers. Every reader returns a list of :class:`ImageRecord` in the LPS world frame."""
 
-from ._common import ImageRecord, ReadError, memory_budget
+from ._common import ImageRecord, ReadError, materialize, memory_budget
 from ._dispatch import as_picture, check_writable, file_suffix, is_picture, read, reader_for, write
 
 __all__ = [
-    "ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "memory_budget", "read",
+    "ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "materialize", "memory_budget",
+    "read",
     "reader_for", "write",
 ]
