@@ -4,7 +4,6 @@ from ._common import ImageRecord, ReadError, materialize, memory_budget
 from ._dispatch import as_picture, check_writable, file_suffix, is_picture, read, reader_for, write
 
 __all__ = [
-    "ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "materialize", "memory_budget",
-    "read",
-    "reader_for", "write",
+    "ImageRecord", "ReadError", "as_picture", "check_writable", "file_suffix", "is_picture", "materialize",
+    "memory_budget", "read", "reader_for", "write",
 ]
