@@ -85,7 +85,7 @@ def add_parser(subparsers) -> None:
 
 
 def _read_one(path, series: int):
-    from ..io import read
+    from ..io import materialize, read
 
     records = read(path)
     if not 0 <= series < len(records):
@@ -93,7 +93,7 @@ def _read_one(path, series: int):
     record = records[series]
     if record.channel_axis is not None:
         raise ValueError(f"{path} has a channel axis; write one channel to its own file first")
-    return record, np.asarray(record.level0)
+    return record, materialize(record.level0, path)
 
 
 def _check_output(path, overwrite: bool) -> None:

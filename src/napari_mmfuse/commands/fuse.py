@@ -64,12 +64,12 @@ def add_parser(subparsers) -> None:
 
 
 def _read(path):
-    from ..io import read
+    from ..io import materialize, read
 
     record = read(path)[0]
     if record.channel_axis is not None:
         raise ValueError(f"{path} has separate channels; write the channel to fuse to its own file first")
-    return record, np.asarray(record.level0)
+    return record, materialize(record.level0, path)
 
 
 def write_image(

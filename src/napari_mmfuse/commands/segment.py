@@ -91,13 +91,13 @@ def _check_output(path, overwrite: bool) -> Path:
 
 
 def _read_one(path):
-    from ..io import read
+    from ..io import materialize, read
 
     records = read(path)
     record = records[0]
     if record.multiscale or record.channel_axis is not None or record.rgb:
         raise ValueError(f"{path}: give one grey 2D or 3D image per file")
-    data = np.asarray(record.data)
+    data = materialize(record.data, path)
     if data.ndim != record.spatial_ndim:
         raise ValueError(f"{path} has {data.ndim} axes; give one 2D or 3D image per file")
     return data, record
