@@ -276,7 +276,7 @@ def test_cli_register_pyramids_with_masks(tmp_path, capsys):
     assert main([*arguments, "--fixed-mask", str(paths["bad_mask"])]) == 1
     assert "has shape (100, 100), its image (512, 448)" in capsys.readouterr().err
     assert main([*arguments, "--max-size", "0"]) == 1
-    assert "at least 1 pixel" in capsys.readouterr().err
+    assert "--max-size must be an integer >= 16, got 0" in capsys.readouterr().err  # checked before any work
 
 
 TCGA_SVS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides" / "wsi_svs" / "tcga-cr-7395-01a-01-ts1.svs"
