@@ -1,0 +1,176 @@
+"""How many CPU threads the compute uses, decided in one place.
+
+The policy
+----------
+``available_cpus()`` is the number of CPUs this process may actually use: its CPU affinity
+(``os.sched_getaffinity``, which taskset, Slurm and containers narrow), capped by a cgroup CPU
+quota (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; a quota of
+200000/100000 is 2 CPUs), and at least 1. ``os.cpu_count()`` counts the host's CPUs instead
+and oversubscribes a container or a batch slot.
+
+``thread_count(role)`` turns that into a thread count:
+
+* ``"cli"``: every available CPU (``mmfuse`` runs one step at a time, headless);
+* ``"viewer"``: one fewer, at least 1 (napari renders on the main thread, which must stay
+  responsive while a widget's worker computes);
+* ``"worker"``: 1 (each worker of a cohort run computes one subject; parallelism comes from
+  running several workers, not from threads inside each).
+
+The environment variable ``MMFUSE_THREADS`` (a positive integer) overrides every role.
+
+``apply_thread_policy(role)`` sets torch's intra-op thread count (``torch.set_num_threads``)
+and, when that is still possible, its inter-op count, and returns the count chosen. The CLI
+applies it in ``main`` (role ``"cli"``) and the widgets once, before their first worker starts
+(role ``"viewer"``); a cohort worker calls ``apply_thread_policy("worker")`` when it starts.
+
+OpenMP wait policy
+------------------
+torch's CPU kernels run on OpenMP (libgomp). By default libgomp's threads busy-wait (spin) for
+a while after each parallel region; with other processes competing for the CPUs, the spinning
+threads take CPU time from the threads that have work, so a torch workload slows down more than
+the load alone explains. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead. libgomp reads it
+once, when it is loaded (``import torch``), and ``torch.set_num_threads`` does not change it, so
+it can only be set in the environment before torch is imported.
+
+MEASUREMENT_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+#: the roles :func:`thread_count` knows
+ROLES = ("cli", "viewer", "worker")
+
+#: environment variable overriding the thread count of every role
+ENV_VAR = "MMFUSE_THREADS"
+
+_applied: dict[str, int] = {}
+
+
+def cpus_from(affinity: Iterable[int] | None, quota: float | None, *, cpu_count: int | None = None) -> int:
+    """CPUs usable given an affinity set and a CPU quota (in CPUs); pure, for tests.
+
+    Parameters
+    ----------
+    affinity : iterable of int or None
+        The CPUs the process may run on; None where unknown (falls back to ``cpu_count``).
+    quota : float or None
+        The cgroup CPU quota in CPUs (quota / period); None where unlimited.
+    cpu_count : int or None
+        The fallback count where ``affinity`` is None.
+
+    Returns
+    -------
+    int
+        ``min(len(affinity), floor(quota))``, at least 1.
+    """
+    n = len(set(affinity)) if affinity is not None else (cpu_count or 1)
+    if quota is not None and quota > 0:
+        n = min(n, int(quota))  # a quota of 1.5 CPUs gives 1 thread: 2 would be throttled
+    return max(1, n)
+
+
+def quota_from_cgroup_v2(cpu_max: str | None) -> float | None:
+    """CPU quota in CPUs from the contents of cgroup v2 ``cpu.max`` (``"quota period"``).
+
+    ``"max 100000"`` (no limit), None, empty or malformed contents give None.
+    """
+    if not cpu_max:
+        return None
+    fields = cpu_max.split()
+    try:
+        if fields[0] == "max":
+            return None
+        quota, period = float(fields[0]), float(fields[1]) if len(fields) > 1 else 100000.0
+    except (ValueError, IndexError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def quota_from_cgroup_v1(quota_us: str | None, period_us: str | None) -> float | None:
+    """CPU quota in CPUs from cgroup v1 ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` (-1: no limit)."""
+    try:
+        quota, period = float((quota_us or "").strip()), float((period_us or "").strip())
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _system_quota() -> float | None:
+    """The cgroup CPU quota of this process's cgroup (v2, else v1), in CPUs, or None."""
+    quota = quota_from_cgroup_v2(_read("/sys/fs/cgroup/cpu.max"))
+    if quota is None:
+        for root in ("/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"):
+            quota = quota_from_cgroup_v1(_read(f"{root}/cpu.cfs_quota_us"), _read(f"{root}/cpu.cfs_period_us"))
+            if quota is not None:
+                break
+    return quota
+
+
+def available_cpus() -> int:
+    """The number of CPUs this process may use: affinity capped by the cgroup quota, at least 1."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return cpus_from(affinity, _system_quota(), cpu_count=os.cpu_count())
+
+
+def threads_for(role: str, cpus: int, env: str | None = None) -> int:
+    """Thread count for ``role`` given ``cpus`` available and the ``MMFUSE_THREADS`` value; pure.
+
+    Raises
+    ------
+    ValueError
+        For an unknown role or an ``env`` value that is not a positive integer.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown thread role {role!r}; expected one of {', '.join(ROLES)}")
+    if env is not None and env.strip():
+        try:
+            count = int(env.strip())
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"{ENV_VAR}={env!r} is not a positive integer; set it to a thread count such as 4, or unset it")
+        return count
+    if role == "cli":
+        return max(1, cpus)
+    if role == "viewer":
+        return max(1, cpus - 1)
+    return 1
+
+
+def thread_count(role: str) -> int:
+    """Thread count for ``role`` (``"cli"``, ``"viewer"`` or ``"worker"``) on this machine.
+
+    ``MMFUSE_THREADS`` overrides it; see the module docstring.
+    """
+    return threads_for(role, available_cpus(), os.environ.get(ENV_VAR))
+
+
+def apply_thread_policy(role: str) -> int:
+    """Set torch's thread counts for ``role`` and return the intra-op count chosen.
+
+    The inter-op count is set too, to the same number, unless it was set before or torch's
+    inter-op pool has already started (torch then refuses to change it).
+    """
+    import torch
+
+    count = thread_count(role)
+    torch.set_num_threads(count)
+    if "interop" not in _applied:
+        try:
+            torch.set_num_interop_threads(count)
+        except RuntimeError:  # inter-op work already started, or set before: keep torch's
+            pass
+        _applied["interop"] = count
+    _applied[role] = count
+    return count
