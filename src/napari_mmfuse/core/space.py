@@ -17,10 +17,6 @@ Conventions
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from .device import get_device
 
 FRAME = "LPS"
 _LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
@@ -273,6 +269,11 @@ def resample(
     -------
     ndarray, shape reference_shape (plus the channel axis)
     """
+    import torch  # torch only when resampling runs: readers and `mmfuse --help` import this module
+    import torch.nn.functional as F
+
+    from .device import get_device
+
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', not {interpolation!r}")
     if isinstance(image, torch.Tensor):

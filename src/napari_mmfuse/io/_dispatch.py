@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 
 from ._common import ImageRecord, ReadError, refuse_overwrite
@@ -152,6 +151,8 @@ def write(
     -------
     Path
     """
+    import dask.array as da
+
     path = check_writable(path, overwrite)
     suffix = file_suffix(path)
     if not (isinstance(data, da.Array) and suffix in _STREAMED_OUT):
