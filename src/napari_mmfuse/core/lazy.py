@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import itertools
 
-import dask.array as da
 import numpy as np
 
-from .register import apply_transform
 from .space import _check_affine, resample
 
 #: Largest side (pixels) of the pyramid level that registration runs on.
@@ -143,6 +141,8 @@ def _translation(offset) -> np.ndarray:
 
 def _read(image, region) -> np.ndarray:
     """Pixels of a region of a numpy or dask array (a dask read stays in the calling thread)."""
+    import dask.array as da
+
     part = image[region]
     if isinstance(part, da.Array):
         return part.compute(scheduler="synchronous")
@@ -218,6 +218,10 @@ def lazy_apply_transform(
         For an unknown interpolation, mismatched dimensions or a displacement without
         its affine.
     """
+    import dask.array as da  # dask and torch only when a transform is applied: `mmfuse --help` imports this module
+
+    from .register import apply_transform
+
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', not {interpolation!r}")
     if not hasattr(image, "ndim"):
