@@ -37,8 +37,8 @@ _DENOISE_FLAGS = {
 
 
 def add_parser(subparsers) -> None:
-    from ..core.denoise import METHODS
-    from ..core.normalize import METHODS as NORMALIZE_METHODS
+    from ..core._names import DENOISE_METHODS as METHODS
+    from ..core._names import NORMALIZE_METHODS
 
     parser = subparsers.add_parser(
         "denoise",

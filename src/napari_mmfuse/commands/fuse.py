@@ -25,7 +25,8 @@ from ._outputs import check_outputs
 
 
 def add_parser(subparsers) -> None:
-    from ..core.fuse import DEFAULT_METHOD, method_names
+    from ..core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
+    from ..core._names import FUSE_METHODS
 
     parser = subparsers.add_parser(
         "fuse",
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--method",
         default=None,
-        choices=method_names(),
+        choices=list(FUSE_METHODS),
         help=f"fusion method (default: 'colour' with inner={DEFAULT_METHOD} when an input is a colour picture, "
         f"else {DEFAULT_METHOD})",
     )

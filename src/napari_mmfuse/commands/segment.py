@@ -28,7 +28,7 @@ NIFTI = (".nii", ".nii.gz")
 
 
 def add_parser(subparsers) -> None:
-    from ..core.explain import METHODS
+    from ..core._names import EXPLAIN_METHODS as METHODS
 
     parser = subparsers.add_parser(
         "segment",

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._names import DENOISE_METHODS
 from .device import get_device, with_oom_retry
 from .params import ParameterRange
 
 #: Classical methods by name (see :func:`denoise`); "n2v" runs :func:`noise2void`.
-METHODS = ("gaussian", "median", "bilateral", "tv", "nlm", "diffusion", "n2v")
+METHODS = DENOISE_METHODS
 DEFAULT_MAX_VOXELS = 2**22
 
 #: Allowed values of every method's numeric keyword (checked by callers before any work;

@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._names import EXPLAIN_METHODS
 from .device import get_device
 from .segment import SegmentationNet, check_images, outside_view
 
-METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention")
+METHODS = EXPLAIN_METHODS
 ATTRIBUTIONS = ("ablation", "ig")
 #: sliding-window overlap, as :func:`~.segment.predict`'s default
 OVERLAP = 0.25

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import space
+from ._names import FUSE_DEFAULT_METHOD
 from .device import get_device
 from .params import ParameterRange, check_parameter
 
@@ -33,7 +34,7 @@ from .params import ParameterRange, check_parameter
 # for volumes. Learned fusion scores 0.656 / 0.806 / 0.732 but trains per image pair
 # (seconds), guided filtering 0.572 / 0.773 / 0.714; maximum selection switches pixels hard
 # between sources.
-DEFAULT_METHOD = "laplacian"
+DEFAULT_METHOD = FUSE_DEFAULT_METHOD
 
 CT_WINDOW = (-450.0, 1050.0)
 """Bone window (level 300 HU, width 1500 HU) applied to CT in Hounsfield units."""

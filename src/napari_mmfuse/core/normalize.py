@@ -12,10 +12,11 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._names import NORMALIZE_METHODS
 from .params import ParameterRange
 
 #: Methods of :func:`normalize` by name.
-METHODS = ("percentile", "zscore", "histogram", "n4", "macenko", "reinhard")
+METHODS = NORMALIZE_METHODS
 #: Allowed values of the methods' numeric keywords (checked by callers before any work).
 PARAMETER_RANGES = {
     "low": ParameterRange(float, 0.0, 100.0),
