@@ -3,7 +3,8 @@
 Each command runs in a fresh subprocess ``--repeat`` times (default 5); the
 median wall time is printed, with the ten slowest cumulative imports from
 ``python -X importtime`` and whether torch, monai or napari were imported.
-Exits 1 when a target is missed (median over ``--limit`` seconds, default
+A bare ``python -c pass`` is timed too, for reference
+(interpreter start-up is part of every figure). Exits 1 when a target is missed (median over ``--limit`` seconds, default
 0.5, or a forbidden module in ``sys.modules``).
 
 Usage::
@@ -50,6 +51,12 @@ def _run(code: str, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def _wall(code: str) -> float:
+    t0 = time.perf_counter()
+    _run(code)
+    return time.perf_counter() - t0
+
+
 def _top_imports(code: str, n: int = 10) -> list[tuple[int, str]]:
     proc = _run(code, "-X", "importtime")
     rows = []
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     failed = False
+    bare = statistics.median(_wall("pass") for _ in range(args.repeat))
+    print(f"(reference: a bare `python -c pass` takes {bare:.3f} s median here)")
     for name, (code, forbidden) in CASES.items():
         times = []
         for _ in range(args.repeat):
