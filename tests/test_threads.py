@@ -90,3 +90,20 @@ def test_apply_thread_policy_sets_torch_threads(monkeypatch):
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_apply_thread_policy_before_torch_sets_environment(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, os\n"
+        "from napari_mmfuse.core.threads import apply_thread_policy\n"
+        "n = apply_thread_policy('worker')\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "print(n, torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MMFUSE_THREADS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "PASSIVE"]

@@ -38,6 +38,7 @@ MEASUREMENT_PLACEHOLDER
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 
 #: the roles :func:`thread_count` knows
@@ -159,18 +160,29 @@ def thread_count(role: str) -> int:
 def apply_thread_policy(role: str) -> int:
     """Set torch's thread counts for ``role`` and return the intra-op count chosen.
 
-    The inter-op count is set too, to the same number, unless it was set before or torch's
-    inter-op pool has already started (torch then refuses to change it).
-    """
-    import torch
+    If torch is already imported, ``torch.set_num_threads`` is called, and
+    ``torch.set_num_interop_threads`` too (same count) unless it was set before or torch's
+    inter-op pool has already started (torch then refuses to change it). If torch is not
+    imported yet, it is not imported here (``mmfuse info`` and a napari start stay fast):
+    ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` are set instead, which torch reads when it is
+    imported.
 
+    Raises
+    ------
+    ValueError
+        For an invalid ``MMFUSE_THREADS`` or an unknown role.
+    """
     count = thread_count(role)
-    torch.set_num_threads(count)
-    if "interop" not in _applied:
-        try:
-            torch.set_num_interop_threads(count)
-        except RuntimeError:  # inter-op work already started, or set before: keep torch's
-            pass
-        _applied["interop"] = count
+    torch = sys.modules.get("torch")
+    if torch is None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(count)
+    else:
+        torch.set_num_threads(count)
+        if "interop" not in _applied:
+            try:
+                torch.set_num_interop_threads(count)
+            except RuntimeError:  # inter-op work already started, or set before: keep torch's
+                pass
+            _applied["interop"] = count
     _applied[role] = count
     return count
