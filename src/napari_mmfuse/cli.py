@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if in_main_thread:
         install_signal_handlers()
     try:
+        from .core.threads import apply_thread_policy
+
+        apply_thread_policy("cli")  # every available CPU; MMFUSE_THREADS overrides (see core.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as interruption:
         print("mmfuse: interrupted", file=sys.stderr)

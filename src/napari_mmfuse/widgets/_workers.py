@@ -8,6 +8,28 @@ from qtpy.QtCore import QThreadPool
 _in_flight: set = set()
 
 
+#: whether the viewer's thread policy has been applied (once, before the first worker)
+_thread_policy_applied = False
+
+
+def _apply_viewer_thread_policy() -> None:
+    """Leave one CPU to napari's main thread: torch gets ``thread_count("viewer")`` threads.
+
+    An invalid ``MMFUSE_THREADS`` becomes a warning (napari shows it as a notification) and
+    torch keeps its thread count, instead of every widget failing to start.
+    """
+    global _thread_policy_applied
+    from ..core.threads import apply_thread_policy
+
+    _thread_policy_applied = True
+    try:
+        apply_thread_policy("viewer")
+    except ValueError as error:
+        import warnings
+
+        warnings.warn(str(error), stacklevel=3)
+
+
 def start_worker(worker) -> None:
     """Start a napari worker, keeping one thread of Qt's global pool free for Qt.
 
@@ -24,6 +46,8 @@ def start_worker(worker) -> None:
     worker : napari.qt.threading.WorkerBase
         A worker that has not been started.
     """
+    if not _thread_policy_applied:
+        _apply_viewer_thread_policy()
     pool = QThreadPool.globalInstance()
     _in_flight.add(worker)
     worker.finished.connect(lambda: _in_flight.discard(worker))
