@@ -32,7 +32,32 @@ the load alone explains. ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead. l
 once, when it is loaded (``import torch``), and ``torch.set_num_threads`` does not change it, so
 it can only be set in the environment before torch is imported.
 
-MEASUREMENT_PLACEHOLDER
+Decision: ``napari_mmfuse/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE`` with
+``os.environ.setdefault`` (a value the user exported wins). It takes effect whenever
+napari_mmfuse is imported before torch: ``mmfuse``, the napari plugin (napari itself does not
+import torch), and scripts that import napari_mmfuse first. A script or host that imports torch
+first keeps OpenMP's default; export ``OMP_WAIT_POLICY=PASSIVE`` there. ``torch.set_num_threads``
+(and so :func:`apply_thread_policy`) keeps the wait policy libgomp started with: the PASSIVE
+runs below went through it.
+
+Measurement (``benchmarks/bench_busy.py --quick``: rigid MI registration of the head phantom
+downsampled by 3, 40x48x40; 2-CPU machine that another user's jobs kept at a load average of
+about 2.7 even in the "idle" rows; busy = two more ``while True: pass`` processes; torch 2.13 CPU,
+libgomp; one run each, seconds):
+
+=========================  ======  ======  ========
+configuration              idle    busy    slowdown
+=========================  ======  ======  ========
+2 threads, OpenMP default  15.27   63.17   4.1x
+2 threads, PASSIVE          2.53    6.88   2.7x
+2 threads, ACTIVE          18.10   19.93   1.1x
+1 thread (viewer), PASSIVE  2.19    6.28   2.9x
+SimpleITK (2 threads)       1.82    1.87   1.0x
+=========================  ======  ======  ========
+
+Spinning threads cost a factor of 6 on an already shared machine and 9 under the extra load;
+with PASSIVE the remaining slowdown is about what the load explains (three to four runnable
+processes on two CPUs).
 """
 
 from __future__ import annotations
