@@ -14,6 +14,8 @@ imported), timed on the registration call alone. Configurations:
   (``OMP_WAIT_POLICY=PASSIVE`` unless already set, see :mod:`napari_mmfuse.core.threads`);
 * ``ours policy ACTIVE``: the policy's thread count with ``OMP_WAIT_POLICY=ACTIVE`` forced;
 * ``ours viewer``: ``apply_thread_policy("viewer")`` (one CPU left to napari);
+* ``ours policy spin 10k``: the policy's thread count, OpenMP's default wait policy with libgomp's
+  ``GOMP_SPINCOUNT=10000`` (spin briefly, then sleep; default 300000);
 * ``SimpleITK``: its default thread count (all CPUs).
 
 Loads: idle, then ``--load`` competing busy processes (``python -c "while True: pass"``,
@@ -43,6 +45,7 @@ CONFIGS = {
     "ours policy": ("ours", "cli", {}),
     "ours policy ACTIVE": ("ours", "cli", {"OMP_WAIT_POLICY": "ACTIVE"}),
     "ours viewer": ("ours", "viewer", {}),
+    "ours policy spin 10k": ("ours", "cli+torch-first", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
     "SimpleITK": ("sitk", "default", {}),
 }
 
@@ -62,7 +65,9 @@ def _pair(step: int):
 def child(method: str, role: str, step: int) -> None:
     """One timed registration in this process; prints a JSON line."""
     omp_seen = os.environ.get("OMP_WAIT_POLICY")  # what libgomp sees when torch is imported first
-    if role == "default":
+    torch_first = role == "default" or role.endswith("+torch-first")
+    role = role.removesuffix("+torch-first")
+    if torch_first:
         import torch  # noqa: F401  before napari_mmfuse: libgomp starts with OpenMP's default wait policy
 
     f, fa, m, ma = _pair(step)
@@ -87,7 +92,7 @@ def child(method: str, role: str, step: int) -> None:
         threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
         start = time.perf_counter()
         simpleitk_linear(f, fa, m, ma, "rigid")
-    print(json.dumps({"seconds": time.perf_counter() - start, "threads": threads, "omp": omp_seen if role == "default" else os.environ.get("OMP_WAIT_POLICY")}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "threads": threads, "omp": omp_seen if torch_first else os.environ.get("OMP_WAIT_POLICY"), "spin": os.environ.get("GOMP_SPINCOUNT")}))
 
 
 def run(name: str, step: int) -> dict:
@@ -127,7 +132,7 @@ def main() -> None:
                 runs = [run(name, step) for _ in range(args.repeat)]
                 seconds = sorted(r["seconds"] for r in runs)[len(runs) // 2]
                 times[(name, load)] = seconds
-                print(f"  {load:8s} {name:20s} {seconds:7.2f} s  (threads {runs[0]['threads']}, OMP_WAIT_POLICY {runs[0]['omp']})", flush=True)
+                print(f"  {load:8s} {name:20s} {seconds:7.2f} s  (threads {runs[0]['threads']}, OMP_WAIT_POLICY {runs[0]['omp']}, GOMP_SPINCOUNT {runs[0]['spin']})", flush=True)
         finally:
             for hog in hogs:
                 hog.kill()

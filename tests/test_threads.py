@@ -107,3 +107,25 @@ def test_apply_thread_policy_before_torch_sets_environment(tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("MMFUSE_THREADS", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "1", "PASSIVE"]
+
+
+def test_worker_initializer_in_a_process_pool():
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, initializer=threads.worker_initializer) as pool:
+        assert pool.submit(_worker_threads).result() == 1
+
+
+def _worker_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_cli_reports_invalid_env_in_one_line(monkeypatch, capsys):
+    from napari_mmfuse.cli import main
+
+    monkeypatch.setenv("MMFUSE_THREADS", "lots")
+    assert main(["info", "missing.nii"]) == 1
+    err = capsys.readouterr().err
+    assert "MMFUSE_THREADS" in err and err.count("\n") == 1

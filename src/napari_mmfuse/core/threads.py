@@ -211,3 +211,14 @@ def apply_thread_policy(role: str) -> int:
             _applied["interop"] = count
     _applied[role] = count
     return count
+
+
+def worker_initializer() -> None:
+    """Thread policy of one cohort worker process (role ``"worker"``: 1 thread).
+
+    A picklable, argument-free hook for ``concurrent.futures.ProcessPoolExecutor(initializer=...)``,
+    ``multiprocessing.Pool(initializer=...)`` or a Dask worker's setup, called in each worker
+    before it computes. Run it before the worker imports torch where possible: the count then
+    reaches torch through ``OMP_NUM_THREADS`` (see :func:`apply_thread_policy`).
+    """
+    apply_thread_policy("worker")
