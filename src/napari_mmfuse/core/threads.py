@@ -40,24 +40,35 @@ first keeps OpenMP's default; export ``OMP_WAIT_POLICY=PASSIVE`` there. ``torch.
 (and so :func:`apply_thread_policy`) keeps the wait policy libgomp started with: the PASSIVE
 runs below went through it.
 
-Measurement (``benchmarks/bench_busy.py --quick``: rigid MI registration of the head phantom
-downsampled by 3, 40x48x40; 2-CPU machine that another user's jobs kept at a load average of
-about 2.7 even in the "idle" rows; busy = two more ``while True: pass`` processes; torch 2.13 CPU,
-libgomp; one run each, seconds):
+Measurement (``benchmarks/bench_busy.py --repeat 3``: rigid MI registration of the head
+phantom downsampled by 2, 60x72x60; median of 3 runs, each in a fresh process, seconds; a
+2-CPU machine that another user's jobs kept at a load average of 2 to 3 even in the "idle"
+column; "busy" adds two ``while True: pass`` processes; torch 2.13 CPU, libgomp; the two
+blocks are two invocations):
 
-=========================  ======  ======  ========
-configuration              idle    busy    slowdown
-=========================  ======  ======  ========
-2 threads, OpenMP default  15.27   63.17   4.1x
-2 threads, PASSIVE          2.53    6.88   2.7x
-2 threads, ACTIVE          18.10   19.93   1.1x
-1 thread (viewer), PASSIVE  2.19    6.28   2.9x
-SimpleITK (2 threads)       1.82    1.87   1.0x
-=========================  ======  ======  ========
+==================================  =====  =====  ========
+configuration (2 torch threads)     idle   busy   slowdown
+==================================  =====  =====  ========
+OpenMP default (spin, then sleep)   2.17   12.60  5.8x
+OMP_WAIT_POLICY=PASSIVE             3.41    5.56  1.6x
+OMP_WAIT_POLICY=ACTIVE              2.27   14.37  6.3x
+1 thread (viewer role), PASSIVE     2.66    5.21  2.0x
+SimpleITK, for reference            0.50    2.99  5.9x
+----------------------------------  -----  -----  --------
+OpenMP default                      2.44   14.36  5.9x
+OMP_WAIT_POLICY=PASSIVE             3.33    5.41  1.6x
+GOMP_SPINCOUNT=10000 (short spin)   2.89    6.68  2.3x
+==================================  =====  =====  ========
 
-Spinning threads cost a factor of 6 on an already shared machine and 9 under the extra load;
-with PASSIVE the remaining slowdown is about what the load explains (three to four runnable
-processes on two CPUs).
+PASSIVE costs 40-55 % on the lightly shared machine (threads sleep and wake for every
+parallel region) and gains a factor of 2.3-2.7 under the extra load, where spinning threads
+take the CPUs from the threads with work. The plugin runs beside napari's rendering, other
+jobs and other subjects, so PASSIVE is the default; a short spin (libgomp's GOMP_SPINCOUNT) is
+in between but libgomp-only, while OMP_WAIT_POLICY is portable OpenMP. On a dedicated idle
+workstation, ``export OMP_WAIT_POLICY=ACTIVE`` (or unset it before importing torch first)
+wins back the idle speed. A first ``--quick`` run (40x48x40) under a heavier background load
+gave 15.3 s idle / 63.2 s busy with OpenMP's default and 2.5 / 6.9 s with PASSIVE: the spinning
+cost grows with the contention. Not measured: a truly idle machine, and more than 2 CPUs.
 """
 
 from __future__ import annotations
