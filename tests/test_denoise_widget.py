@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from napari_mmfuse.widgets import denoise as widget_module
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.denoise import DenoiseWidget
 
-SHOTS = Path("/tmp/mmfuse_shots")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +81,7 @@ def test_3d_preview_is_the_current_slice(make_napari_viewer, qtbot):
     np.testing.assert_allclose(preview.data[0], widget_module.dn.gaussian(volume[4], sigma=widget.parameters()["sigma"]), atol=1e-5)
 
 
-def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot):
+def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot, shots_dir):
     viewer = make_napari_viewer()
     viewer.window._qt_window.resize(1300, 760)
     layer = viewer.add_image(noisy_image((64, 64), seed=2), name="cells", colormap="gray")
@@ -102,8 +100,7 @@ def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot):
     viewer.grid.enabled = True
     viewer.reset_view()
     qtbot.wait(200)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(path=str(SHOTS / "denoise_widget.png"), canvas_only=False)
+    shot = viewer.screenshot(path=str(shots_dir / "denoise_widget.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[1] > 1000
 
 

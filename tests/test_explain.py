@@ -353,10 +353,8 @@ def test_cli_writes_an_attention_map(tmp_path):
     assert cli.main(argv + ["--layer", "nope", "-o", str(tmp_path / "other.nii.gz")]) == 1
 
 
-def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch, transformer, setting):
+def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch, transformer, setting, shots_dir):
     """Click through the Explain widget with the attention method: overlay placement, colormap, blending, legend."""
-    from pathlib import Path
-
     from qtpy.QtCore import Qt
 
     from napari_mmfuse.widgets import explain as explain_widget
@@ -401,19 +399,15 @@ def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch
     widget.legend.item(0).setCheckState(Qt.Unchecked)
     assert not overlay.visible
     widget.legend.item(0).setCheckState(Qt.Checked)
-    shots = Path("/tmp/mmfuse_shots")
-    shots.mkdir(parents=True, exist_ok=True)
     viewer.reset_view()
-    viewer.screenshot(str(shots / "explain_attention.png"), canvas_only=True)
-    widget.grab().save(str(shots / "explain_attention_panel.png"))
+    viewer.screenshot(str(shots_dir / "explain_attention.png"), canvas_only=True)
+    widget.grab().save(str(shots_dir / "explain_attention_panel.png"))
     widget.method.setCurrentIndex(widget.method.findData("gradcam"))
     assert not widget.rollout.isEnabled() and widget.layer.itemData(1) in explain.conv_layers(model)
 
 
-def test_explain_widget_attention_3d(make_napari_viewer, qtbot):
+def test_explain_widget_attention_3d(make_napari_viewer, qtbot, shots_dir):
     """3D: the attention overlay of a (hand-set) volume transformer sits on the input layer's grid."""
-    from pathlib import Path
-
     from qtpy.QtCore import Qt
 
     from napari_mmfuse.widgets._layers import world_affine
@@ -447,7 +441,7 @@ def test_explain_widget_attention_3d(make_napari_viewer, qtbot):
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     viewer.camera.angles = (-30, 35, 140)
-    viewer.screenshot(str(Path("/tmp/mmfuse_shots") / "explain_attention_3d.png"), canvas_only=True)
+    viewer.screenshot(str(shots_dir / "explain_attention_3d.png"), canvas_only=True)
 
 
 def test_cli_trains_a_unetr_and_explains_its_attention(tmp_path):

@@ -1,6 +1,5 @@
 """The Fuse dock widget: preview, a full fusion in a worker, bad inputs, a screenshot."""
 
-import os
 import time
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from napari_mmfuse.widgets.fuse import AUTO, PREVIEW_NAME, FuseWidget
 
 HARVARD = Path(__file__).parents[1].parent / "shared" / "data" / "fusion" / "harvard"
 
-SHOTS = Path("/tmp/mmfuse_shots")
 
 
 def _pair(size=64):
@@ -33,7 +31,7 @@ def viewer_widget(make_napari_viewer, qtbot):
     return viewer, widget
 
 
-def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget, qtbot):
+def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget, qtbot, shots_dir):
     viewer, widget = viewer_widget
     mri, pet = _pair()
     a = viewer.add_image(mri, name="MRI", scale=(0.5, 0.5))
@@ -62,7 +60,7 @@ def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget
     np.testing.assert_array_equal(b.data, before[1])
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)
-    _colour_fusion_screenshot(viewer, widget, qtbot)
+    _colour_fusion_screenshot(viewer, widget, qtbot, shots_dir)
 
 
 def test_preview_follows_method_and_is_replaced(viewer_widget, qtbot):
@@ -160,7 +158,7 @@ def test_bad_inputs_notify_and_add_nothing(viewer_widget, monkeypatch):
     assert len(viewer.layers) == count
 
 
-def _colour_fusion_screenshot(viewer, widget, qtbot):
+def _colour_fusion_screenshot(viewer, widget, qtbot, shots_dir):
     mri, pet = _pair(128)
     viewer.add_image(mri, name="MRI", colormap="gray")
     viewer.add_image(pet, name="PET", colormap="inferno", blending="additive", opacity=0.5)
@@ -181,10 +179,9 @@ def _colour_fusion_screenshot(viewer, widget, qtbot):
     viewer.window.add_dock_widget(widget, name="Fuse")
     viewer.window._qt_window.resize(1400, 900)
     viewer.reset_view()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(str(SHOTS / "fuse_widget.png"), canvas_only=False)
+    shot = viewer.screenshot(str(shots_dir / "fuse_widget.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 100
-    assert widget.grab().save(str(SHOTS / "fuse_widget_panel.png"))
+    assert widget.grab().save(str(shots_dir / "fuse_widget_panel.png"))
 
 
 def _docked(make_napari_viewer):
@@ -270,14 +267,8 @@ def test_metrics_cleared_on_new_run_and_changed_inputs_and_sums_say_so(make_napa
     assert widget.metrics_table.rowCount() > 0
 
 
-def _shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("MMFUSE_SHOTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 @pytest.mark.skipif(not HARVARD.is_dir(), reason="shared Harvard fusion pairs absent")
-def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, qtbot, tmp_path):
+def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, qtbot, shots_dir):
     from napari_mmfuse.io import read
 
     name = "11.png" if (HARVARD / "MRI_PET" / "MRI" / "11.png").exists() else sorted(
@@ -324,5 +315,5 @@ def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, q
     viewer.layers[mri.name].visible = False
     viewer.window._qt_window.resize(1400, 900)
     viewer.reset_view()
-    shot = viewer.screenshot(str(_shots(tmp_path) / "fuse_harvard_mri_pet.png"), canvas_only=False)
+    shot = viewer.screenshot(str(shots_dir / "fuse_harvard_mri_pet.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 100

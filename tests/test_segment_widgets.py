@@ -1,7 +1,6 @@
 """Segment and Explain dock widgets, clicked through in a napari viewer (screenshots under Xvfb)."""
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from napari_mmfuse.widgets import segment as segment_widget
 from napari_mmfuse.widgets.explain import ExplainWidget
 from napari_mmfuse.widgets.segment import SegmentWidget, remember_model, session_model
 
-SHOTS = Path("/tmp/mmfuse_shots")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,7 +88,7 @@ def errors(monkeypatch):
     return messages
 
 
-def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phantom, tmp_path, errors):
+def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phantom, tmp_path, errors, shots_dir):
     viewer = make_napari_viewer(show=True)  # shown, so that screenshots render
     t1, t2, strokes, truth = add_2d(viewer, phantom)
     painted = strokes.data.copy()
@@ -116,12 +114,11 @@ def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phan
     first_model = widget.model
     assert session_model(viewer)[0] is first_model
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
     viewer.layers["T1 uncertainty"].visible = False
     strokes.visible = False
     viewer.reset_view()
-    viewer.screenshot(str(SHOTS / "segment.png"), canvas_only=True)
-    widget.grab().save(str(SHOTS / "segment_panel.png"))
+    viewer.screenshot(str(shots_dir / "segment.png"), canvas_only=True)
+    widget.grab().save(str(shots_dir / "segment_panel.png"))
 
     widget.steps.setValue(20)  # warm start: the same weights keep training
     run_and_wait(qtbot, widget, widget.train_button)
@@ -159,8 +156,8 @@ def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phan
     lesion_layer.visible = False
     result.visible = False
     viewer.layers["T1 segmentation [1]"].visible = False
-    viewer.screenshot(str(SHOTS / "explain_2d.png"), canvas_only=True)
-    explainer.grab().save(str(SHOTS / "explain_panel.png"))
+    viewer.screenshot(str(shots_dir / "explain_2d.png"), canvas_only=True)
+    explainer.grab().save(str(shots_dir / "explain_panel.png"))
 
     explainer.method.setCurrentIndex(explainer.method.findData("gradcam"))
     explainer.region.setCurrentIndex(2)
@@ -241,7 +238,7 @@ def test_cancel_training_adds_nothing(make_napari_viewer, qtbot, phantom):
     assert set(np.unique(viewer.layers["T1 segmentation"].data)) == {1, 2}
 
 
-def test_explain_3d_overlay(make_napari_viewer, qtbot, phantom):
+def test_explain_3d_overlay(make_napari_viewer, qtbot, phantom, shots_dir):
     images, truth, affine = phantom
     images, truth = images[:, :, ::2, ::2], truth[:, ::2, ::2]  # 1.5 x 3 x 3 mm
     spacing = np.linalg.norm(affine[:3, :3], axis=0) * [1, 2, 2]
@@ -272,5 +269,5 @@ def test_explain_3d_overlay(make_napari_viewer, qtbot, phantom):
     viewer.dims.ndisplay = 3
     viewer.reset_view()
     viewer.camera.angles = (-30, 35, 140)
-    viewer.screenshot(str(SHOTS / "explain_3d.png"), canvas_only=True)
-    assert (SHOTS / "explain_3d.png").stat().st_size > 0
+    viewer.screenshot(str(shots_dir / "explain_3d.png"), canvas_only=True)
+    assert (shots_dir / "explain_3d.png").stat().st_size > 0
