@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from napari_mmfuse.cli import main
 from napari_mmfuse.core.params import ParameterRange, check_parameter
@@ -28,12 +27,7 @@ FixedParameters: 0 0 0
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _volume(shape=(16, 16, 16), seed=0):

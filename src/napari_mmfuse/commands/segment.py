@@ -81,12 +81,11 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_explain)
 
 
-def _check_output(path, overwrite: bool) -> Path:
+def _nifti_output(path) -> Path:
+    """The output path, which must be NIfTI (existence and folders are checked by ``check_outputs``)."""
     path = Path(path)
     if not path.name.lower().endswith(NIFTI):
         raise ValueError(f"{path}: write .nii or .nii.gz")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     return path
 
 
@@ -173,8 +172,8 @@ def run_segment(args) -> int:
     saved = [("--save-model", path) for path in model_files(args.save_model)] if args.save_model else []
     check_outputs([("-o", args.output), ("--probabilities", args.probabilities)] + saved,
                   [*args.images, args.scribbles, args.model] + (model_files(args.model) if args.model else []), args.overwrite)
-    output = _check_output(args.output, args.overwrite)
-    probabilities_path = _check_output(args.probabilities, args.overwrite) if args.probabilities else None
+    output = _nifti_output(args.output)
+    probabilities_path = _nifti_output(args.probabilities) if args.probabilities else None
     if args.method != "unet" and (args.model or args.save_model or args.probabilities):
         raise ValueError("--model, --save-model and --probabilities apply to --method unet only")
     _check_segment_params(args)
@@ -232,11 +231,7 @@ def run_explain(args) -> int:
 
     check_outputs([("-o", args.output), ("--attribution-json", args.attribution_json)],
                   [*args.images, args.roi, *model_files(args.model)], args.overwrite)
-    output = _check_output(args.output, args.overwrite)
-    if args.attribution_json:
-        attribution_path = Path(args.attribution_json)
-        if attribution_path.exists() and not args.overwrite:
-            raise FileExistsError(f"{attribution_path} already exists; pass --overwrite to replace it")
+    output = _nifti_output(args.output)
     get_device(args.device)
     model = segment.load_model(args.model)
     images, record = _subject(args.images, args.device)
@@ -259,6 +254,7 @@ def run_explain(args) -> int:
             "attribution": [float(v) for v in attribution.scores],
             "raw": [float(v) for v in attribution.raw],
         }
+        attribution_path = Path(args.attribution_json)
         write_text(attribution_path, json.dumps(summary, indent=2), overwrite=args.overwrite)
         for path, score in zip(args.images, attribution.scores):
             print(f"  {path}: {score:.3f}")

@@ -203,8 +203,7 @@ def occlusion(module: nn.Module, x: torch.Tensor, *, class_index: int, region=No
     if fill is None:
         fill = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
     drops = torch.zeros(len(corners), dtype=torch.float32, device=x.device)
-    for _ in _occlusion_drops(module, x, class_index, region, corners, window, fill, batch_size, drops):
-        pass
+    _drain(_occlusion_drops(module, x, class_index, region, corners, window, fill, batch_size, drops))
     return _paint_occlusion(drops, corners, window, x.shape[2:]).cpu().numpy().astype(np.float32)
 
 

@@ -152,10 +152,8 @@ def _remove(path: Path) -> None:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError:
+            path.unlink(missing_ok=True)
+    except OSError:  # best effort: what cannot be removed stays, the result is already in place
         pass
 
 
