@@ -56,3 +56,39 @@ def geometry_of(layer, **extra) -> dict:
         "axis_labels": tuple(layer.axis_labels),
     }
     return geometry | extra
+
+
+def image_of(layer, *, kind: str | None = None, copy: bool = True):
+    """A layer as an :class:`~napari_mmfuse.operations.Image`: its data (level 0) and world affine.
+
+    The data is copied by default, so work on it can never change the user's layer.
+    """
+    from ..operations import Image
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = np.array(data) if copy else data
+    rgb = bool(getattr(layer, "rgb", False))
+    n_spatial = data.ndim - int(rgb)
+    metadata = dict(getattr(layer, "metadata", {}) or {})
+    kept = {key: metadata[key] for key in ("modality", "source") if key in metadata}
+    if metadata.get("mmfuse"):
+        kept["provenance"] = metadata["mmfuse"]
+    units = str(layer.units[-1]) if getattr(layer, "units", None) else "mm"
+    kind = kind or ("labels" if type(layer).__name__ == "Labels" else "image")
+    return Image(data, spatial_affine(layer, n_spatial), name=layer.name, kind=kind, rgb=rgb,
+                 units={"millimeter": "mm", "micrometer": "um"}.get(units, units), metadata=kept)
+
+
+def add_image_layer(viewer, image, *, like=None, name: str | None = None, **kwargs):
+    """Add an :class:`~napari_mmfuse.operations.Image` as a layer placed in world space.
+
+    Its provenance goes to ``layer.metadata["mmfuse"]``; with ``like``, the new layer takes
+    that layer's units and axis labels (its affine is the image's own).
+    """
+    affine = np.asarray(image.affine, dtype=float)
+    metadata = {"mmfuse": image.metadata["provenance"]} if image.metadata.get("provenance") else {}
+    extra = {"units": tuple(str(u) for u in like.units)[-len(affine) + 1 :]} if like is not None else {}
+    name = name or image.name
+    if image.kind == "labels":
+        return viewer.add_labels(image.data, affine=affine, name=name, metadata=metadata, **extra, **kwargs)
+    return viewer.add_image(image.data, affine=affine, name=name, rgb=image.rgb, metadata=metadata, **extra, **kwargs)

@@ -1,0 +1,4 @@
+"""fuse operations: one module per method family, each defining ``OPERATIONS``."""
+
+#: Menu order (methods not listed follow by name).
+ORDER: tuple = ()
