@@ -1,0 +1,123 @@
+"""Shared filters: separable 1D correlation, Gaussian, box mean, gradients, luminance.
+
+Fusion, denoising, registration and quality measures each used their own copies of these;
+they live here once. Torch functions work on the last ``n_spatial`` axes of a tensor of
+any batch shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: ITU-R BT.601 luma weights of R, G, B.
+BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+#: Border rules of :func:`correlate_along`: torch padding modes, plus "symmetric"
+#: (the edge sample repeated in the mirror: ``d c b a | a b c d | d c b a``).
+PADDINGS = ("replicate", "reflect", "symmetric")
+
+
+def gaussian_kernel(sigma: float, *, truncate: float = 3.0, radius: int | None = None,
+                    dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1D Gaussian of standard deviation ``sigma`` (samples).
+
+    The radius is ``ceil(truncate * sigma)`` unless given.
+    """
+    radius = int(math.ceil(truncate * sigma)) if radius is None else int(radius)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype=dtype, device=device)
+
+
+def correlate_along(x: torch.Tensor, kernel: torch.Tensor, dim: int, *, padding: str = "replicate",
+                    stride: int = 1) -> torch.Tensor:
+    """Correlate every line of ``x`` along ``dim`` with an odd 1D kernel; same length (before stride)."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, not {padding!r}")
+    moved = x.movedim(dim, -1)
+    shape = moved.shape
+    lines = moved.reshape(-1, 1, shape[-1])
+    pad = kernel.numel() // 2
+    if padding == "symmetric":
+        index = torch.arange(-pad, shape[-1] + pad, device=x.device)
+        index = torch.where(index < 0, -index - 1, index)
+        index = torch.where(index >= shape[-1], 2 * shape[-1] - 1 - index, index)
+        lines = lines.index_select(-1, index.clamp(0, shape[-1] - 1))
+    else:
+        lines = F.pad(lines, (pad, pad), mode=padding)
+    out = F.conv1d(lines, kernel.to(dtype=x.dtype, device=x.device).view(1, 1, -1), stride=stride)
+    return out.reshape(*shape[:-1], out.shape[-1]).movedim(-1, dim)
+
+
+def separable(x: torch.Tensor, kernel: torch.Tensor, n_spatial: int, *, padding: str = "replicate",
+              stride: int = 1) -> torch.Tensor:
+    """Apply the same 1D kernel along each of the last ``n_spatial`` axes."""
+    for dim in range(x.ndim - n_spatial, x.ndim):
+        x = correlate_along(x, kernel, dim, padding=padding, stride=stride)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, n_spatial: int, *, truncate: float = 3.0,
+                  radius: int | None = None, padding: str = "replicate") -> torch.Tensor:
+    """Separable Gaussian smoothing of the last ``n_spatial`` axes (``sigma`` in samples)."""
+    kernel = gaussian_kernel(sigma, truncate=truncate, radius=radius, dtype=x.dtype, device=x.device)
+    return separable(x, kernel, n_spatial, padding=padding)
+
+
+def box_mean(x: torch.Tensor, radius: int, n_spatial: int) -> torch.Tensor:
+    """Mean over a (2r+1)^n window clipped to the image (cumulative sums: O(1) per sample)."""
+    for dim in range(x.ndim - n_spatial, x.ndim):
+        length = x.shape[dim]
+        cumulative = F.pad(x.movedim(dim, -1).cumsum(-1), (1, 0))
+        index = torch.arange(length, device=x.device)
+        upper = (index + radius + 1).clamp(max=length)
+        lower = (index - radius).clamp(min=0)
+        summed = cumulative.index_select(-1, upper) - cumulative.index_select(-1, lower)
+        x = (summed / (upper - lower).to(x.dtype)).movedim(-1, dim)
+    return x
+
+
+def sobel_magnitude(x: torch.Tensor, n_spatial: int) -> torch.Tensor:
+    """Sobel gradient magnitude: a central difference along one axis, [1, 2, 1] / 4 smoothing
+    along each other axis, summed in quadrature over the last ``n_spatial`` axes."""
+    difference = torch.tensor([-0.5, 0.0, 0.5], device=x.device)
+    smoothing = torch.tensor([0.25, 0.5, 0.25], device=x.device)
+    dims = range(x.ndim - n_spatial, x.ndim)
+    total = torch.zeros_like(x)
+    for axis in dims:
+        derivative = x
+        for dim in dims:
+            derivative = correlate_along(derivative, difference if dim == axis else smoothing, dim)
+        total.addcmul_(derivative, derivative)
+    return total.sqrt_()
+
+
+def gradient_magnitude(x: torch.Tensor, n_spatial: int, eps: float = 0.0) -> torch.Tensor:
+    """Central-difference gradient magnitude over the last ``n_spatial`` axes (edges replicated).
+
+    ``eps`` is added under the square root (keeps the gradient finite where it is flat).
+    """
+    total = torch.zeros_like(x)
+    for dim in range(x.ndim - n_spatial, x.ndim):
+        padded = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, x.shape[dim] - 1, 1)], dim=dim)
+        diff = (padded.narrow(dim, 2, x.shape[dim]) - padded.narrow(dim, 0, x.shape[dim])) / 2
+        total = total + diff**2
+    return (total + eps).sqrt()
+
+
+def luminance(rgb, *, channel_axis: int = -1) -> np.ndarray:
+    """BT.601 luma of an RGB(A) image (alpha ignored): float32 without the channel axis.
+
+    Raises
+    ------
+    ValueError
+        The channel axis does not hold 3 or 4 values.
+    """
+    array = np.moveaxis(np.asarray(rgb), channel_axis, -1)
+    if array.shape[-1] not in (3, 4):
+        raise ValueError(f"an RGB image needs 3 or 4 channels on axis {channel_axis}, got {array.shape[-1]}")
+    return (array[..., :3].astype(np.float32) @ BT601_LUMA).astype(np.float32)
