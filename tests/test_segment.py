@@ -178,7 +178,7 @@ def test_augmented_patches_keep_labels_aligned():
     images = np.stack([target, 10 + target]).astype(np.float32)  # each channel encodes the label it should carry
     by_class = [np.argwhere(target == k) for k in range(3)]
     fill = np.array([-1.0, 9.0], np.float32).reshape(2, 1, 1, 1)  # outside: unlabelled in both encodings
-    x, y = segment._sample_patches(images, target, by_class, (8, 8, 8), 16, rng, fill, intensity=0.0)
+    x, y = segment.sample_patches(images, target, by_class, (8, 8, 8), 16, rng, fill, intensity=0.0)
     assert x.shape == (16, 2, 8, 8, 8) and y.shape == (16, 8, 8, 8)
     np.testing.assert_array_equal(x[:, 0], y)
     np.testing.assert_array_equal(x[:, 1], 10 + y)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .segment import INTENSITY_TRANSFORMS, ModelConfig
+from .segment.config import INTENSITY_TRANSFORMS, ModelConfig
 
 #: preprocessing transforms that do not change intensities or are handled by placement
 SKIPPED = ("LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "AddChanneld",
