@@ -107,3 +107,30 @@ def model_files(stem) -> list[Path]:
     path = Path(stem)
     stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
     return [stem.with_suffix(".pt"), stem.with_suffix(".json")]
+
+
+def save_output(path, value, *, overwrite: bool = False, provenance: dict | None = None, picture_dtype=None) -> Path:
+    """Write one operation output: images, labels and maps by the file suffix, other values by ``value.save``.
+
+    Parameters
+    ----------
+    path : str or Path
+    value : napari_mmfuse.operations.Image or object with ``save(path, overwrite=)``
+        A transform, a trained model, ...
+    overwrite : bool
+    provenance : dict, optional
+        Stored in the file's metadata where the format allows.
+    picture_dtype : numpy dtype, optional
+        The integer type a PNG/JPEG output takes (default: the input's, which the caller knows).
+    """
+    from ..io import as_picture, is_picture, write
+    from ..operations import Image
+
+    path = Path(path)
+    if not isinstance(value, Image):
+        return value.save(path, overwrite=overwrite)
+    data = value.data
+    if is_picture(path) and data.dtype not in ("uint8", "uint16"):
+        data = as_picture(data, picture_dtype or "uint8")
+    return write(path, data, value.affine, overwrite=overwrite, rgb=value.rgb, labels=value.kind == "labels",
+                 units=value.units, provenance=provenance)
