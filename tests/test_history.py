@@ -4,7 +4,7 @@ import gc
 
 import numpy as np
 
-from napari_mmfuse.widgets._history import AffineHistory, history_for, layer_affine
+from napari_mmfuse.history import AffineHistory, history_for, layer_affine
 
 
 class FakeLayer:
@@ -27,7 +27,7 @@ def test_history_is_one_per_layer():
 
 
 def test_history_dies_with_its_layer():
-    from napari_mmfuse.widgets import _history
+    from napari_mmfuse import history as _history
 
     layer = FakeLayer()
     history_for(layer)

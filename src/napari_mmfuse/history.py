@@ -1,4 +1,4 @@
-"""Undo/redo history of layer affines, shared by the registration widgets.
+"""Undo/redo history of layer affines: a pure model, shared by the registration widgets.
 
 Every widget that changes a layer's placement (Register, Manual correction, Quality
 views) goes through :func:`history_for`, so one layer has one history whichever widget
@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from ._session import Callbacks, unwrap
+from .widgets._session import Callbacks, unwrap
 
 _HISTORIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

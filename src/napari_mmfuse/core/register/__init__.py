@@ -5,22 +5,13 @@ fixed-world point to the moving-world point (the ITK resampling convention). App
 linear result to a napari layer with ``np.linalg.inv(T) @ moving_affine``.
 """
 
+from ..kernels import luminance as to_luminance
 from .deformable import jacobian_determinant
-from .driver import (
-    MODELS,
-    RegResult,
-    RegStep,
-    apply_transform,
-    local_similarity_map,
-    metric_value,
-    register,
-    register_steps,
-    run_to_end,
-    to_luminance,
-)
+from .driver import MODELS, RegResult, RegStep, register, register_steps, run_to_end
 from .landmarks import fit_landmarks
 from .linear import center_of_mass, parameters_from_transform, transform_from_parameters
 from .metrics import METRICS
+from .warp import apply_transform, local_similarity_map, metric_value
 
 __all__ = [
     "METRICS",
