@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_mmfuse.widgets._history import history_for
+from napari_mmfuse.history import history_for
 from napari_mmfuse.widgets._layers import world_affine
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

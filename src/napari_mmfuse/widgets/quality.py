@@ -45,7 +45,7 @@ from qtpy.QtWidgets import (
 from ..core import space
 from ..core.register import local_similarity_map, metric_value
 from ._dock import scroll_contents
-from ._history import history_for, layer_affine
+from ..history import history_for, layer_affine
 from ._layers import geometry_of
 from ._pickers import LayerPicker
 from ._workers import start_worker
