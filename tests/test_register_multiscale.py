@@ -31,7 +31,7 @@ from napari_mmfuse.io.tiff import write_ome_tiff
 from napari_mmfuse.io.transforms import read_itk_transform, write_transform
 from napari_mmfuse.widgets import manual as manual_module
 from napari_mmfuse.widgets import register as register_module
-from napari_mmfuse.widgets._history import history_for, layer_affine
+from napari_mmfuse.history import history_for, layer_affine
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.manual import ManualCorrectionWidget
 from napari_mmfuse.widgets.quality import QualityViewWidget

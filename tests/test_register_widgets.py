@@ -17,7 +17,7 @@ import torch._dynamo  # noqa: F401
 from napari_mmfuse.widgets import manual as manual_module
 from napari_mmfuse.widgets import quality as quality_module
 from napari_mmfuse.widgets import register as register_module
-from napari_mmfuse.widgets._history import history_for, layer_affine
+from napari_mmfuse.history import history_for, layer_affine
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.manual import ManualCorrectionWidget, pair_columns
 from napari_mmfuse.widgets.quality import QualityViewWidget

@@ -66,7 +66,7 @@ from qtpy.QtWidgets import (
 
 from ..core.register import fit_landmarks, parameters_from_transform, register_steps, transform_from_parameters
 from ._dock import scroll_contents
-from ._history import history_for, layer_affine
+from ..history import history_for, layer_affine
 from ._layers import spatial_affine
 from ._pickers import LayerPicker
 from ._session import same

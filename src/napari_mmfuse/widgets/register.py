@@ -46,7 +46,7 @@ from ..io.transforms import (
     write_itk_transform,
 )
 from ._dock import scroll_contents
-from ._history import history_for, layer_affine
+from ..history import history_for, layer_affine
 from ._pickers import LayerPicker
 from ._session import same
 from ._plots import CurvePlot
