@@ -262,7 +262,7 @@ def test_models_saved_before_n2v2_still_load(tmp_path):
     import json
 
     config = dn.N2VConfig(ndim=2, channels=(4, 8, 16), patch=16, architecture="monai-unet")
-    dn.N2VModel(dn._n2v_network(config), config).save(tmp_path / "old")
+    dn.N2VModel(dn.n2v_network(config), config).save(tmp_path / "old")
     data = json.loads((tmp_path / "old.json").read_text())
     del data["architecture"]
     (tmp_path / "old.json").write_text(json.dumps(data))
