@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
@@ -70,11 +72,14 @@ def image_of(layer, *, kind: str | None = None, copy: bool = True):
     rgb = bool(getattr(layer, "rgb", False))
     n_spatial = data.ndim - int(rgb)
     metadata = dict(getattr(layer, "metadata", {}) or {})
+    kind = kind or ("labels" if type(layer).__name__ == "Labels" else "image")
     kept = {key: metadata[key] for key in ("modality", "source") if key in metadata}
     if metadata.get("mmfuse"):
         kept["provenance"] = metadata["mmfuse"]
+    elif metadata.get("source_path") and "source" not in kept:  # opened by our reader: replayable from the file
+        kept["source"] = {"path": str(Path(metadata["source_path"]).resolve()), "series": int(metadata.get("series", 0)),
+                          "kind": kind}
     units = str(layer.units[-1]) if getattr(layer, "units", None) else "mm"
-    kind = kind or ("labels" if type(layer).__name__ == "Labels" else "image")
     return Image(data, spatial_affine(layer, n_spatial), name=layer.name, kind=kind, rgb=rgb,
                  units={"millimeter": "mm", "micrometer": "um"}.get(units, units), metadata=kept)
 

@@ -1,0 +1,77 @@
+"""*Provenance* dock widget: what produced the selected layer, saved as a replayable record.
+
+It shows the record an operation left in ``layer.metadata["mmfuse"]`` (operation, parameters,
+inputs with their hashes, seed, device, time) and saves it as JSON, the sidecar format that
+``mmfuse replay RECORD -o OUT`` recomputes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import napari
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+
+from ..provenance import SIDECAR_SUFFIX, Provenance
+from ._session import unwrap
+
+
+class ProvenanceWidget(QWidget):
+    """Shows and saves the provenance of the active layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.title = QLabel("")
+        self.text = QPlainTextEdit()
+        self.text.setReadOnly(True)
+        self.save_button = QPushButton("Save provenance…")
+        self.save_button.clicked.connect(self._ask_and_save)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.title)
+        layout.addWidget(self.text)
+        layout.addWidget(self.save_button)
+        self.viewer.layers.selection.events.active.connect(self.refresh)
+        self.refresh()
+
+    def record(self) -> Provenance | None:
+        """The active layer's provenance, or None when no operation of ours produced it."""
+        layer = self.viewer.layers.selection.active
+        found = (getattr(layer, "metadata", None) or {}).get("mmfuse") if layer is not None else None
+        try:
+            return Provenance.from_dict(found) if isinstance(found, dict) else None
+        except (TypeError, ValueError):
+            return None
+
+    def refresh(self, event=None) -> None:
+        """Show the active layer's record (or say why there is none)."""
+        layer = self.viewer.layers.selection.active
+        record = self.record()
+        if layer is None:
+            self.title.setText("Select a layer to see what produced it.")
+        elif record is None:
+            self.title.setText(f"{layer.name}: not produced by an mmfuse operation (opened or drawn).")
+        else:
+            self.title.setText(f"{layer.name}: {record.operation} in {record.seconds:.1f} s on {record.device}")
+        self.text.setPlainText(json.dumps(record.to_dict(), indent=2) if record else "")
+        self.save_button.setEnabled(record is not None)
+
+    def save(self, path) -> Path:
+        """Write the active layer's provenance to ``path`` (atomically, never over an existing file)."""
+        record = self.record()
+        if record is None:
+            raise ValueError("the active layer has no provenance to save")
+        return record.save(path)
+
+    def _ask_and_save(self) -> None:
+        layer = unwrap(self.viewer.layers.selection.active)
+        suggested = f"{layer.name}{SIDECAR_SUFFIX}" if layer is not None else f"layer{SIDECAR_SUFFIX}"
+        path, _ = QFileDialog.getSaveFileName(self, "Save provenance", suggested, "Provenance (*.json)")
+        if not path:
+            return
+        try:
+            show_info(f"provenance saved to {self.save(path)}; recompute with: mmfuse replay {path} -o OUT")
+        except (ValueError, OSError) as error:
+            show_error(f"Provenance: {error}")
