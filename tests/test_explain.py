@@ -10,6 +10,7 @@ from scipy import ndimage, stats
 from torch import nn
 
 from napari_mmfuse.core import explain, segment
+from napari_mmfuse.operations import Progress, drive
 
 MASS_METHODS = ("saliency", "smoothgrad", "ig", "occlusion")
 CNN_METHODS = tuple(method for method in explain.METHODS if method != "attention")  # attention: transformers
@@ -507,13 +508,13 @@ def wide():
 def test_windows_are_those_of_prediction(wide):
     images, lesion, model = wide
     x = torch.from_numpy(model.normalise(images))[None]
-    tiling = explain._Tiling(x.shape[2:], model.config.patch_size, None)
+    tiling = explain.Tiling(x.shape[2:], model.config.patch_size, None)
     assert len(tiling.windows) == 4 * 5 and all(w[0].stop - w[0].start == 32 for w in tiling.windows)
     blended = torch.zeros(x.shape[2:])
     for window in tiling.windows:
         blended[window] += tiling.weights(window)
     torch.testing.assert_close(blended, torch.ones(x.shape[2:]))  # the weights of the overlaps sum to 1
-    assert len(explain._Tiling(x.shape[2:], model.config.patch_size, torch.from_numpy(lesion)).windows) < 20
+    assert len(explain.Tiling(x.shape[2:], model.config.patch_size, torch.from_numpy(lesion)).windows) < 20
 
 
 def test_window_gradients_are_the_blended_prediction_gradient(wide):
@@ -526,9 +527,9 @@ def test_window_gradients_are_the_blended_prediction_gradient(wide):
                                        overlap=explain.OVERLAP, mode="gaussian")
     region = torch.from_numpy(lesion)
     (expected,) = torch.autograd.grad(explain.target_score(blended, 1, region).sum(), x)
-    tiling = explain._Tiling(x.shape[2:], model.config.patch_size, region)
-    steps = explain._saliency_steps(model, x.detach(), tiling, 1, 0, torch.device("cpu"))
-    np.testing.assert_allclose(explain._drain(steps), expected[0].abs().numpy(), rtol=1e-4, atol=1e-6)
+    tiling = explain.Tiling(x.shape[2:], model.config.patch_size, region)
+    steps = explain.saliency_steps(model, x.detach(), tiling, 1, 0, torch.device("cpu"))
+    np.testing.assert_allclose(drive(steps), expected[0].abs().numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_one_window_is_the_whole_input(setting):
@@ -537,11 +538,11 @@ def test_one_window_is_the_whole_input(setting):
     small, region = images[:, 16:48, 16:48], lesion[16:48, 16:48]
     x = torch.from_numpy(model.normalise(small))[None]
     cut = torch.from_numpy(region)
-    period = explain._stride_period(model)
+    period = explain.stride_period(model)
     assert period == model.config.size_divisor == 4
     for method, expected in [
-        ("saliency", explain._destripe(explain.saliency(model, x, class_index=1, region=cut), period)),
-        ("ig", explain._destripe(explain.integrated_gradients(model, x, class_index=1, region=cut), period)),
+        ("saliency", explain.destripe(explain.saliency(model, x, class_index=1, region=cut), period)),
+        ("ig", explain.destripe(explain.integrated_gradients(model, x, class_index=1, region=cut), period)),
     ]:
         result = explain.explain(model, small, method=method, target=2, region=region, margin=32, device="cpu")
         np.testing.assert_array_equal(result.channel_maps, expected)
@@ -565,8 +566,9 @@ def test_explain_steps_progress_and_cancel(wide, method):
         except StopIteration as stop:
             result = stop.value
             break
-    assert ticks[0][0] == 0 and all(isinstance(v, int) for tick in ticks for v in tick)
-    assert [done for done, _ in ticks] == list(range(len(ticks))) and {total for _, total in ticks} == {len(ticks) - 1}
+    assert all(isinstance(tick, Progress) for tick in ticks)
+    assert ticks[0].done == 0 and all(isinstance(v, int) for tick in ticks for v in (tick.done, tick.total))
+    assert [t.done for t in ticks] == list(range(len(ticks))) and {t.total for t in ticks} == {len(ticks) - 1}
     np.testing.assert_array_equal(result.map, explain.explain(model, images, **options).map)
     cancelled = explain.explain_steps(model, images, **options)
     next(cancelled), next(cancelled)
@@ -579,9 +581,9 @@ def test_modality_attribution_steps(wide):
     for method in explain.ATTRIBUTIONS:
         steps = explain.modality_attribution_steps(model, images, target=2, region=lesion, method=method,
                                                    steps=8, device="cpu")
-        done, total = next(steps)
-        assert done == 0 and total > 1  # the lesion's box with its margin spans several windows
-        result = explain._drain(steps)
+        first = next(steps)
+        assert first.done == 0 and first.total > 1  # the lesion's box with its margin spans several windows
+        result = drive(steps)
         assert result.maps.shape == images.shape and result.scores.sum() == pytest.approx(1.0)
 
 

@@ -1,5 +1,9 @@
 """``mmfuse explain``: explain one class of a saved segmentation model.
 
+The method choices and their parameter flags come from the explain operations
+(:mod:`napari_mmfuse.operations.explain`); the images are resampled onto the first one's
+grid, and the map is written on that grid, with its provenance sidecar beside it.
+
 Examples::
 
     mmfuse explain flair.nii.gz t1c.nii.gz --model tumour --target 2 --roi tumour.nii.gz \\
@@ -13,26 +17,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ._options import add_method_options, params_from_args, write_sidecar
 from ._outputs import check_outputs, model_files
-from .segment import _nifti_output, _on_grid, _subject
+
+NIFTI = (".nii", ".nii.gz")
 
 
 def add_parser(subparsers) -> None:
-    from ..core._names import EXPLAIN_METHODS as METHODS
-
     parser = subparsers.add_parser(
         "explain",
         help="explanation map and per-modality attribution of a segmentation model",
         description="Explain one class of a saved model on one subject's modalities (in the model's channel order).",
+        conflict_handler="resolve",  # --target and --rollout below replace the registry's flags
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one per model input channel")
     parser.add_argument("--model", required=True, metavar="M", help="saved model (.pt + .json stem, or TorchScript)")
-    parser.add_argument("--target", required=True, type=int, metavar="CLASS", help="label value explained")
     parser.add_argument("--roi", metavar="MASK", help="region: voxels > 0 of this label file (default: whole image)")
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--layer", help="gradcam: convolution layer name (default: the deepest); "
-                        "attention: attention block name (default: the last)")
-    parser.add_argument("--rollout", action="store_true",
+    add_method_options(parser, "explain")
+    parser.add_argument("--target", required=True, type=int, metavar="CLASS", help="label value explained")
+    parser.add_argument("--rollout", action="store_const", const=True, default=None,
                         help="attention: roll the attention out across blocks (with the skip connections)")
     parser.add_argument("-o", "--output", required=True, metavar="MAP", help="output map (.nii/.nii.gz)")
     parser.add_argument("--attribution-json", metavar="A.json",
@@ -43,29 +46,34 @@ def add_parser(subparsers) -> None:
 
 
 def run_explain(args) -> int:
-    from ..core import explain, segment
+    from ..core import segment
     from ..core.device import get_device
     from ..io.atomic import write_text
-    from ..io.nifti import write_nifti
+    from ..operations import get
+    from ..pipeline import read_image, run
+    from ._outputs import save_output
 
     check_outputs([("-o", args.output), ("--attribution-json", args.attribution_json)],
                   [*args.images, args.roi, *model_files(args.model)], args.overwrite)
-    output = _nifti_output(args.output)
-    get_device(args.device)
-    model = segment.load_model(args.model)
-    images, record = _subject(args.images, args.device)
-    region = _on_grid(args.roi, record, args.device) > 0 if args.roi else None
+    output = Path(args.output)
+    if not output.name.lower().endswith(NIFTI):
+        raise ValueError(f"{output}: write .nii or .nii.gz")
     if args.rollout and args.method != "attention":
         raise ValueError("--rollout applies to --method attention only")
-    result = explain.explain(model, images, method=args.method, target=args.target, region=region,
-                             layer=args.layer, rollout=args.rollout, device=args.device)
-    write_nifti(output, result.map, record.affine, overwrite=args.overwrite,
-                metadata={"descrip": f"mmfuse explain {args.method}{' rollout' if args.rollout else ''} "
-                                     f"class {args.target}"})
+    operation = get("explain", args.method)
+    params = params_from_args(operation, args)
+    params["attribution"] = params["attribution"] or bool(args.attribution_json)
+    get_device(args.device)
+    model = segment.load_model(args.model)
+    inputs = {"images": [read_image(path) for path in args.images], "model": model,
+              "region": read_image(args.roi, kind="labels") if args.roi else None}
+    outputs, record = run("explain", args.method, inputs, params, device=args.device)
+    save_output(output, outputs["map"], overwrite=args.overwrite, provenance=record.to_dict())
+    record.outputs["map"]["path"] = str(output)
+    write_sidecar(output, record, overwrite=args.overwrite)
     print(f"wrote {output}")
     if args.attribution_json:
-        attribution = explain.modality_attribution(model, images, target=args.target, region=region,
-                                                   device=args.device)
+        attribution = outputs["attribution"]
         summary = {
             "method": attribution.method,
             "target": args.target,

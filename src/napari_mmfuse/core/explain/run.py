@@ -22,12 +22,31 @@ METHODS = EXPLAIN_METHODS
 ATTRIBUTIONS = ("ablation", "ig")
 
 
+def default_target(label_values, class_voxels=None) -> int:
+    """The class a user most likely wants explained: the object of interest, not its surroundings.
+
+    The smallest class of the model's last segmentation when its sizes are known (the
+    background surrounds the object), else the first foreground (non-zero) label.
+
+    Parameters
+    ----------
+    label_values : sequence of int
+        The model's classes.
+    class_voxels : dict, optional
+        Label value -> voxel count in the model's last segmentation.
+    """
+    foreground = [value for value in label_values if value != 0] or list(label_values)
+    if class_voxels and all(value in class_voxels for value in foreground):
+        return min(foreground, key=lambda value: class_voxels[value])
+    return foreground[0]
+
+
 def explain_steps(
     model: SegmentationNet,
     images,
     *,
     method: str,
-    target: int,
+    target: int | None = None,
     region=None,
     layer: str | None = None,
     rollout: bool = False,
@@ -55,8 +74,9 @@ def explain_steps(
         The model's input modalities on one grid (raw intensities; normalised here).
     method : {"gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention"}
         "attention" needs a transformer (``architecture="unetr"``); its map is in [0, 1].
-    target : int
-        Label value of the class explained.
+    target : int, optional
+        Label value of the class explained; the model's first foreground class by default
+        (see :func:`default_target`).
     region : ndarray of bool, shape (*S), or tuple ``(low, high)``, optional
         Where the class logit is summed (a mask, or a box of voxel corners with ``high``
         exclusive); the whole image without one. For "attention": whose tokens'
@@ -98,6 +118,7 @@ def explain_steps(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     device = get_device(device)
     model = model.to(device).eval()
+    target = default_target(model.config.label_values) if target is None else target
     class_index = class_index_of(model, target)
     x, region_tensor, crop, shape, reference = prepare(model, images, region, margin)
     channel_maps = None

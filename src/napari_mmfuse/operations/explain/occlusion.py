@@ -1,0 +1,18 @@
+"""Occlusion sensitivity: the target's drop when a sliding window of the input is replaced."""
+
+from __future__ import annotations
+
+from .. import Operation, Param
+from . import ATTRIBUTION, CORE, INPUTS, MARGIN, OUTPUTS, TARGET, runner
+
+WINDOW = Param("window", int, None, "occluding window edge (auto: an eighth of the crop, at least 2)", minimum=1,
+               unit="px")
+STRIDE = Param("stride", int, None, "step between windows (auto: half the window in 2D, the window in 3D)",
+               minimum=1, unit="px")
+
+OPERATIONS = (
+    Operation("explain", "occlusion",
+              "occlusion sensitivity: the target's drop when a window is filled with each channel's reference",
+              (TARGET, WINDOW, STRIDE, MARGIN, ATTRIBUTION), INPUTS, OUTPUTS, runner("occlusion"),
+              label="occlusion sensitivity", core=CORE),
+)
