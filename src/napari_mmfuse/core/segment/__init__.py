@@ -36,7 +36,16 @@ from .config import (
     ModelConfig,
     read_config,
 )
-from .inputs import channel_stats, check_images, check_scribbles, outside_view, stack_modalities
+from .inputs import (
+    channel_stats,
+    check_images,
+    check_scribbles,
+    outside_view,
+    stack_modalities,
+    stroke_classes,
+    strokes_on_grid,
+    subject_channels,
+)
 from .model import SegmentationNet, load_model, save_model
 from .predict import predict, uncertainty
 from .train import TrainStep, sample_patches, train, train_steps
@@ -45,5 +54,5 @@ __all__ = [
     "ARCHITECTURES", "CONFIG_SUFFIX", "FUSIONS", "INTENSITY_TRANSFORMS", "LATE_COMBINE", "TRAINABLE", "WEIGHTS_SUFFIX",
     "ModelConfig", "SegmentationNet", "TrainStep", "channel_stats", "check_images", "check_scribbles",
     "connected_components", "load_model", "outside_view", "predict", "read_config", "sample_patches", "save_model",
-    "stack_modalities", "threshold", "train", "train_steps", "uncertainty", "watershed",
+    "stack_modalities", "stroke_classes", "strokes_on_grid", "subject_channels", "threshold", "train", "train_steps", "uncertainty", "watershed",
 ]

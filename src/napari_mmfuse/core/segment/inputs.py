@@ -95,13 +95,94 @@ def check_scribbles(images: np.ndarray, scribbles) -> np.ndarray:
         if np.any(np.modf(scribbles)[0]):
             raise ValueError("scribbles must hold integer class values")
         scribbles = scribbles.astype(np.int64)
+    stroke_classes(scribbles)
+    return scribbles
+
+
+def stroke_classes(scribbles) -> list[int]:
+    """The classes painted (values other than 0), refused unless there are at least two.
+
+    Raises
+    ------
+    ValueError
+        No strokes, or strokes of a single class.
+    """
+    scribbles = np.asarray(scribbles)
     values = np.unique(scribbles[scribbles != 0])
     if values.size == 0:
         raise ValueError("the scribble layer is empty; paint a few strokes of at least two classes")
     if values.size < 2:
         raise ValueError(f"the scribbles hold one class only ({int(values[0])}); "
                          "paint at least one other class, e.g. background")
-    return scribbles
+    return [int(v) for v in values]
+
+
+def subject_channels(images: Sequence, *, device=None) -> np.ndarray:
+    """One subject's modalities as channels on the first one's grid.
+
+    Parameters
+    ----------
+    images : sequence of napari_mmfuse.operations.Image
+        Grey 2D or 3D images (``data``, ``affine``, ``name``, ``rgb``), each on its own grid.
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    ndarray, shape (C, *S), float32
+        ``S`` is the first image's shape.
+
+    Raises
+    ------
+    ValueError
+        No images, an RGB image, one that is not 2D or 3D, or a mix of 2D and 3D.
+    """
+    if not images:
+        raise ValueError("no images given; choose at least one modality")
+    for image in images:
+        if image.rgb:
+            raise ValueError(f"{image.name} is RGB; give grey images, one per modality")
+        if image.data.ndim not in (2, 3):
+            raise ValueError(f"{image.name} is {image.data.ndim}D; segmentation needs 2D or 3D images")
+    if len({image.data.ndim for image in images}) > 1:
+        raise ValueError("the images mix 2D and 3D; give images of one dimensionality")
+    first = images[0]
+    return stack_modalities([image.data for image in images], [image.affine for image in images],
+                            first.data.shape, first.affine, device=device)
+
+
+def strokes_on_grid(strokes, reference, *, device=None) -> np.ndarray:
+    """Painted strokes on the reference image's grid (nearest neighbour), refused when none lands on it.
+
+    Parameters
+    ----------
+    strokes, reference : napari_mmfuse.operations.Image
+        The strokes (a labels image) and the image whose grid the result is on.
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    ndarray, shape of ``reference.data``
+        A copy: the painted data is never changed.
+
+    Raises
+    ------
+    ValueError
+        Strokes of another dimensionality, or painted strokes that all fall off the grid.
+    """
+    data, shape = np.asarray(strokes.data), tuple(reference.data.shape)
+    if data.ndim != len(shape):
+        raise ValueError(f"{strokes.name} is {data.ndim}D but the images are {len(shape)}D")
+    if data.shape == shape and np.allclose(strokes.affine, reference.affine, atol=1e-6):
+        return data.copy()
+    painted = bool(np.any(data))
+    if painted and space.overlap_fraction(shape, reference.affine, data.shape, strokes.affine) == 0:
+        raise ValueError(f"the scribbles do not overlap the images' grid: {strokes.name} lies elsewhere in world "
+                         "space; check its placement (origin/units)")
+    on_grid = space.resample(data, strokes.affine, shape, reference.affine, interpolation="nearest", device=device)
+    if painted and not np.any(on_grid):
+        raise ValueError(f"the scribbles do not overlap the images' grid: none of the strokes in {strokes.name} "
+                         "lands on the images; check its placement (origin/units)")
+    return on_grid
 
 
 def outside_view(images: np.ndarray, *, share: float = 0.05) -> np.ndarray:
