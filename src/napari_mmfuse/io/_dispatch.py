@@ -8,56 +8,26 @@ from pathlib import Path
 import numpy as np
 
 from ._common import ImageRecord, ReadError, refuse_overwrite
-
-_NIFTI = (".nii", ".nii.gz")
-_ITK = (".mha", ".mhd", ".nrrd", ".nhdr")
-_TIFF = (".tif", ".tiff", ".svs", ".qptiff", ".ndpi", ".btf")
-_PLAIN = (".png", ".jpg", ".jpeg", ".bmp")
-_DICOM = (".dcm", ".dicom", ".ima")
-
-
-def file_suffix(path: Path) -> str:
-    """Lower-case suffix of a file name, double suffixes such as ".nii.gz" and ".ome.tif" kept whole."""
-    name = path.name.lower()
-    for double in (".nii.gz", ".ome.tiff", ".ome.tif", ".ome.zarr"):
-        if name.endswith(double):
-            return double
-    return path.suffix.lower()
+from .formats import FORMATS, file_suffix, get_format, writable_suffixes, write_format
 
 
 def reader_for(path) -> Callable[[Path], list[ImageRecord]] | None:
     """Return the function that reads ``path``, or None when no reader of ours handles it.
 
-    Never raises and never reads more than a file header.
+    The formats of :data:`~napari_mmfuse.io.formats.FORMATS` are tried in order: by
+    suffix, then by content where a format has a content check. Never raises and never
+    reads more than a file header.
     """
     try:
         path = Path(path)
         suffix = file_suffix(path)
-        if suffix in _NIFTI:
-            from .nifti import read_nifti
-
-            return read_nifti
-        if suffix in _ITK:
-            from .itkimage import read_itk_image
-
-            return read_itk_image
-        if suffix in (".ome.tif", ".ome.tiff") or suffix in _TIFF:
-            from .tiff import read_tiff
-
-            return read_tiff
-        if suffix in _PLAIN:
-            from .plain import read_plain
-
-            return read_plain
-        if suffix in (".zarr", ".ome.zarr") or path.is_dir():
-            from .omezarr import is_ome_zarr, read_ome_zarr
-
-            if is_ome_zarr(path):
-                return read_ome_zarr
-        from .dicom import is_dicom, read_dicom
-
-        if suffix in _DICOM or is_dicom(path):
-            return read_dicom
+        for fmt in FORMATS:
+            if not fmt.reader:
+                continue
+            if suffix in fmt.suffixes and not fmt.sniff_only:
+                return fmt.load_reader()
+            if fmt.sniff and (path.is_dir() or not fmt.only_folders) and fmt.load_sniffer()(path):
+                return fmt.load_reader()
     except (OSError, ValueError):
         return None
     return None
@@ -94,12 +64,6 @@ def read(path) -> list[ImageRecord]:
         raise ReadError(path, "out of memory while reading (corrupt sizes, or set MMFUSE_MEMORY_BUDGET lower)") from exc
 
 
-_PICTURE_OUT = (".png", ".jpg", ".jpeg")
-#: Writers that take a dask array as it is and compute it block by block.
-_STREAMED_OUT = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".zarr", ".ome.zarr")
-_WRITABLE = _NIFTI + (".mha", ".mhd", ".nrrd") + (".tif", ".tiff", ".ome.tif", ".ome.tiff") + (".zarr", ".ome.zarr") + _PICTURE_OUT
-
-
 def check_writable(path, overwrite: bool = False) -> Path:
     """Fail early, before any long computation, when ``path`` cannot be written.
 
@@ -111,8 +75,9 @@ def check_writable(path, overwrite: bool = False) -> Path:
         If ``path`` exists and ``overwrite`` is False.
     """
     path = Path(path)
-    if file_suffix(path) not in _WRITABLE:
-        raise ValueError(f"cannot write {path.name}: the output must end in one of {', '.join(_WRITABLE)}")
+    if write_format(path) is None:
+        writable = ", ".join(writable_suffixes())
+        raise ValueError(f"cannot write {path.name}: the output must end in one of {writable}")
     refuse_overwrite(path, overwrite)
     return path
 
@@ -155,10 +120,11 @@ def write(
 
     path = check_writable(path, overwrite)
     suffix = file_suffix(path)
-    if not (isinstance(data, da.Array) and suffix in _STREAMED_OUT):
+    fmt = write_format(path)
+    if not (isinstance(data, da.Array) and fmt.streamed):
         data = np.asarray(data)
     units = units if units in ("mm", "um", "pixel") else "pixel"
-    if suffix in _NIFTI:
+    if fmt.name == "nifti":
         from .nifti import write_nifti
 
         if rgb:
@@ -166,13 +132,13 @@ def write(
         descrip = f"mmfuse {provenance.get('step', '')} {provenance.get('method', '')}".strip() if provenance else None
         metadata = {"descrip": descrip} if descrip else None
         return write_nifti(path, data, affine, overwrite=overwrite, metadata=metadata, labels=labels)
-    if suffix in _ITK:
+    if fmt.name == "itk":
         from .itkimage import write_itk_image
 
         return write_itk_image(path, data, affine, overwrite=overwrite)
     layer_type = "labels" if labels else "image"
     metadata = {"mmfuse": provenance} if provenance else None
-    if suffix in (".zarr", ".ome.zarr"):
+    if fmt.name == "ome_zarr":
         from .omezarr import write_ome_zarr
 
         if rgb:
@@ -180,7 +146,7 @@ def write(
         return write_ome_zarr(
             path, data, affine, overwrite=overwrite, channel_axis=0 if rgb else None, units=units, layer_type=layer_type
         )
-    if suffix in _PICTURE_OUT:
+    if fmt.name == "picture":
         import imageio.v3 as iio
 
         if data.ndim - int(rgb) != 2:
@@ -216,4 +182,4 @@ def as_picture(data, like) -> np.ndarray:
 
 def is_picture(path) -> bool:
     """Whether ``path`` names a plain 2D picture format (PNG/JPEG/BMP)."""
-    return file_suffix(Path(path)) in _PLAIN
+    return file_suffix(path) in get_format("picture").suffixes

@@ -17,33 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
 
 from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
-from ._common import CappedFile, ImageRecord, ReadError, check_budget, format_bytes
+from ._common import ImageRecord, ReadError, check_budget
+from .dicom_frames import (
+    MODALITIES,
+    SeriesInfo,
+    as_list,
+    dcmread,
+    decode_frames,
+    find_value,
+    first_item,
+    floats,
+)
+from .dicom_slide import build_slide
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
-_MODALITIES = {"PT": "PET", "NM": "SPECT", "SM": "microscopy"}
 _DUPLICATE_MM = 1e-3  # slices closer than this along the normal share a position
 _IRREGULAR = 0.01  # relative deviation from the median slice spacing that is reported
 _SHEAR = 0.1  # in-plane drift of slice positions, in pixels, that is reported
-
-
-@dataclass
-class _Series:
-    uid: str
-    number: int | None
-    description: str
-    modality: str
-    patient_id: str
-
-    @property
-    def name(self) -> str:
-        if self.description:
-            return self.description
-        return f"{self.modality or 'DICOM'} {self.number if self.number is not None else ''}".strip()
 
 
 @dataclass
@@ -59,14 +52,6 @@ class _Slice:
     slope: float
     intercept: float
     instance: int
-
-
-def _dcmread(file, **options):
-    """``pydicom.dcmread`` through a :class:`_CappedFile` (the dataset keeps the file name)."""
-    with CappedFile(file, "r") as stream:
-        dataset = pydicom.dcmread(stream, **options)
-    dataset.filename = str(file)
-    return dataset
 
 
 def _has_preamble(path: Path) -> bool:
@@ -165,7 +150,7 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
     else:
         raise FileNotFoundError(f"no such file or folder: {path}")
 
-    series: dict[str, _Series] = {}
+    series: dict[str, SeriesInfo] = {}
     stacks: dict[tuple, list[_Slice]] = defaultdict(list)
     slides: list[tuple[str, Path]] = []
     for file in files:
@@ -204,7 +189,7 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
             name = info.name if len(groups) == 1 else f"{info.name} [{part}]"
             records.append(_build_volume(info, items, name, path))
     for uid, file in slides:
-        records.append(_build_slide(series[uid], file, path, several=slides_per_series[uid] > 1))
+        records.append(build_slide(series[uid], file, path, several=slides_per_series[uid] > 1))
     records.sort(key=lambda r: (_number_key(r.metadata.get("series_number")), r.name))
     return records
 
@@ -215,7 +200,7 @@ def _number_key(number) -> float:
 
 def _same_series(file: Path) -> list[Path]:
     try:
-        wanted = _dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        wanted = dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
     except Exception as error:  # pydicom raises many types on corrupt headers
         raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
     uid = wanted.get("SeriesInstanceUID")
@@ -227,7 +212,7 @@ def _same_series(file: Path) -> list[Path]:
             same.append(other)
         elif _has_preamble(other):
             try:
-                header = _dcmread(other, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                header = dcmread(other, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
             except Exception:  # an unreadable sibling belongs to no series we read
                 continue
             if header.get("SeriesInstanceUID") == uid:
@@ -237,7 +222,7 @@ def _same_series(file: Path) -> list[Path]:
 
 def _read_header(file: Path):
     try:
-        return _dcmread(file, stop_before_pixels=True)
+        return dcmread(file, stop_before_pixels=True)
     except Exception as error:  # pydicom raises many types on corrupt headers
         raise ReadError(file, f"invalid DICOM header ({type(error).__name__}: {error})") from error
 
@@ -255,7 +240,7 @@ def _is_image(header) -> bool:
 
 
 def _is_slide(header) -> bool:
-    image_type = [str(v).upper() for v in _as_list(header.get("ImageType"))]
+    image_type = [str(v).upper() for v in as_list(header.get("ImageType"))]
     return (
         header.get("Modality") == "SM"
         or header.get("SOPClassUID") == WSI_SOP_CLASS
@@ -263,17 +248,9 @@ def _is_slide(header) -> bool:
     )
 
 
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (str, bytes)):
-        return [value]
-    return list(value)
-
-
-def _series_of(header) -> _Series:
+def _series_of(header) -> SeriesInfo:
     number = header.get("SeriesNumber")
-    return _Series(
+    return SeriesInfo(
         uid=str(header.get("SeriesInstanceUID", "")),
         number=None if number in (None, "") else int(number),
         description=str(header.get("SeriesDescription", "") or "").strip(),
@@ -282,36 +259,13 @@ def _series_of(header) -> _Series:
     )
 
 
-def _first_item(dataset, keyword):
-    if dataset is None or keyword not in dataset:
-        return None
-    sequence = dataset[keyword].value
-    return sequence[0] if sequence else None
-
-
-def _find(groups, datasets, macro: str, keyword: str):
-    """A value from a functional-group macro (per-frame, then shared) or else a plain dataset."""
-    for group in groups:
-        item = _first_item(group, macro)
-        if item is not None and item.get(keyword) not in (None, ""):
-            return item.get(keyword)
-    for dataset in datasets:
-        if dataset is not None and dataset.get(keyword) not in (None, ""):
-            return dataset.get(keyword)
-    return None
-
-
-def _floats(value) -> np.ndarray | None:
-    return None if value is None else np.array([float(v) for v in _as_list(value)], dtype=np.float64)
-
-
 def _slices_of(header, file: Path) -> list[_Slice]:
     """One entry per frame, with its own geometry and rescale where the file has them."""
     shape = (int(header.Rows), int(header.Columns))
     n_frames = int(header.get("NumberOfFrames") or 1)
     instance = int(header.get("InstanceNumber") or 0)
-    shared = _first_item(header, "SharedFunctionalGroupsSequence")
-    datasets = (header, _first_item(header, "DetectorInformationSequence"))
+    shared = first_item(header, "SharedFunctionalGroupsSequence")
+    datasets = (header, first_item(header, "DetectorInformationSequence"))
     per_frame = header.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None or len(per_frame) != n_frames:
         per_frame = [None] * n_frames
@@ -319,20 +273,20 @@ def _slices_of(header, file: Path) -> list[_Slice]:
     slices = []
     for frame, group in enumerate(per_frame):
         groups = (group, shared)
-        pixel_spacing = _floats(_find(groups, datasets, "PixelMeasuresSequence", "PixelSpacing"))
+        pixel_spacing = floats(find_value(groups, datasets, "PixelMeasuresSequence", "PixelSpacing"))
         if pixel_spacing is None:
-            pixel_spacing = _floats(header.get("ImagerPixelSpacing"))
-        thickness = _find(groups, datasets, "PixelMeasuresSequence", "SliceThickness")
-        between = _find(groups, datasets, "PixelMeasuresSequence", "SpacingBetweenSlices")
-        slope = _find(groups, datasets, "PixelValueTransformationSequence", "RescaleSlope")
-        intercept = _find(groups, datasets, "PixelValueTransformationSequence", "RescaleIntercept")
+            pixel_spacing = floats(header.get("ImagerPixelSpacing"))
+        thickness = find_value(groups, datasets, "PixelMeasuresSequence", "SliceThickness")
+        between = find_value(groups, datasets, "PixelMeasuresSequence", "SpacingBetweenSlices")
+        slope = find_value(groups, datasets, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = find_value(groups, datasets, "PixelValueTransformationSequence", "RescaleIntercept")
         slices.append(
             _Slice(
                 path=file,
                 frame=frame,
                 shape=shape,
-                position=_floats(_find(groups, datasets, "PlanePositionSequence", "ImagePositionPatient")),
-                orientation=_floats(_find(groups, datasets, "PlaneOrientationSequence", "ImageOrientationPatient")),
+                position=floats(find_value(groups, datasets, "PlanePositionSequence", "ImagePositionPatient")),
+                orientation=floats(find_value(groups, datasets, "PlaneOrientationSequence", "ImageOrientationPatient")),
                 pixel_spacing=None if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1])),
                 thickness=None if thickness is None else float(thickness),
                 spacing_between=None if between is None else float(between),
@@ -416,7 +370,7 @@ def _stack_geometry(items: list[_Slice], label: str):
     return [items[k] for k in kept], affine, step, bool(problems)
 
 
-def _build_volume(info: _Series, items: list[_Slice], name: str, source: Path) -> ImageRecord:
+def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path) -> ImageRecord:
     label = f"DICOM series {name!r} ({info.uid})"
     if all(item.position is not None and item.orientation is not None for item in items):
         ordered, affine, step, irregular = _stack_geometry(items, label)
@@ -440,7 +394,7 @@ def _build_volume(info: _Series, items: list[_Slice], name: str, source: Path) -
     intercepts = {item.intercept for item in ordered}
     metadata = {
         "source_path": str(source),
-        "modality": _MODALITIES.get(info.modality, info.modality),
+        "modality": MODALITIES.get(info.modality, info.modality),
         "dicom_modality": info.modality,
         "series_description": info.description,
         "series_uid": info.uid,
@@ -469,7 +423,7 @@ def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
     out = None
     for file, entries in by_file.items():
         entries.sort(key=lambda entry: entry[1].frame)
-        for (index, item), frame in zip(entries, _frames(file, [item.frame for _, item in entries])):
+        for (index, item), frame in zip(entries, decode_frames(file, [item.frame for _, item in entries])):
             if frame.shape[:2] != item.shape:
                 raise ReadError(file, f"decoded frame has shape {frame.shape[:2]}, header says {item.shape}")
             if out is None:
@@ -485,286 +439,3 @@ def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
             else:
                 out[index] = frame
     return out, bool(rescale and out.ndim == 3)
-
-
-def _frame_bytes(dataset) -> int:
-    """Bytes of one decoded frame as the header declares it (Rows x Columns x samples x bytes per sample)."""
-    try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        samples = int(dataset.get("SamplesPerPixel") or 1)
-        bits = int(dataset.get("BitsAllocated") or 8)
-    except (AttributeError, TypeError, ValueError) as error:
-        raise ReadError(dataset.filename, f"invalid image size in the header ({error})") from error
-    if min(rows, columns, samples, bits) <= 0:
-        raise ReadError(dataset.filename, f"invalid image size in the header ({rows}x{columns}, {samples} samples)")
-    return rows * columns * samples * max(1, -(-bits // 8))
-
-
-def _check_pixel_header(file: Path, dataset, n_frames: int) -> None:
-    """Compare Rows x Columns x frames x bits with the pixel data present, and the decoded size with the budget.
-
-    Native pixel data must hold every declared byte; for JPEG-family encapsulated data the
-    first frame's own JPEG header must give the declared Rows and Columns (the
-    compressed length bounds nothing exactly).
-    """
-    if "PixelData" not in dataset:
-        raise ReadError(file, "no pixel data element (the file may be truncated)")
-    frame_bytes = _frame_bytes(dataset)
-    declared_frames = int(dataset.get("NumberOfFrames") or 1)
-    check_budget(file, n_frames * frame_bytes, f"{n_frames} decoded {dataset.Rows}x{dataset.Columns} frame(s)")
-    meta = getattr(dataset, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is None or not UID(syntax).is_encapsulated:
-        bits = int(dataset.get("BitsAllocated") or 8)
-        pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1) * declared_frames
-        needed = -(-pixels * bits // 8)
-        present = len(dataset.PixelData)
-        if present < needed:
-            raise ReadError(
-                file,
-                f"truncated or corrupt: {declared_frames} frame(s) of {dataset.Rows}x{dataset.Columns} need "
-                f"{format_bytes(needed)} of pixel data, the file holds {format_bytes(present)}",
-            )
-        return
-    if not str(syntax).startswith("1.2.840.10008.1.2.4."):
-        return
-    try:
-        from pydicom.encaps import generate_frames
-        from pydicom.pixels.utils import _get_jpg_parameters
-
-        first = next(generate_frames(dataset.PixelData, number_of_frames=declared_frames))
-        params = _get_jpg_parameters(first)
-    except Exception:  # a private helper or a malformed stream: the decoder reports it
-        return
-    height, width = params.get("height"), params.get("width")
-    if height and width and (height, width) != (int(dataset.Rows), int(dataset.Columns)):
-        raise ReadError(
-            file,
-            f"corrupt: the header declares {dataset.Rows}x{dataset.Columns} frames, its JPEG data holds {height}x{width}",
-        )
-
-
-def _frames(file: Path, indices: list[int]):
-    """Decoded frames ``indices`` (sorted) of one file, as ReadError on any failure."""
-    try:
-        dataset = _dcmread(file)
-    except Exception as error:  # pydicom raises many types on corrupt files
-        raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
-    _check_pixel_header(file, dataset, len(indices))
-    try:
-        frames = list(iter_pixels(dataset, indices=indices))
-    except Exception as error:  # pydicom and its decoders raise many types
-        raise ReadError(file, f"pixel data cannot be read ({type(error).__name__}: {error})") from error
-    if len(frames) != len(indices):
-        raise ReadError(file, f"expected {len(indices)} frame(s), decoded {len(frames)}")
-    return frames
-
-
-def _build_slide(info: _Series, file: Path, source: Path, *, several: bool) -> ImageRecord:
-    """Assemble the tiles of a whole-slide image instance into one 2D slide."""
-    try:
-        dataset = _dcmread(file)
-    except Exception as error:  # pydicom raises many types on corrupt files
-        raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
-    tile = (int(dataset.Rows), int(dataset.Columns))
-    total = (
-        int(dataset.get("TotalPixelMatrixRows") or tile[0]),
-        int(dataset.get("TotalPixelMatrixColumns") or tile[1]),
-    )
-    n_frames = int(dataset.get("NumberOfFrames") or 1)
-    samples = int(dataset.get("SamplesPerPixel") or 1)
-    shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
-    optical_paths = list(dataset.get("OpticalPathSequence") or [])
-    path_ids = [str(p.get("OpticalPathIdentifier") or i + 1) for i, p in enumerate(optical_paths)]
-    path_names = [str(p.get("OpticalPathDescription") or path_ids[i]) for i, p in enumerate(optical_paths)]
-
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    declared = (per_frame is not None and len(per_frame) == n_frames) or dataset.get("DimensionOrganizationType")
-    layout = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=False)
-    for identifier in dict.fromkeys(p for _, _, p, _ in layout):
-        if identifier not in path_ids:
-            path_ids.append(identifier)
-            path_names.append(identifier)
-    planes = sorted({z for _, _, _, z in layout})
-    if len(planes) > 1:
-        warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=4)
-    wanted = [f for f, (_, _, _, z) in enumerate(layout) if z == planes[0]]
-    _check_slide_size(file, dataset, layout, wanted, tile, total, len(path_ids))
-    frames = dict(zip(wanted, _frames(file, wanted)))
-
-    if not declared:
-        # no per-frame positions and no declared organisation: TILED_FULL order is only
-        # a convention, and some writers stored tiles column by column; keep the order
-        # whose tiles join without seams
-        column_major = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=True)
-        if _seam_cost(frames, column_major, tile, total) < _seam_cost(frames, layout, tile, total):
-            warnings.warn(
-                f"{file.name}: frame order not declared (no DimensionOrganizationType); the tiles join up "
-                "when placed column by column rather than row by row, so they are placed that way",
-                stacklevel=4,
-            )
-            layout = column_major
-
-    first = next(iter(frames.values()))
-    fill = np.iinfo(first.dtype).max if samples == 3 and first.dtype.kind == "u" else 0
-    out = np.full((len(path_ids),) + total + first.shape[2:], fill, dtype=first.dtype)
-    for frame_index, frame in frames.items():
-        row, col, identifier, _ = layout[frame_index]
-        height = min(tile[0], total[0] - row)
-        width = min(tile[1], total[1] - col)
-        if height > 0 and width > 0:
-            out[path_ids.index(identifier), row : row + height, col : col + width] = frame[:height, :width]
-    del frames
-
-    pixel_spacing = _floats(_find((shared,), (dataset,), "PixelMeasuresSequence", "PixelSpacing"))
-    if pixel_spacing is None:
-        warnings.warn(f"{file.name}: no PixelSpacing; the slide is placed in pixels", stacklevel=4)
-        spacing_um = (1.0, 1.0)
-        units = "pixel"
-    else:
-        spacing_um = (float(pixel_spacing[0]) * 1000.0, float(pixel_spacing[1]) * 1000.0)
-        units = "um"
-    affine = affine_from_itk([spacing_um[1], spacing_um[0]], [0.0, 0.0])
-
-    multichannel = out.shape[0] > 1
-    data = out if multichannel else out[0]
-    image_type = [str(v) for v in _as_list(dataset.get("ImageType"))]
-    name = info.name
-    if several:
-        flavour = image_type[2].lower() if len(image_type) > 2 else "image"
-        name = f"{name} {flavour} {total[1]}x{total[0]}"
-    origin = _first_item(dataset, "TotalPixelMatrixOriginSequence")
-    metadata = {
-        "source_path": str(source),
-        "file": str(file),
-        "modality": _MODALITIES.get(info.modality, info.modality),
-        "dicom_modality": info.modality,
-        "series_description": info.description,
-        "series_uid": info.uid,
-        "series_number": info.number,
-        "patient_id": info.patient_id,
-        "spacing": spacing_um,
-        "image_type": image_type,
-        "total_pixel_matrix": total,
-        "tile_size": tile,
-        "n_frames": n_frames,
-        "focal_planes": len(planes),
-    }
-    if origin is not None:
-        metadata["slide_origin_mm"] = (
-            float(origin.get("XOffsetInSlideCoordinateSystem", 0.0)),
-            float(origin.get("YOffsetInSlideCoordinateSystem", 0.0)),
-        )
-    if dataset.get("ImageOrientationSlide") is not None:
-        metadata["slide_orientation"] = [float(v) for v in dataset.ImageOrientationSlide]
-    return ImageRecord(
-        data=data,
-        affine=affine,
-        name=name,
-        units=units,
-        metadata=metadata,
-        channel_axis=0 if multichannel else None,
-        channel_names=path_names[: out.shape[0]] if multichannel else None,
-        rgb=samples == 3,
-    )
-
-
-#: A slide whose tiles cover less than this fraction of its declared matrix is not assembled ...
-MIN_SLIDE_COVERAGE = 0.5
-#: ... when the assembled matrix would exceed this many bytes (a small sparse slide is filled in).
-SPARSE_SLIDE_BYTES = 64 * 2**20
-
-
-def _check_slide_size(file: Path, dataset, layout, wanted, tile, total, n_paths: int) -> None:
-    """Compare the declared total pixel matrix with the tiles actually present, before allocating it.
-
-    Every tile must start inside the matrix; the matrix must fit the memory budget; and a
-    matrix over :data:`SPARSE_SLIDE_BYTES` whose tiles cover under :data:`MIN_SLIDE_COVERAGE`
-    of it is refused as a lying (or very sparse) header rather than filled with blank pixels.
-    """
-    if min(total) <= 0 or min(tile) <= 0:
-        raise ReadError(file, f"invalid slide size: {total[1]}x{total[0]} matrix of {tile[1]}x{tile[0]} tiles")
-    frame_bytes = _frame_bytes(dataset)
-    pixel_bytes = frame_bytes / (tile[0] * tile[1])
-    covered: set = set()
-    area = 0
-    for index in wanted:
-        row, col, identifier, _ = layout[index]
-        if not (0 <= row < total[0] and 0 <= col < total[1]):
-            raise ReadError(
-                file, f"corrupt: frame {index + 1} sits at row {row + 1}, column {col + 1}, outside the "
-                f"{total[1]}x{total[0]} matrix"
-            )
-        if (row, col, identifier) not in covered:
-            covered.add((row, col, identifier))
-            area += min(tile[0], total[0] - row) * min(tile[1], total[1] - col)
-    matrix = float(total[0]) * total[1] * n_paths
-    assembled = matrix * pixel_bytes
-    check_budget(file, assembled + len(wanted) * frame_bytes, f"the {total[1]}x{total[0]} slide")
-    if assembled > SPARSE_SLIDE_BYTES and area < MIN_SLIDE_COVERAGE * matrix:
-        raise ReadError(
-            file,
-            f"the header declares a {total[1]}x{total[0]} pixel matrix ({format_bytes(assembled)}) but its "
-            f"{len(covered)} tile(s) of {tile[1]}x{tile[0]} cover {100 * area / matrix:.2g} % of it; not assembled "
-            "(truncated file or lying header)",
-        )
-
-
-def _tile_layout(
-    dataset, tile, total, n_frames, shared, path_ids, *, column_major
-) -> list[tuple[int, int, str, float]]:
-    """(row, column, optical path, focal plane) of each frame; 0-based pixel offsets.
-
-    Per-frame PlanePositionSlideSequence when present, else TILED_FULL order: tiles row
-    by row (column by column when ``column_major``), then focal planes, then optical paths.
-    """
-    per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and len(per_frame) == n_frames:
-        layout = []
-        for frame, group in enumerate(per_frame):
-            position = _first_item(group, "PlanePositionSlideSequence")
-            if position is None:
-                raise ReadError(dataset.filename, f"frame {frame + 1} has no PlanePositionSlideSequence")
-            identifier = _find((group, shared), (), "OpticalPathIdentificationSequence", "OpticalPathIdentifier")
-            layout.append(
-                (
-                    int(position.RowPositionInTotalImagePixelMatrix) - 1,
-                    int(position.ColumnPositionInTotalImagePixelMatrix) - 1,
-                    str(identifier) if identifier is not None else (path_ids[0] if path_ids else "1"),
-                    float(position.get("ZOffsetInSlideCoordinateSystem") or 0.0),
-                )
-            )
-        return layout
-    across = -(-total[1] // tile[1])
-    down = -(-total[0] // tile[0])
-    planes = int(dataset.get("TotalPixelMatrixFocalPlanes") or 1)
-    paths = path_ids or [str(i + 1) for i in range(int(dataset.get("NumberOfOpticalPaths") or 1))]
-    if across * down * planes * len(paths) != n_frames:
-        raise ReadError(
-            dataset.filename,
-            f"{n_frames} frames do not tile a {total[1]}x{total[0]} matrix with {tile[1]}x{tile[0]} tiles "
-            f"({planes} focal plane(s), {len(paths)} optical path(s))",
-        )
-    layout = []
-    for frame in range(n_frames):
-        position, plane_path = frame % (across * down), frame // (across * down)
-        row, col = (position % down, position // down) if column_major else divmod(position, across)
-        layout.append((row * tile[0], col * tile[1], paths[plane_path // planes], float(plane_path % planes)))
-    return layout
-
-
-def _seam_cost(frames: dict, layout, tile, total) -> float:
-    """Mean absolute step across the borders of neighbouring tiles of one plane and path."""
-    first_path = layout[next(iter(frames))][2]
-    grid = {layout[f][:2]: frame for f, frame in frames.items() if layout[f][2] == first_path}
-    steps = []
-    for (row, col), frame in grid.items():
-        height = min(tile[0], total[0] - row)
-        width = min(tile[1], total[1] - col)
-        right = grid.get((row, col + tile[1]))
-        below = grid.get((row + tile[0], col))
-        if right is not None:
-            steps.append(np.abs(frame[:height, -1].astype(np.float64) - right[:height, 0]).mean())
-        if below is not None:
-            steps.append(np.abs(frame[-1, :width].astype(np.float64) - below[0, :width]).mean())
-    return float(np.mean(steps)) if steps else 0.0

@@ -14,10 +14,10 @@ import SimpleITK as sitk
 
 from ..core.space import affine_from_itk, itk_from_affine, orientation_code, reorient_to_nearest, spacing_of
 from ._common import ImageRecord, ReadError, check_budget, check_data_size, refuse_overwrite, report_non_finite
-from ._dispatch import file_suffix
-from .nifti import _stem, guess_modality, is_label_map
+from .formats import file_suffix, get_format, stem
+from .nifti import guess_modality, is_label_map
 
-SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+SUFFIXES = get_format("itk").suffixes
 
 
 def _itk_reason(exc: RuntimeError) -> str:
@@ -176,14 +176,14 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
     if suffix in (".nii", ".nii.gz"):
         import nibabel as nib
 
-        from .nifti import _NIBABEL_ERRORS, _check_declared_size, nibabel_quiet
+        from .nifti import NIBABEL_ERRORS, check_declared_size, nibabel_quiet
 
         try:
             with nibabel_quiet():
                 image = nib.load(str(path))
-        except _NIBABEL_ERRORS as exc:
+        except NIBABEL_ERRORS as exc:
             raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
-        _check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))
+        check_declared_size(path, image.header, int(getattr(image.dataobj, "offset", 0)))
     if suffix in (".mha", ".mhd"):
         with open(path, "rb") as stream:
             _check_metaimage_header(path, stream.read(1 << 16))
@@ -283,7 +283,7 @@ def read_itk_image(path) -> list[ImageRecord]:
         raise ReadError(path, f"invalid geometry ({exc})") from exc
     data = np.ascontiguousarray(data)
 
-    name = _stem(path, SUFFIXES)
+    name = stem(path, SUFFIXES)
     layer_type = "image"
     if components == 1:
         labels = is_label_map(data, name)

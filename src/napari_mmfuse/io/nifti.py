@@ -22,8 +22,9 @@ from ..core.space import (
     spacing_of,
 )
 from ._common import ImageRecord, ReadError, check_budget, check_data_size, refuse_overwrite, report_non_finite
+from .formats import get_format, stem
 
-SUFFIXES = (".nii.gz", ".nii")
+SUFFIXES = get_format("nifti").suffixes
 #: Files smaller than this are read completely at once, so that truncation shows up here.
 EAGER_READ_BYTES = 512 * 2**20
 #: Most distinct values an integer image may hold to be opened as labels.
@@ -50,17 +51,9 @@ MODALITY_TOKENS = {
 _VECTOR_INTENTS = {"displacement vector", "vector", "quaternion", "rgb vector", "rgba vector", "fnirt disp field"}
 _SPACE_SCALE = {"meter": 1000.0, "micron": 1e-3}  # -> mm; "mm" and "unknown" are kept as mm
 #: What nibabel raises on a corrupt file (an unknown unit or intent code is a KeyError).
-_NIBABEL_ERRORS = (
+NIBABEL_ERRORS = (
     ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error, KeyError, IndexError, TypeError
 )
-
-
-def _stem(path: Path, suffixes=SUFFIXES) -> str:
-    name = path.name
-    for suffix in suffixes:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _names_labels(name: str) -> bool:
@@ -260,9 +253,25 @@ def nibabel_quiet():
         logger.setLevel(level)
 
 
-def _check_declared_size(path: Path, header, offset: int) -> None:
+def check_declared_size(path: Path, header, offset: int) -> None:
     """Refuse a file whose header declares more data than the file holds, or than the memory budget allows.
 
+    Parameters
+    ----------
+    path : Path
+        The file (named in the error).
+    header : nibabel header
+        Its NIfTI header.
+    offset : int
+        Byte offset of the voxel data in the file.
+
+    Raises
+    ------
+    ReadError
+        If the data is truncated, or larger than the memory budget.
+
+    Notes
+    -----
     A plain .nii is compared with its size (and read into memory only under the budget);
     a .nii.gz is refused up front when the declared data exceeds the budget, then its
     decompressed stream is counted (in blocks, nothing kept) and refused when it ends early.
@@ -271,7 +280,7 @@ def _check_declared_size(path: Path, header, offset: int) -> None:
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = header.get_data_dtype().itemsize
         slope, inter = header.get_slope_inter()
-    except _NIBABEL_ERRORS as exc:
+    except NIBABEL_ERRORS as exc:
         raise ReadError(path, f"invalid NIfTI header ({exc})") from exc
     if any(n < 0 for n in shape):
         raise ReadError(path, f"invalid NIfTI header (negative dimension in {shape})")
@@ -341,12 +350,12 @@ def read_nifti(path) -> list[ImageRecord]:
     try:
         with nibabel_quiet():
             image = nib.load(str(path))
-    except _NIBABEL_ERRORS as exc:
+    except NIBABEL_ERRORS as exc:
         raise ReadError(path, f"not a NIfTI file, or truncated or corrupt ({exc})") from exc
     if not isinstance(image.header, nib.Nifti1Header):
         raise ReadError(path, f"not a NIfTI image (nibabel sees {type(image).__name__})")
     header = image.header
-    _check_declared_size(path, header, int(getattr(image.dataobj, "offset", 0)))  # the header copy says 0
+    check_declared_size(path, header, int(getattr(image.dataobj, "offset", 0)))  # the header copy says 0
     try:
         nifti_affine, affine_source = _select_affine(header)
         space_unit, time_unit = header.get_xyzt_units()
@@ -355,7 +364,7 @@ def read_nifti(path) -> list[ImageRecord]:
         if isinstance(data, np.memmap) and path.stat().st_size < EAGER_READ_BYTES:
             data = np.array(data)
         lazy = isinstance(data, np.memmap)
-    except _NIBABEL_ERRORS as exc:
+    except NIBABEL_ERRORS as exc:
         raise ReadError(path, f"image data could not be read ({exc})") from exc
 
     nifti_affine = np.array(nifti_affine, dtype=np.float64)
@@ -387,7 +396,7 @@ def read_nifti(path) -> list[ImageRecord]:
     if not lazy:
         data = np.ascontiguousarray(data)
 
-    name = _stem(path)
+    name = stem(path, SUFFIXES)
     channel_axis = 0 if leading and vector else None
     layer_type = "image"
     if channel_axis is None:

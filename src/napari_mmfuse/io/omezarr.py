@@ -19,16 +19,11 @@ import zarr
 
 from ..core.space import spacing_of
 from ._common import ImageRecord, ReadError, format_bytes, memory_budget, refuse_overwrite
-from .tiff import (
-    WRITE_UNITS,
-    canonical_layout,
-    downsample2,
-    project_units,
-    pyramid_count,
-    um_per_unit,
-)
+from .formats import get_format
+from .tiff import canonical_layout, downsample2, pyramid_count
+from .units import WRITE_UNITS, project_units, um_per_unit
 
-SUFFIXES = (".ome.zarr", ".zarr")
+SUFFIXES = get_format("ome_zarr").suffixes
 #: Attribute holding the exact index -> world affine of level 0 (written by us).
 AFFINE_ATTRIBUTE = "mmfuse_affine"
 #: Attribute holding the units of :data:`AFFINE_ATTRIBUTE`.

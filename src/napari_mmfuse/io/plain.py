@@ -10,9 +10,6 @@ import numpy as np
 
 from ._common import CappedFile, ImageRecord, ReadError, check_budget, format_bytes
 
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
 def _name(path: Path) -> str:
     """Layer name: the file stem, prefixed by the folder when the stem is only a number ("MRI 11", "PET 11")."""
     return f"{path.parent.name} {path.stem}" if path.stem.isdigit() and path.parent.name else path.stem

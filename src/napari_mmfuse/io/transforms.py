@@ -8,7 +8,9 @@ in physical (x, y, z) order; converting reverses the axes.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -324,3 +326,98 @@ def read_displacement_field(path) -> tuple[np.ndarray, np.ndarray]:
     data = sitk.GetArrayFromImage(image)[..., ::-1].astype(np.float32)
     affine = affine_from_itk(image.GetSpacing(), image.GetOrigin(), np.reshape(image.GetDirection(), (n, n)))
     return np.ascontiguousarray(data), affine
+
+
+def field_path(path) -> Path:
+    """Where the displacement field of a deformable transform saved at ``path`` goes.
+
+    ``transform.tfm`` -> ``transform_displacement.nii.gz`` (an ITK vector image on the
+    fixed grid; the full mapping is ``x -> T(x + u(x))``).
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}_displacement.nii.gz")
+
+
+@dataclass
+class Transform:
+    """A spatial transform: what the register operations give and the transform operation applies.
+
+    The mapping is ``x -> matrix(x + displacement(x))`` from fixed (reference) world to
+    moving world, napari axis order; ``displacement`` (optional) lies on the grid of
+    ``displacement_affine``.
+
+    Attributes
+    ----------
+    matrix : ndarray, shape (n + 1, n + 1)
+    displacement : ndarray, shape (*grid, n), optional
+        World units, napari-order components.
+    displacement_affine : ndarray, shape (n + 1, n + 1), optional
+    name : str
+    metadata : dict
+        ``source`` (``{"path", "displacement", "kind": "transform"}``) when read from files;
+        ``registration`` (model, metric, values before/after, folding, notes) when registration made it.
+    """
+
+    matrix: np.ndarray
+    displacement: np.ndarray | None = None
+    displacement_affine: np.ndarray | None = None
+    name: str = "transform"
+    metadata: dict = field(default_factory=dict)
+    #: The port kind provenance and the pipeline recognise.
+    kind: ClassVar[str] = "transform"
+
+    def __post_init__(self):
+        self.matrix = _check_transform(self.matrix)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The matrix (what provenance hashes)."""
+        return self.matrix
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions (2 or 3)."""
+        return self.matrix.shape[0] - 1
+
+    @classmethod
+    def read(cls, path, displacement=None) -> "Transform":
+        """A linear transform file (``.tfm``/``.txt``/``.mat``/``.json``), with a displacement field file."""
+        field_data, field_affine = read_displacement_field(displacement) if displacement else (None, None)
+        source = {"path": str(Path(path).resolve()), "kind": "transform"}
+        if displacement:
+            source["displacement"] = str(Path(displacement).resolve())
+        return cls(read_transform(path), field_data, field_affine, name=Path(path).name, metadata={"source": source})
+
+    @classmethod
+    def from_source(cls, source: dict) -> "Transform":
+        """The transform a provenance ``source`` entry names (see :meth:`read`)."""
+        return cls.read(source["path"], source.get("displacement"))
+
+    def save(self, path, *, overwrite: bool = False, displacement_path=None) -> Path:
+        """Write the linear part by suffix (.tfm/.txt ITK text, .json), the field to ``displacement_path``.
+
+        Raises
+        ------
+        FileExistsError
+            A target exists and ``overwrite`` is False (nothing is written).
+        """
+        targets = [Path(path)] + ([Path(displacement_path)] if displacement_path is not None else [])
+        for target in targets:
+            _check_writable(target, overwrite)
+        if displacement_path is not None and self.displacement is None:
+            raise ValueError("this transform has no displacement field to write")
+        written = write_transform(path, self.matrix, overwrite=overwrite)
+        if displacement_path is not None:
+            write_displacement_field(displacement_path, self.displacement, self.displacement_affine, overwrite=overwrite)
+        return written
+
+    def describe(self) -> dict:
+        """A JSON-able summary for provenance: kind, matrix, hashes, source."""
+        from ..provenance import content_hash
+
+        entry = {"kind": self.kind, "name": self.name, "matrix": self.matrix.tolist(), "hash": content_hash(self.matrix)}
+        if self.displacement is not None:
+            entry["displacement_hash"] = content_hash(np.asarray(self.displacement))
+        if self.metadata.get("source"):
+            entry["source"] = dict(self.metadata["source"])
+        return entry
