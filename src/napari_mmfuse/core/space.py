@@ -22,7 +22,24 @@ FRAME = "LPS"
 _LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
 
 
-def _check_affine(affine: np.ndarray, ndim: int | None = None) -> np.ndarray:
+def check_affine(affine: np.ndarray, ndim: int | None = None) -> np.ndarray:
+    """Validate an index -> world affine and return it as float64.
+
+    Parameters
+    ----------
+    affine : array-like, shape (n + 1, n + 1)
+    ndim : int, optional
+        Number of spatial axes the affine must have.
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    ValueError
+        If it is not square, has the wrong size, holds NaN/Inf, or is singular.
+    """
     affine = np.asarray(affine, dtype=np.float64)
     if affine.ndim != 2 or affine.shape[0] != affine.shape[1]:
         raise ValueError(f"an affine must be square (n+1, n+1), got shape {affine.shape}")
@@ -33,6 +50,10 @@ def _check_affine(affine: np.ndarray, ndim: int | None = None) -> np.ndarray:
     if abs(np.linalg.det(affine[:-1, :-1])) < 1e-12:
         raise ValueError("affine is singular (zero spacing or degenerate direction)")
     return affine
+
+
+#: Old private name, still imported by io/transforms.py, core/lazy.py and core/register/driver.py (to be switched).
+_check_affine = check_affine
 
 
 def affine_from_itk(spacing, origin, direction=None) -> np.ndarray:
@@ -70,7 +91,7 @@ def itk_from_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     direction : ndarray, shape (n, n)
         Direction cosines as columns (orthonormal when the affine has no shear).
     """
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     n = affine.shape[0] - 1
     rev = np.eye(n)[::-1]
     linear = rev @ affine[:n, :n] @ rev
@@ -94,7 +115,7 @@ def affine_from_nifti(nifti_affine: np.ndarray) -> np.ndarray:
 
 def nifti_from_affine(affine: np.ndarray) -> np.ndarray:
     """Inverse of :func:`affine_from_nifti`: napari-order LPS affine -> NIfTI RAS affine."""
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     n = affine.shape[0] - 1
     flip = np.eye(n + 1)
     flip[0, 0] = flip[1, 1] = -1.0
@@ -105,7 +126,7 @@ def nifti_from_affine(affine: np.ndarray) -> np.ndarray:
 
 def spacing_of(affine: np.ndarray) -> np.ndarray:
     """Voxel size along each array axis (world units per index step)."""
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     return np.linalg.norm(affine[:-1, :-1], axis=0)
 
 
@@ -114,7 +135,7 @@ def orientation_code(affine: np.ndarray) -> str:
 
     Only meaningful for 3D affines; 2D affines return ``"YX"``-style letters ``"PL"``.
     """
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     n = affine.shape[0] - 1
     letters = []
     for axis in range(n):
@@ -130,7 +151,7 @@ def obliquity_deg(affine: np.ndarray) -> float:
     napari's 2D view ignores the out-of-slice part of a rotation, so a layer tilted by
     more than about a degree is shown exactly only in 3D or after resampling.
     """
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     linear = affine[:-1, :-1] / spacing_of(affine)
     cosines = np.clip(np.abs(linear).max(axis=0), 0.0, 1.0)
     return float(np.degrees(np.arccos(cosines.min())))
@@ -138,14 +159,14 @@ def obliquity_deg(affine: np.ndarray) -> float:
 
 def voxel_to_world(affine: np.ndarray, index) -> np.ndarray:
     """Map array indices, shape (..., n), to world points, shape (..., n)."""
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     index = np.asarray(index, dtype=np.float64)
     return index @ affine[:-1, :-1].T + affine[:-1, -1]
 
 
 def world_to_voxel(affine: np.ndarray, points) -> np.ndarray:
     """Map world points, shape (..., n), to (fractional) array indices, shape (..., n)."""
-    inverse = np.linalg.inv(_check_affine(affine))
+    inverse = np.linalg.inv(check_affine(affine))
     points = np.asarray(points, dtype=np.float64)
     return points @ inverse[:-1, :-1].T + inverse[:-1, -1]
 
@@ -161,7 +182,7 @@ def world_bounds(shape, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = shape.size
     corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in shape], indexing="ij"))
     corners = corners.reshape(n, -1).T
-    world = voxel_to_world(_check_affine(affine, n), corners)
+    world = voxel_to_world(check_affine(affine, n), corners)
     return world.min(axis=0), world.max(axis=0)
 
 
@@ -193,7 +214,7 @@ def reorient_to_nearest(data, affine: np.ndarray, *, first_axis: int = 0):
     data, affine
         Reoriented view of the data and its affine.
     """
-    affine = _check_affine(affine)
+    affine = check_affine(affine)
     n = affine.shape[0] - 1
     linear = affine[:n, :n] / spacing_of(affine)
     order = [-1] * n  # order[world_axis] = old array axis
@@ -291,8 +312,8 @@ def resample(
     reference_shape = tuple(int(s) for s in reference_shape)
     if len(reference_shape) != n:
         raise ValueError(f"image has {n} spatial axes but the reference grid {len(reference_shape)}")
-    affine = _check_affine(affine, n)
-    reference_affine = _check_affine(reference_affine, n)
+    affine = check_affine(affine, n)
+    reference_affine = check_affine(reference_affine, n)
     device = get_device(device)
 
     # reference index -> image index; float64 where the device has it (MPS does not)
