@@ -183,3 +183,47 @@ def test_cli_normalize(tmp_path, capsys):
     matched = tmp_path / "matched.png"
     assert main(["normalize", str(grey), "--method", "histogram", "--reference", str(moon), "-o", str(matched)]) == 0
     np.testing.assert_allclose(iio.imread(matched), np.rint(exposure.match_histograms(data.camera(), data.moon())), atol=1)
+
+
+def test_cli_normalize_writes_a_sidecar_that_replays_identically(tmp_path):
+    from napari_mmfuse.io import read
+    from napari_mmfuse.io.nifti import write_nifti
+    from napari_mmfuse.provenance import Provenance, sidecar_path
+
+    volume = np.random.default_rng(7).gamma(3, 20, (6, 20, 24)).astype(np.float32)
+    source = write_nifti(tmp_path / "t1.nii.gz", volume, np.diag([2.0, 1.0, 0.5, 1.0]))
+    out = tmp_path / "pct.nii.gz"
+    assert main(["normalize", str(source), "--method", "percentile", "--low", "2", "-o", str(out)]) == 0
+    record = Provenance.load(sidecar_path(out))
+    assert record.operation == "normalize/percentile" and record.params == {"low": 2.0, "high": 99.8}
+    again = tmp_path / "again.nii.gz"
+    assert main(["replay", str(sidecar_path(out)), "-o", str(again)]) == 0
+    np.testing.assert_array_equal(np.asarray(read(again)[0].level0), np.asarray(read(out)[0].level0))
+
+
+def test_poly_bias_is_the_polynomial_correction_with_its_field(tmp_path):
+    """``poly-bias`` (formerly ``n4``) gives correct_bias_field's image, and its field as a map."""
+    from napari_mmfuse.operations import Image
+    from napari_mmfuse.pipeline import run
+
+    yy, xx = np.mgrid[-1:1:64j, -1:1:64j]
+    observed = ((100 + np.random.default_rng(3).normal(0, 2, yy.shape)) * np.exp(0.3 * xx)).astype(np.float32)
+    outputs, record = run("normalize", "poly-bias", {"image": Image(observed, np.diag([0.5, 0.5, 1.0]))}, {"degree": 2})
+    expected = nm.correct_bias_field(observed, spacing=(0.5, 0.5), degree=2)
+    np.testing.assert_array_equal(outputs["image"].data, expected)
+    assert outputs["field"].kind == "map" and record.params == {"degree": 2}
+    assert "poly-bias" in nm.METHODS and "n4" not in nm.METHODS
+    assert main(["normalize", "x.nii.gz", "--method", "poly-bias", "--degree", "9", "-o", str(tmp_path / "o.nii.gz")]) == 1
+
+
+def test_tissue_mask_is_a_normalize_operation_giving_labels():
+    from napari_mmfuse.operations import Image
+    from napari_mmfuse.pipeline import run
+
+    slide = he_slide(64, seed=2)
+    outputs, _ = run("normalize", "tissue", {"image": Image(slide, np.eye(3), rgb=True)})
+    labels = outputs["labels"]
+    assert labels.kind == "labels" and not labels.rgb and labels.data.dtype == np.uint8
+    np.testing.assert_array_equal(labels.data, nm.tissue_mask(slide).astype(np.uint8))
+    with pytest.raises(ValueError, match="not RGB"):
+        run("normalize", "tissue", {"image": Image(np.ones((8, 8)), np.eye(3))})

@@ -13,17 +13,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._names import NORMALIZE_METHODS
-from .params import ParameterRange
 
-#: Methods of :func:`normalize` by name.
+#: Methods of :func:`normalize` by name (``"poly-bias"``: :func:`correct_bias_field`).
 METHODS = NORMALIZE_METHODS
-#: Allowed values of the methods' numeric keywords (checked by callers before any work).
-PARAMETER_RANGES = {
-    "low": ParameterRange(float, 0.0, 100.0),
-    "high": ParameterRange(float, 0.0, 100.0),
-    "degree": ParameterRange(int, 1, 5),
-}
-GREY_METHODS = ("percentile", "zscore", "histogram", "n4")
+GREY_METHODS = ("percentile", "zscore", "histogram", "poly-bias")
 RGB_METHODS = ("macenko", "reinhard")
 
 #: Reference H&E optical-density stain vectors (rows: haematoxylin, eosin) and 99th-percentile
@@ -229,7 +222,7 @@ def estimate_bias_field(
     max_points: int = 200_000,
     seed: int = 0,
 ) -> np.ndarray:
-    """Estimate a smooth multiplicative bias field, N4-style in the log domain.
+    """Estimate a smooth multiplicative bias field: a polynomial fitted in the log domain (``poly-bias``).
 
     Iterates: sharpen the histogram of the current log-corrected image (Wiener deconvolution
     of a Gaussian of ``fwhm``), take the residual between the observed log intensity and its
@@ -541,7 +534,7 @@ def normalize(image, method: str, *, reference=None, **params) -> np.ndarray:
     Parameters
     ----------
     image : ndarray
-        Grey ``(Y, X)``/``(Z, Y, X)`` for percentile, zscore, histogram, n4; RGB uint8
+        Grey ``(Y, X)``/``(Z, Y, X)`` for percentile, zscore, histogram, poly-bias; RGB uint8
         ``(Y, X, 3)`` for macenko, reinhard.
     method : str
     reference : ndarray, optional
@@ -562,7 +555,7 @@ def normalize(image, method: str, *, reference=None, **params) -> np.ndarray:
         if reference is None:
             raise ValueError("histogram matching needs a reference image")
         return match_histogram(image, reference)
-    if method == "n4":
+    if method == "poly-bias":
         return correct_bias_field(image, **params)
     if method == "macenko":
         return macenko(image, reference=reference, **params)

@@ -175,10 +175,11 @@ def n2v_network(config: N2VConfig) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class TrainStep:
-    """One Noise2Void optimisation step: its index (from 1) and masked-pixel MSE loss."""
+    """One Noise2Void optimisation step: its index (from 1), masked-pixel MSE loss and the number of steps."""
 
     step: int
     loss: float
+    total: int = 0
 
 
 class N2VModel:
@@ -445,7 +446,7 @@ def n2v_train(
         value = float(loss.detach())
         config.loss.append(value)
         config.steps_trained = step
-        yield TrainStep(step, value)
+        yield TrainStep(step, value, steps)
     with torch.no_grad():
         for weight, mean_weight in zip(network.parameters(), averaged):
             weight.copy_(mean_weight)

@@ -1,4 +1,4 @@
 """normalize operations: one module per method family, each defining ``OPERATIONS``."""
 
 #: Menu order (methods not listed follow by name).
-ORDER: tuple = ()
+ORDER: tuple = ("percentile", "zscore", "histogram", "poly-bias", "n4", "macenko", "reinhard", "tissue")
