@@ -105,7 +105,7 @@ def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phan
     np.testing.assert_allclose(world_affine(result), world_affine(t1))
     assert set(np.unique(result.data)) <= {1, 2}
     assert result.metadata["probabilities"].shape == (2,) + truth.shape
-    assert result.metadata["mmfuse"]["inputs"] == ["T1", "T2"]
+    assert [entry["name"] for entry in result.metadata["mmfuse"]["inputs"]["images"]] == ["T1", "T2"]
     predicted = result.data == 2
     dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     assert dice > 0.5  # a few strokes on one slice; the benchmark measures quality
@@ -124,8 +124,8 @@ def test_segment_train_warm_start_and_explain_2d(make_napari_viewer, qtbot, phan
     run_and_wait(qtbot, widget, widget.train_button)
     assert widget.model is first_model and "T1 segmentation [1]" in viewer.layers
     assert len(widget.curve.values) == 20
-    assert result.metadata["mmfuse"]["warm_start"] is False
-    assert viewer.layers["T1 segmentation [1]"].metadata["mmfuse"]["warm_start"] is True
+    assert "model" not in result.metadata["mmfuse"]["inputs"]  # trained from scratch
+    assert "model" in viewer.layers["T1 segmentation [1]"].metadata["mmfuse"]["inputs"]  # warm-started
 
     written = widget.save_model(str(tmp_path / "model"))
     assert written[0].exists() and written[1].exists()

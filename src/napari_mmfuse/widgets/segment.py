@@ -1,11 +1,14 @@
 """Dock widget "Segment": classical methods, or a network trained on painted strokes.
 
-The checked image layers are the modalities (channels), resampled onto the first one's
-grid. For the trainable methods the user paints a few strokes per class in a Labels
-layer (0 = unlabelled); the painted layer is only read, never modified. Results arrive
-as a new Labels layer (the class probabilities in its ``metadata``) and an uncertainty
-image. The last trained model is kept for the session (see :func:`session_model`), for
-"Predict" on other layers, warm-start retraining and the "Explain" widget.
+The checked image layers are the modalities (channels), placed on the first one's grid by
+the operation (:mod:`napari_mmfuse.operations.segment`). For the trainable method the user
+paints a few strokes per class in a Labels layer (0 = unlabelled); the painted layer is only
+read, never modified. Results arrive as a new Labels layer (the class probabilities in its
+``metadata``) and an uncertainty image, each with the run's provenance. The last trained
+model is kept for the session (see :func:`session_model`), for "Predict" on other layers,
+warm-start retraining and the "Explain" widget. Parameters come from the registry
+(:class:`~napari_mmfuse.widgets._controls.ParameterForm`), runs go through the shared
+:class:`~napari_mmfuse.widgets._jobs.JobPanel`.
 """
 
 from __future__ import annotations
@@ -17,30 +20,32 @@ if TYPE_CHECKING:
 
 import numpy as np
 from napari.layers import Labels
-from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core import segment, space
+from ..operations import operations
+from ..pipeline import run_steps
+from ._controls import ParameterForm
 from ._dock import scroll_contents
+from ._jobs import JobPanel
+from ._layers import add_image_layer, image_of, spatial_affine
 from ._pickers import LayerChecklist, LayerPicker, is_result
 from ._plots import CurvePlot
-from ._layers import geometry_of, spatial_affine
 from ._session import session_of
-from ._workers import start_worker
+
+#: Methods that read the painted strokes.
+NEEDS_STROKES = ("unet", "watershed")
 
 
 def choose_model_file(parent) -> str:
@@ -50,17 +55,6 @@ def choose_model_file(parent) -> str:
     )
     return path
 
-
-#: Method choices: label -> (kind, options)
-METHODS = {
-    "UNet, early fusion": ("unet", {"fusion": "early"}),
-    "UNet, late fusion (average)": ("unet", {"fusion": "late", "combine": "average"}),
-    "UNet, late fusion (vote)": ("unet", {"fusion": "late", "combine": "vote"}),
-    "UNETR transformer, early fusion (attention maps)": ("unet", {"fusion": "early", "architecture": "unetr"}),
-    "Otsu (first layer)": ("otsu", {}),
-    "Multi-Otsu, 3 classes (first layer)": ("multiotsu", {}),
-    "Seeded watershed": ("watershed", {}),
-}
 
 def session_model(viewer):
     """The last model trained or loaded in this viewer's session, or None.
@@ -143,174 +137,166 @@ def labels_on_grid(layer, shape, affine) -> np.ndarray:
     return space.resample(data, own, shape, affine, interpolation="nearest")
 
 
-def _train_and_predict(images, scribbles, affine, options):
-    """Worker body: yields TrainStep, returns (model, labels, probabilities)."""
-    model = yield from segment.train_steps(images, scribbles, **options)
-    labels, probabilities = segment.predict(model, images, affine=affine)
-    return model, labels, probabilities
-
-
-def _classical(kind, images, scribbles):
-    if kind == "watershed":
-        return segment.watershed(images, scribbles)
-    return segment.threshold(images[0], method=kind)
-
-
 class SegmentWidget(QWidget):
     """Segment the checked image layers.
 
     Parameters
     ----------
     viewer : napari.Viewer
+
+    Attributes
+    ----------
+    forms : dict of str -> ParameterForm
+        The parameters of each segment operation (by method name).
+    jobs : JobPanel
+        Run ("Train & segment"), Cancel, progress and status.
+    model : SegmentationNet or None
+        The current model (trained or loaded here).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
         self.model = None
 
         self.layers = LayerChecklist(viewer)
         self.method = QComboBox()
-        self.method.addItems(list(METHODS))
+        self.forms = {name: ParameterForm(operation) for name, operation in operations("segment").items()}
+        self.parameters = QStackedWidget()
+        for name, operation in operations("segment").items():
+            self.parameters.addWidget(self.forms[name].native)
+            if name != "predict":  # applying the current model is the Predict button
+                self.method.addItem(operation.label or name, name)
         self.scribbles = LayerPicker(viewer, (Labels,), optional=True, prefer=strokes_layer)
-        self.steps = QSpinBox(minimum=1, maximum=20000, value=200)
-        self.learning_rate = QDoubleSpinBox(decimals=4, minimum=1e-4, maximum=0.1, singleStep=1e-3, value=2e-3)
-        self.learning_rate.setToolTip("Adam step size; 1e-2 converges faster on small 2D images")
+        self.steps = self.forms["unet"]["steps"].native
+        self.learning_rate = self.forms["unet"]["learning_rate"].native
         self.warm_start = QCheckBox("warm start from the current model")
         self.warm_start.setChecked(True)
         self.warm_start.setToolTip("continue training the session's model (same layers and classes)")
 
-        self.train_button = QPushButton("Train && segment")
+        self.jobs = JobPanel("Train && segment", self.run)
+        self.train_button, self.cancel_button = self.jobs.run_button, self.jobs.cancel_button
+        self.status = self.jobs.status
+        self.status.setText("no model yet")
         self.predict_button = QPushButton("Predict with current model")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
         self.save_button = QPushButton("Save model…")
         self.load_button = QPushButton("Load model…")
-        self.progress = QProgressBar()
         self.curve = CurvePlot("training loss per step")
-        self.status = QLabel("no model yet")
-        self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("modalities", self.layers)
         form.addRow("method", self.method)
         form.addRow("scribbles", self.scribbles)
-        form.addRow("training steps", self.steps)
-        form.addRow("learning rate", self.learning_rate)
-        form.addRow(self.warm_start)
-        buttons = QHBoxLayout()
-        for button in (self.train_button, self.predict_button, self.cancel_button):
-            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.parameters)
+        layout.addWidget(self.warm_start)
+        layout.addWidget(self.jobs)
+        layout.addWidget(self.predict_button)
+        layout.addWidget(self.curve)
         files = QHBoxLayout()
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.curve)
         layout.addLayout(files)
-        layout.addWidget(self.status)
         layout.addStretch()
         scroll_contents(self)
 
-        self.train_button.clicked.connect(self.run)
+        self.method.currentIndexChanged.connect(self._show_method)
         self.predict_button.clicked.connect(self.predict)
-        self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save_model())
         self.load_button.clicked.connect(lambda: self.load_model())
+        self._show_method()
+
+    @property
+    def worker(self):
+        """The running job's worker, or None."""
+        return self.jobs.worker
+
+    def _show_method(self) -> None:
+        method = self.method.currentData()
+        self.parameters.setCurrentWidget(self.forms[method].native)
+        self.warm_start.setVisible(method == "unet")
 
     # ----------------------------------------------------------------- actions
     def run(self):
-        """Segment with the chosen method (training first for the UNet methods).
+        """Segment with the chosen method (training first for the network).
 
         Returns
         -------
         napari worker or None
             The started worker, or None when the inputs were rejected (the user is notified).
         """
-        if self.worker is not None:
+        from ..core.segment import stroke_classes
+
+        if self.jobs.busy:
             show_error("Segment: a run is in progress; cancel it first")
             return None
-        kind, options = METHODS[self.method.currentText()]
+        method = self.method.currentData()
         try:
             layers = self.layers.checked()
-            images, affine = modality_stack(layers)
-            scribble_layer = self.scribbles.layer()
-            scribbles = None
-            if scribble_layer is not None:
-                scribbles = labels_on_grid(scribble_layer, images.shape[1:], affine)
-            if kind in ("unet", "watershed") and scribbles is None:
-                raise ValueError("choose the Labels layer holding your painted strokes")
-            if scribbles is not None and kind in ("unet", "watershed"):
-                segment.check_scribbles(images, scribbles)
+            if not layers:
+                raise ValueError("check at least one image layer (the modalities to segment)")
+            inputs = {"images": [image_of(layer) for layer in layers]}
+            if method in NEEDS_STROKES:
+                strokes = self.scribbles.layer()
+                if strokes is None:
+                    raise ValueError("choose the Labels layer holding your painted strokes")
+                classes = stroke_classes(strokes.data)
+                inputs["strokes"] = image_of(strokes, kind="labels")
+            params = self.forms[method].values()
         except ValueError as error:
             show_error(f"Segment: {error}")
             return None
-        context = {"layers": layers, "affine": affine, "method": self.method.currentText(),
-                   "scribbles": scribble_layer.name if scribble_layer is not None else None}
-        if kind != "unet":
-            worker = create_worker(_classical, kind, images, scribbles,
-                                   _progress={"desc": f"Segmenting ({kind})"})
-            worker.returned.connect(lambda labels: self._add_result(labels, None, context))
-            return self._start(worker, busy=True)
-        warm = None
-        if self.warm_start.isChecked() and self.model is not None:
-            names = [layer.name for layer in layers]
-            session = session_model(self.viewer)
-            same_inputs = session is not None and session[1] == names
-            same_fusion = (self.model.config.fusion == options["fusion"]
-                           and self.model.config.architecture == options.get("architecture", "unet"))
-            known = set(np.unique(scribbles[scribbles != 0]).tolist()) <= set(self.model.config.label_values)
-            if same_inputs and same_fusion and known and self.model.config.architecture != "torchscript":
-                warm = self.model
-            else:
-                show_info("Segment: the layers, network, fusion or classes changed; training a new model")
-        steps = self.steps.value()
-        train_options = {"steps": steps, "learning_rate": self.learning_rate.value(),
-                         "channel_names": [layer.name for layer in layers]}
-        train_options |= {"model": warm} if warm is not None else options
-        if warm is not None and "combine" in options:
-            warm.config.combine = options["combine"]
-        context["warm_start"] = warm is not None
-        worker = create_worker(_train_and_predict, images, scribbles, affine, train_options,
-                               _progress={"total": steps, "desc": "Training"})
-        worker.yielded.connect(self._on_step)
-        worker.returned.connect(lambda result: self._on_trained(*result, context))
-        self.curve.clear()
-        self.progress.setRange(0, steps)
-        self.progress.setValue(0)
-        self.status.setText(("continuing the current model" if warm is not None else "training a new model") + "…")
-        return self._start(worker)
+        if method == "unet":
+            warm = self._warm_model([layer.name for layer in layers], classes, params)
+            if warm is not None:
+                inputs["model"] = warm
+            self.curve.clear()
+            self.status.setText(("continuing the current model" if warm is not None else "training a new model") + "…")
+        return self._start(method, inputs, params, layers)
+
+    def _warm_model(self, names, classes, params):
+        """The current model when warm start is ticked and it fits the layers, network and classes."""
+        if not self.warm_start.isChecked() or self.model is None:
+            return None
+        config = self.model.config
+        session = session_model(self.viewer)
+        same_inputs = session is not None and session[1] == names
+        same_network = config.fusion == params["fusion"] and config.architecture == params["architecture"]
+        if same_inputs and same_network and set(classes) <= set(config.label_values):
+            return self.model
+        show_info("Segment: the layers, network, fusion or classes changed; training a new model")
+        return None
 
     def predict(self):
         """Segment the checked layers with the current model (no training)."""
-        if self.worker is not None:
+        if self.jobs.busy:
             show_error("Segment: a run is in progress; cancel it first")
             return None
         if self.model is None:
             show_error("Segment: no model yet; train one or load a model file")
             return None
-        try:
-            layers = self.layers.checked()
-            images, affine = modality_stack(layers)
-            if images.shape[0] != self.model.config.in_channels:
-                raise ValueError(f"the model takes {self.model.config.in_channels} layers "
-                                 f"({', '.join(self.model.config.channel_names)}); {images.shape[0]} are checked")
-        except ValueError as error:
-            show_error(f"Segment: {error}")
+        layers = self.layers.checked()
+        config = self.model.config
+        if len(layers) != config.in_channels:
+            show_error(f"Segment: the model takes {config.in_channels} layers ({', '.join(config.channel_names)}); "
+                       f"{len(layers)} are checked")
             return None
-        context = {"layers": layers, "affine": affine, "method": "predict", "scribbles": None}
-        model = self.model
-        worker = create_worker(segment.predict, model, images, affine=affine, _progress={"desc": "Predicting"})
-        worker.returned.connect(lambda result: self._add_result(*result, context))
-        return self._start(worker, busy=True)
+        inputs = {"images": [image_of(layer) for layer in layers], "model": self.model}
+        return self._start("predict", inputs, {}, layers)
+
+    def _start(self, method, inputs, params, layers):
+        worker = self.jobs.start(run_steps, "segment", method, inputs, params, title="Segment",
+                                 on_result=lambda result: self._on_result(*result, layers),
+                                 on_progress=self._on_progress)
+        if worker is not None:
+            self.predict_button.setEnabled(False)
+            worker.finished.connect(lambda: self.predict_button.setEnabled(True))
+        return worker
 
     def cancel(self) -> None:
-        """Stop the running training; the painted layer and existing results are untouched."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop the running job; the painted layer and existing results are untouched."""
+        self.jobs.cancel()
 
     def save_model(self, path: str | None = None, *, overwrite: bool = False):
         """Save the current model as ``<stem>.pt`` + ``<stem>.json``; asks for a file without ``path``."""
@@ -323,7 +309,7 @@ class SegmentWidget(QWidget):
                 return None
             overwrite = True  # the dialog asked already
         try:
-            written = segment.save_model(self.model, path, overwrite=overwrite)
+            written = self.model.save(path, overwrite=overwrite)
         except (ValueError, OSError) as error:
             show_error(f"Save model: {error}")
             return None
@@ -349,58 +335,23 @@ class SegmentWidget(QWidget):
         return model
 
     # ----------------------------------------------------------------- results
-    def _start(self, worker, *, busy: bool = False):
-        worker.errored.connect(lambda error: show_error(f"Segment failed: {error}"))
-        cancellable = isinstance(worker, GeneratorWorker)  # one-shot steps run to the end
-        if cancellable:
-            worker.aborted.connect(lambda: show_info("Segment cancelled; no layer was changed"))
-        worker.finished.connect(self._on_finished)
-        if busy:
-            self.progress.setRange(0, 0)
-        self.worker = worker
-        self.train_button.setEnabled(False)
-        self.predict_button.setEnabled(False)
-        self.cancel_button.setEnabled(cancellable)
-        start_worker(worker)
-        return worker
+    def _on_progress(self, progress) -> None:
+        if "loss" in progress.values:
+            self.curve.add(progress.values["loss"])
 
-    def _on_step(self, step) -> None:
-        self.progress.setValue(step.step)
-        self.curve.add(step.loss)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.progress.setRange(0, max(self.progress.maximum(), 1))
-        self.train_button.setEnabled(True)
-        self.predict_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def _on_trained(self, model, labels, probabilities, context) -> None:
-        self.model = model
-        remember_model(self.viewer, model, [layer.name for layer in context["layers"]], labels)
-        self.status.setText(f"model: {model.config.architecture}, {model.config.fusion} fusion, inputs "
-                            f"{', '.join(model.config.channel_names)}; classes {model.config.label_values}; "
-                            f"final loss {self.curve.values[-1]:.3g}" if self.curve.values else "model trained")
-        self._add_result(labels, probabilities, context)
-
-    def _add_result(self, labels, probabilities, context) -> None:
-        first = context["layers"][0]
-        provenance = {
-            "step": "segment",
-            "method": context["method"],
-            "inputs": [layer.name for layer in context["layers"]],
-            "scribbles": context["scribbles"],
-            "warm_start": context.get("warm_start", False),
-        }
-        metadata = {"mmfuse": provenance}
-        if probabilities is not None:
-            metadata |= {"probabilities": probabilities, "label_values": list(self.model.config.label_values)}
-        self.viewer.add_labels(np.asarray(labels), **geometry_of(first, name=f"{first.name} segmentation",
-                                                                 metadata=metadata, opacity=0.5))
-        if probabilities is not None:
-            self.viewer.add_image(
-                segment.uncertainty(probabilities),
-                **geometry_of(first, name=f"{first.name} uncertainty", colormap="magma", blending="additive",
-                              contrast_limits=(0.0, 1.0), visible=False,
-                              metadata={"mmfuse": provenance | {"map": "normalised entropy of the probabilities"}}),
-            )
+    def _on_result(self, outputs, record, layers) -> None:
+        first = layers[0]
+        if "model" in outputs:
+            model = self.model = outputs["model"]
+            remember_model(self.viewer, model, [layer.name for layer in layers], outputs["labels"].data)
+            config = model.config
+            self.status.setText(f"model: {config.architecture}, {config.fusion} fusion, inputs "
+                                f"{', '.join(config.channel_names)}; classes {config.label_values}; "
+                                f"final loss {self.curve.values[-1]:.3g}" if self.curve.values else "model trained")
+        result = add_image_layer(self.viewer, outputs["labels"], like=first, name=f"{first.name} segmentation",
+                                 opacity=0.5)
+        if "probabilities" in outputs:
+            result.metadata["probabilities"] = outputs["probabilities"]
+            result.metadata["label_values"] = list(self.model.config.label_values)
+            add_image_layer(self.viewer, outputs["uncertainty"], like=first, name=f"{first.name} uncertainty",
+                            colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), visible=False)
