@@ -475,6 +475,38 @@ def test_cli_trains_a_unetr_and_explains_its_attention(tmp_path):
     assert attention.shape == (1,) + image.shape and attention.min() >= 0 and attention.max() == pytest.approx(1.0)
 
 
+@pytest.mark.xfail(strict=True, reason="mmfuse replay cannot read a model input yet: pipeline.read_source reads "
+                   "images only, and a model's recorded source is the stem given (no such file); see the issue-12 note")
+@pytest.mark.parametrize("method", ["gradcam", "ig"])
+def test_cli_output_replays_identically(setting, tmp_path, method):
+    """``mmfuse explain`` writes a sidecar; ``mmfuse replay`` recomputes the identical map (deterministic methods)."""
+    import json
+
+    from napari_mmfuse import cli
+    from napari_mmfuse.io import read, write
+    from napari_mmfuse.provenance import sidecar_path
+
+    images, lesion, model, _, _ = setting  # a 2D model: 2D inputs (TIFF; NIfTI would add a slice axis)
+    affine = np.diag([0.9, 0.9, 1.0])
+    for name, image in zip("ab", images):
+        write(tmp_path / f"{name}.tif", image, affine)
+    write(tmp_path / "roi.tif", lesion.astype(np.uint8), affine, labels=True)
+    segment.save_model(model, tmp_path / "model")
+    out = tmp_path / f"{method}.nii.gz"
+    assert cli.main(["explain", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "--model",
+                     str(tmp_path / "model"), "--target", "2", "--roi", str(tmp_path / "roi.tif"),
+                     "--method", method, "--steps" if method == "ig" else "--margin", "8",
+                     "--device", "cpu", "-o", str(out)]) == 0
+    record = json.loads(sidecar_path(out).read_text())
+    assert record["operation"] == f"explain/{method}" and record["params"]["target"] == 2
+    assert record["outputs"]["map"]["path"] == str(out) and record["inputs"]["model"][0]["kind"] == "model"
+    again = tmp_path / "again.nii.gz"
+    assert cli.main(["replay", str(sidecar_path(out)), "-o", str(again)]) == 0
+    first, second = (np.asarray(read(path)[0].data) for path in (out, again))
+    assert first.max() > 0
+    np.testing.assert_array_equal(second, first)
+
+
 # ----------------------------------------------------------------------------- windows, progress, artefacts, memory
 
 
