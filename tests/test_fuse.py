@@ -13,6 +13,9 @@ import torch
 
 from napari_mmfuse.cli import main
 from napari_mmfuse.core import fuse as fz
+from napari_mmfuse.core.fuse import methods, primitives, wavelets
+from napari_mmfuse.core.kernels import box_mean
+from napari_mmfuse.operations import get, operations
 
 GREY_METHODS = [m for m in fz.METHODS if m != "learned"]
 FAST = {"learned": {"n_iter": 5, "crop": 32}}
@@ -48,7 +51,7 @@ def test_every_method_shapes_weights_and_inputs_untouched(method, shape):
     np.testing.assert_allclose(result.weights.sum(0), 1, atol=1e-5)
     assert result.weights.min() >= -1e-6
     assert 0 <= result.fused.min() and result.fused.max() <= 1
-    assert result.method == method and set(fz.METHODS[method].defaults) <= set(result.params)
+    assert result.method == method and set(get("fuse", method).defaults()) <= set(result.params)
     for original, kept in zip((a, b, c), copies):
         np.testing.assert_array_equal(original, kept)
 
@@ -136,9 +139,9 @@ def _clamped_reduce_1d(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("length", [4, 5, 9, 16])
 def test_burt_reduce_matches_the_clamped_kernel(length):
     x = np.random.default_rng(length).random(length)
-    out = fz._burt_reduce(torch.from_numpy(x)[None], 1)[0].numpy()
+    out = primitives.burt_reduce(torch.from_numpy(x)[None], 1)[0].numpy()
     np.testing.assert_allclose(out, _clamped_reduce_1d(x), atol=1e-12)
-    ramp = fz._burt_reduce(torch.arange(12, dtype=torch.float64)[None], 1)[0]
+    ramp = primitives.burt_reduce(torch.arange(12, dtype=torch.float64)[None], 1)[0]
     np.testing.assert_allclose(ramp[1:-1].numpy(), [2, 4, 6, 8])  # the symmetric kernel keeps a ramp
 
 
@@ -146,32 +149,32 @@ def test_burt_reduce_matches_the_clamped_kernel(length):
 def test_expand_is_trilinear_interpolation(size):
     x = torch.rand(2, 8, 9, 7, dtype=torch.float64)
     expected = torch.nn.functional.interpolate(x[:, None], size=size, mode="trilinear", align_corners=False)[:, 0]
-    np.testing.assert_allclose(fz._expand(x, size).numpy(), expected.numpy(), atol=1e-12)
+    np.testing.assert_allclose(primitives.expand(x, size).numpy(), expected.numpy(), atol=1e-12)
 
 
 def test_box_sum_counts_the_clipped_window():
     ones = torch.ones(1, 4, 5, dtype=torch.float64)
-    counts = fz._box_sum3(ones.clone(), 2)[0].numpy()
+    counts = primitives.box_sum3(ones.clone(), 2)[0].numpy()
     np.testing.assert_array_equal(counts, np.outer([2, 3, 3, 2], [2, 3, 3, 3, 2]))
 
 
 def test_first_argmax_takes_the_first_on_ties():
     a = torch.tensor([1.0, 2.0, 3.0, 0.0])
     b = torch.tensor([1.0, 5.0, 3.0, -1.0])
-    assert fz._first_argmax([a, b, b]).tolist() == [0, 1, 0, 0]
-    assert fz._first_argmax([0.0, b]).tolist() == [1, 1, 1, 0]
+    assert primitives.first_argmax([a, b, b]).tolist() == [0, 1, 0, 0]
+    assert primitives.first_argmax([0.0, b]).tolist() == [1, 1, 1, 0]
 
 
 def test_consistency_verification_takes_the_neighbourhood_majority():
     winner = torch.zeros(7, 7, dtype=torch.uint8)
     winner[3, 3] = 1  # an isolated choice: outvoted 8 to 1
     winner[:, 5:] = 1  # a straight boundary: every pixel keeps its own side
-    out = fz._consistent(winner, 2, 2)
+    out = primitives.consistent(winner, 2, 2)
     expected = torch.zeros(7, 7, dtype=torch.uint8)
     expected[:, 5:] = 1
     np.testing.assert_array_equal(out.numpy(), expected.numpy())
     three = torch.tensor([[0, 1, 2], [2, 2, 2], [0, 1, 2]], dtype=torch.uint8)
-    assert fz._consistent(three, 3, 2)[1, 1] == 2
+    assert primitives.consistent(three, 3, 2)[1, 1] == 2
 
 
 def _textbook_laplacian(stack: torch.Tensor, levels: int) -> torch.Tensor:
@@ -205,7 +208,7 @@ def _textbook_laplacian(stack: torch.Tensor, levels: int) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(2, 37, 30), (3, 21, 18, 25)])
 def test_laplacian_equals_the_textbook_pyramid(shape):
     stack = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    fused, weights = fz._laplacian(stack, levels=2, consistency=0)
+    fused, weights = methods.laplacian(stack, levels=2, consistency=0)
     np.testing.assert_allclose(fused.numpy(), _textbook_laplacian(stack, 2).numpy(), atol=1e-10)
     np.testing.assert_allclose(weights.sum(0).numpy(), 1, atol=1e-12)
 
@@ -232,7 +235,7 @@ def test_smooth_hot_spot_survives_fusion_with_noisy_anatomy(method, params):
 @pytest.mark.parametrize("shape", [(2, 30, 22), (2, 8, 12, 10)])
 def test_dwt_is_orthogonal_and_inverts(wavelet, shape):
     x = torch.rand(shape, dtype=torch.float64)
-    bank = fz._filter_bank(wavelet, "cpu").double()
+    bank = wavelets.filter_bank(wavelet, "cpu").double()
     n = len(shape) - 1
     approximation, details = fz.dwt(x, bank, n)
     assert len(details) == 2**n - 1
@@ -246,9 +249,9 @@ def test_dwt_is_orthogonal_and_inverts(wavelet, shape):
 def test_guided_filter_reduces_to_box_mean_for_flat_guide():
     source = torch.rand(1, 20, 24)
     guide = torch.full_like(source, 0.3)
-    out = fz._guided_filter(guide, source, 2, 0.1, 2)
+    out = primitives.guided_filter(guide, source, 2, 0.1, 2)
     expected = torch.nn.functional.avg_pool2d(source[None], 5, 1, 2, count_include_pad=False)[0]
-    box_of_box = fz._box_mean(expected, 2, 2)
+    box_of_box = box_mean(expected, 2, 2)
     np.testing.assert_allclose(out.numpy(), box_of_box.numpy(), atol=1e-5)
 
 
@@ -262,7 +265,7 @@ def test_learned_is_seeded_and_yields_progress():
         except StopIteration as done:
             result = done.value
             break
-    assert [t.step for t in ticks] == list(range(1, 7)) and all(t.total == 6 for t in ticks)
+    assert [t.done for t in ticks] == list(range(1, 7)) and all(t.total == 6 for t in ticks)
     again = fz.fuse([a, b], method="learned", n_iter=6, crop=24, seed=1)
     np.testing.assert_allclose(result.fused, again.fused, atol=1e-6)
     assert result.weights.std() > 0  # weights vary per pixel
@@ -349,16 +352,28 @@ def test_non_overlapping_images_raise():
         fz.fuse_on_reference([a, b], [np.eye(3), far])
 
 
-def test_parse_parameter_types():
-    assert fz.parse_parameter("laplacian", "levels", "5") == 5
-    assert fz.parse_parameter("laplacian", "consistency", "0") == 0
-    assert fz.parse_parameter("guided", "eps1", "0.1") == pytest.approx(0.1)
-    assert fz.parse_parameter("colour", "wavelet", "haar", inner="wavelet") == "haar"
-    assert fz.parse_parameter("average", "weights", "1,2") == [1.0, 2.0]
+def test_registry_checks_parameter_types():
+    assert get("fuse", "laplacian").check({"levels": "5"})["levels"] == 5
+    assert get("fuse", "laplacian").check({"consistency": "0"})["consistency"] == 0
+    assert get("fuse", "guided").check({"eps1": "0.1"})["eps1"] == pytest.approx(0.1)
+    assert get("fuse", "colour").check({"inner": "wavelet", "wavelet": "haar"})["wavelet"] == "haar"
+    assert get("fuse", "average").check({"weights": "1,2"})["weights"] == "1,2"
+    from napari_mmfuse.operations.fuse import parse_weights
+
+    assert parse_weights("1,2") == [1.0, 2.0]
     with pytest.raises(ValueError, match="one of"):
-        fz.parse_parameter("laplacian", "rule", "median")
+        get("fuse", "laplacian").check({"rule": "median"})
     with pytest.raises(ValueError, match="no parameter"):
-        fz.parse_parameter("maximum", "levels", "3")
+        get("fuse", "maximum").check({"levels": "3"})
+
+
+def test_registry_defaults_are_the_core_defaults():
+    for name, operation in operations("fuse").items():
+        if name == "colour":
+            continue
+        core = fz.method_defaults(name)
+        assert operation.defaults() == {k: core[k] for k in operation.defaults()}
+    assert fz.method_names() == list(operations("fuse"))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -453,6 +468,38 @@ def test_cli_fuse_nifti_output(pngs, tmp_path):
 
     record = read(out)[0]
     assert np.asarray(record.level0).squeeze().shape == (40, 48)
+
+
+def test_cli_fuse_sidecar_replays_identically(pngs, tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    from napari_mmfuse.io import read
+
+    out = tmp_path / "fused.nii.gz"
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "laplacian", "--levels", "2",
+                 "--param", "rule=maxabs", "-o", str(out)]) == 0
+    sidecar = tmp_path / "fused.nii.gz.provenance.json"
+    record = json.loads(sidecar.read_text())
+    assert record["operation"] == "fuse/laplacian" and record["params"]["levels"] == 2
+    assert record["params"]["rule"] == "maxabs" and record["outputs"]["image"]["path"] == str(out)
+    assert [entry["source"]["path"] for entry in record["inputs"]["images"]] == [str(pngs["a"]), str(pngs["b"])]
+    again = tmp_path / "again.nii.gz"
+    assert main(["replay", str(sidecar), "-o", str(again)]) == 0
+    np.testing.assert_array_equal(np.asarray(read(again)[0].level0), np.asarray(read(out)[0].level0))
+    capsys.readouterr()
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "laplacian", "--levels", "2",
+                 "--param", "levels=3", "-o", str(tmp_path / "twice.png")]) == 1
+    assert "given twice" in capsys.readouterr().err
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "maximum", "--levels", "2",
+                 "-o", str(tmp_path / "other.png")]) == 1
+    assert "--levels does not apply to --method maximum" in capsys.readouterr().err
+
+
+def test_cli_learned_seed_is_recorded(pngs, tmp_path):
+    out = tmp_path / "learned.png"
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", "learned", "--n-iter", "3", "--crop", "16",
+                 "--param", "seed=4", "-o", str(out)]) == 0
+    record = json.loads((tmp_path / "learned.png.provenance.json").read_text())
+    assert record["seed"] == 4 and record["params"]["n_iter"] == 3
 
 
 def test_cli_fuse_metrics_json(pngs, tmp_path, capsys):

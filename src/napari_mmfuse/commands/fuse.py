@@ -6,6 +6,7 @@ Examples::
     mmfuse fuse mri.png pet.png -o fused.png          # colour PET: colour fusion by default
     mmfuse fuse mri.png pet.png --method colour -o fused.png --weights-out weights
     mmfuse fuse a.png b.png --method laplacian --param levels=4 --param rule=maxabs -o f.png
+    mmfuse fuse a.png b.png --method laplacian --levels 4 --rule maxabs -o f.png   # the same
     mmfuse fuse-metrics mri.png ct.png fused.png
     mmfuse fuse-metrics t1.nii.gz ct.nii.gz fused.nii.gz --modality MR CT
 """
@@ -19,33 +20,39 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.params import ParameterRange, check_parameter
 from ..io import check_writable, file_suffix
+from ..provenance import sidecar_path
 from ._outputs import check_outputs
 
 
-
 def add_parser(subparsers) -> None:
-    from ..core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
-    from ..core._names import FUSE_METHODS
+    from ..operations import operations
+    from ..operations.fuse import DEFAULT_METHOD
+    from ._options import add_method_options
 
     parser = subparsers.add_parser(
         "fuse",
         help="fuse 2..N images of one subject into one (resampled onto a reference grid)",
         description="Fuse images placed in world space: every input is resampled onto the reference's "
-        "grid through its affine and its intensities are normalised per modality.",
+        "grid through its affine and its intensities are normalised per modality. Method parameters are "
+        "given as flags (--levels 4) or as --param KEY=VALUE.",
+        conflict_handler="resolve",  # the --method below replaces the registry's (which has no "auto")
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE", help="two or more image files")
+    add_method_options(parser, "fuse")
     parser.add_argument(
         "--method",
         default=None,
-        choices=list(FUSE_METHODS),
+        choices=list(operations("fuse")),
         help=f"fusion method (default: 'colour' with inner={DEFAULT_METHOD} when an input is a colour picture, "
         f"else {DEFAULT_METHOD})",
     )
     parser.add_argument("--reference", help="the input whose grid the result uses (default: the first)")
     parser.add_argument("-o", "--output", required=True, help="output file: .png/.jpg (2D), .nii/.nii.gz or .tif")
     parser.add_argument("--weights-out", metavar="PREFIX", help="also write each input's contribution map")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="method parameter by its name (seed=N seeds learned fusion)")
     parser.add_argument("--modality", nargs="+", help="modality of each input (e.g. MR CT PET), for normalisation")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
@@ -64,24 +71,13 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_metrics)
 
 
-def _read(path):
-    from ..io import materialize, read
-
-    record = read(path)[0]
-    if record.channel_axis is not None:
-        raise ValueError(f"{path} has separate channels; write the channel to fuse to its own file first")
-    return record, materialize(record.level0, path)
-
-
-def write_image(
-    path: Path, data: np.ndarray, affine: np.ndarray, *, rgb: bool, units: str, overwrite: bool, provenance: dict
-) -> Path:
-    """Write a [0, 1] float image by suffix: 8-bit picture, float32 NIfTI or OME-TIFF."""
-    from ..io import is_picture, write
+def _as_file(image, path: Path):
+    """The fused image or a contribution map as written to ``path``: pictures 8-bit (0..255), others as is."""
+    from ..io import is_picture
 
     if is_picture(path):
-        data = np.round(np.clip(data, 0, 1) * 255).astype(np.uint8)
-    return write(path, data, affine, overwrite=overwrite, rgb=rgb, units=units, provenance=provenance)
+        return image.like(np.round(np.clip(image.data, 0, 1) * 255).astype(np.uint8))
+    return image
 
 
 def _weight_paths(prefix, paths: list[Path], output: Path) -> list[Path]:
@@ -96,15 +92,42 @@ def _weight_paths(prefix, paths: list[Path], output: Path) -> list[Path]:
     return targets
 
 
+#: Range of ``--param seed=N`` (learned fusion's seed, which the pipeline records).
+_SEED = ParameterRange(int, 0, 2**32 - 1)
+
+
+def _parameters(operation, args, given: dict) -> dict:
+    """The operation's parameters from its flags and ``--param KEY=VALUE`` (named by keyword), checked.
+
+    Raises
+    ------
+    ValueError
+        A parameter the method does not take, given twice, or out of its range.
+    """
+    from ._options import params_from_args
+
+    flagged = params_from_args(operation, args)
+    from_param = operation.check(given)
+    twice = [name for name in given if getattr(args, operation.param(name).cli_flag[2:].replace("-", "_")) is not None]
+    if twice:
+        raise ValueError(f"{twice[0]} is given twice: as --param and as {operation.param(twice[0]).cli_flag}")
+    return {**flagged, **{name: from_param[name] for name in given}}
+
+
 def run_fuse(args) -> int:
+    from .. import pipeline
     from ..core import fuse as fz
     from ..core.device import get_device
+    from ..operations import get
+    from ._options import write_sidecar
+    from ._outputs import save_output
 
     paths = [Path(p) for p in args.inputs]
     if len(paths) < 2:
         raise ValueError(f"fuse needs at least two images, got {len(paths)}")
     output = Path(args.output)
-    check_outputs([("-o", output)] + [("--weights-out", p) for p in _weight_paths(args.weights_out, paths, output)],
+    weight_paths = _weight_paths(args.weights_out, paths, output)
+    check_outputs([("-o", output), ("-o", sidecar_path(output))] + [("--weights-out", p) for p in weight_paths],
                   paths, args.overwrite)
     check_writable(output, args.overwrite)
     reference_index = 0
@@ -121,15 +144,20 @@ def run_fuse(args) -> int:
     pairs = [item.split("=", 1) for item in args.param]
     if any(len(p) != 2 for p in pairs):
         raise ValueError("--param takes KEY=VALUE")
-    raw = dict(pairs)
+    given = dict(pairs)
+    seed = check_parameter("seed", given.pop("seed"), _SEED) if "seed" in given else None
     if args.method is not None:
-        params = {key: fz.parse_parameter(args.method, key, text, inner=raw.get("inner")) for key, text in raw.items()}
+        operation = get("fuse", args.method)
+        params = _parameters(operation, args, given)
 
-    records, images = zip(*(_read(p) for p in paths))
-    colour = [fz.is_colour(image, r.rgb) for r, image in zip(records, images)]
-    method = args.method or fz.auto_method(images, [r.rgb for r in records])
+    images = [pipeline.read_image(path) for path in paths]
+    for image, name in zip(images, args.modality or []):
+        image.metadata["modality"] = name
+    colour = [fz.is_colour(image.data, image.rgb) for image in images]
+    method = args.method or fz.auto_method([image.data for image in images], [image.rgb for image in images])
     if args.method is None:
-        params = {key: fz.parse_parameter(method, key, text, inner=raw.get("inner")) for key, text in raw.items()}
+        operation = get("fuse", method)
+        params = _parameters(operation, args, given)
         print(f"method: {method} (chosen by the inputs; --method overrides)", file=sys.stderr)
     elif method != fz.COLOUR_METHOD and any(colour):
         names = ", ".join(p.name for p, c in zip(paths, colour) if c)
@@ -137,54 +165,29 @@ def run_fuse(args) -> int:
             f"{names}: colour picture; --method {method} fuses grey images: use --method colour "
             "(or leave --method out to choose by the inputs)"
         )
-    modalities = args.modality or [r.metadata.get("modality") for r in records]
-    reference = records[reference_index]
-    steps = fz.fuse_steps(
-        fz.resample_to_reference(
-            images,
-            [r.affine for r in records],
-            reference_index=reference_index,
-            rgb=[r.rgb for r in records],
-            modalities=modalities,
-            device=args.device,
-        ),
-        method=method,
-        rgb=[r.rgb for r in records],
-        normalise=False,
-        device=args.device,
-        **params,
-    )
-    while True:
-        try:
-            tick = next(steps)
-        except StopIteration as done:
-            result = done.value
-            break
-        if tick.step % 20 == 0 or tick.step == tick.total:
-            print(f"{tick.step}/{tick.total} {tick.message}", file=sys.stderr)
+    order = [reference_index] + [i for i in range(len(paths)) if i != reference_index]
 
-    provenance = {
-        "step": "fuse",
-        "method": result.method,
-        "params": result.params,
-        "inputs": [str(p) for p in paths],
-        "reference": str(paths[reference_index]),
-    }
-    rgb = result.fused.ndim == reference.spatial_ndim + 1
-    written = [write_image(output, result.fused, reference.affine, rgb=rgb, units=reference.units,
-                           overwrite=args.overwrite, provenance=provenance)]
-    if args.weights_out:
-        for i, (path, target) in enumerate(zip(paths, _weight_paths(args.weights_out, paths, output))):
-            meta = dict(provenance, step="fuse contribution", input=str(path))
-            written.append(write_image(target, result.weights[i], reference.affine, rgb=False,
-                                       units=reference.units, overwrite=args.overwrite, provenance=meta))
+    def report(progress) -> None:
+        if progress.total > 1 and (int(progress.done) % 20 == 0 or progress.done == progress.total):
+            print(f"{int(progress.done)}/{int(progress.total)} {progress.message}", file=sys.stderr)
+
+    outputs, record = pipeline.run("fuse", method, {"images": [images[i] for i in order]}, params,
+                                   device=args.device, seed=seed, on_progress=report)
+    record.outputs["image"]["path"] = str(output)
+    written = [save_output(output, _as_file(outputs["image"], output), overwrite=args.overwrite,
+                           provenance=record.to_dict())]
+    write_sidecar(output, record, overwrite=args.overwrite)
+    for i, target in enumerate(weight_paths):
+        contribution = outputs["contributions"][order.index(i)]
+        written.append(save_output(target, _as_file(contribution, target), overwrite=args.overwrite,
+                                   provenance=record.to_dict()))
     for path in written:
         print(path)
     return 0
 
 
 def _grey_255(record, data: np.ndarray) -> np.ndarray:
-    """A 2D image as grey on a 0-255 scale: 8-bit as is, RGB as luminance, others min-max scaled."""
+    """A 2D image (``record``: its :class:`~napari_mmfuse.operations.Image`) as grey on a 0-255 scale: 8-bit as is, RGB as luminance, others min-max scaled."""
     from ..core.fuse import luminance
 
     if record.rgb:
@@ -235,7 +238,10 @@ def run_metrics(args) -> int:
         raise ValueError(f"--modality needs one value per source ({len(args.inputs) - 1}), got {len(args.modality)}")
     for name in args.modality or []:
         check_modality(name)
-    records, images = zip(*(_read(path) for path in args.inputs))
+    from ..pipeline import read_image
+
+    records = [read_image(path) for path in args.inputs]
+    images = [record.data for record in records]
     mi_base = math.e if args.nats else 2.0
     dimensions = {r.spatial_ndim for r in records}
     if dimensions == {2}:
