@@ -299,7 +299,7 @@ def test_slide_landmarks_correspond(slides):
     at = np.rint(world_to_voxel(fluorescence.affine, moving)).astype(int)
     assert np.all(dapi[tuple(at.T)] > 0.5 * np.percentile(dapi, 99))
     density = -np.log10(np.clip(he.data.astype(float), 1, None) / 255)
-    haematoxylin = density @ sd._HAEMATOXYLIN_OD
+    haematoxylin = density @ sd.HAEMATOXYLIN_OD
     at = np.rint(world_to_voxel(he.affine, fixed)).astype(int)
     assert np.all(haematoxylin[tuple(at.T)] > 0.5 * np.percentile(haematoxylin, 99))
     # the deformation is not trivial: every landmark moved
@@ -312,7 +312,7 @@ def test_slide_landmarks_correspond(slides):
 @pytest.fixture
 def cached_generators(monkeypatch, head, labels, misaligned, slides):
     """Make the sample providers reuse the module's renders instead of rendering again."""
-    monkeypatch.setattr(sd, "_head_phantom", lambda *a, **k: [*head.values(), labels["MR-T1"]])
+    monkeypatch.setattr(sd, "render_head_phantom", lambda *a, **k: [*head.values(), labels["MR-T1"]])
     monkeypatch.setattr(sd, "misaligned_phantom", lambda kind, **k: misaligned[kind])
     monkeypatch.setattr(sd, "slide_pair", lambda **k: slides)
 
