@@ -82,6 +82,5 @@ OPERATIONS = (
         inputs=(IMAGES, STROKES),
         outputs=(LABELS,),
         run=run_watershed,
-        core="napari_mmfuse.core.segment:watershed",
     ),
 )

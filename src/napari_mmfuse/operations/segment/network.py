@@ -93,6 +93,5 @@ OPERATIONS = (
         inputs=(IMAGES, Port("model", "model", "the model; its channels are the images, in order")),
         outputs=(LABELS, PROBABILITIES, UNCERTAINTY),
         run=run_predict,
-        core="napari_mmfuse.core.segment:predict",
     ),
 )
