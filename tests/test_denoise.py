@@ -20,13 +20,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 W2S = DATA / "denoise" / "w2s"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is faster and steadier on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster and steadier
 
 
 def phantom(shape=(96, 96), sigma=0.1, seed=0):

@@ -1,24 +1,16 @@
-"""The *Denoise & prepare* widget in a real viewer: preview, worker run, provenance, errors, cancel."""
+"""The *Denoise & prepare* widget in a real viewer: preview, job run, provenance, errors, cancel."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-import torch
 
-from napari_mmfuse.widgets import denoise as widget_module
+from napari_mmfuse.core import denoise as dn
+from napari_mmfuse.widgets import _jobs
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.denoise import DenoiseWidget
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster and steadier
 
 
 def noisy_image(shape=(64, 64), seed=0):
@@ -26,6 +18,13 @@ def noisy_image(shape=(64, 64), seed=0):
     clean = 0.3 + 0.5 * ((yy - shape[-2] / 2) ** 2 + (xx - shape[-1] / 2) ** 2 < (shape[-1] / 3) ** 2)
     clean = np.broadcast_to(clean, shape).astype(np.float32)
     return clean + 0.1 * np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def run_and_wait(qtbot, widget, name, timeout=30_000):
+    """Press Run and wait for the job to add the layer ``name``."""
+    widget.run()
+    qtbot.waitUntil(lambda: name in widget.viewer.layers and widget.worker is None, timeout=timeout)
+    return widget.viewer.layers[name]
 
 
 def wait_preview(qtbot, widget, name):
@@ -43,8 +42,10 @@ def test_tv_run_adds_layer_with_geometry_and_provenance(make_napari_viewer, qtbo
     qtbot.addWidget(widget)
     viewer.window.add_dock_widget(widget, name="Denoise & prepare")
     widget.set_method("tv")
+    assert widget.parameters() == {"weight": None}  # auto: the core's estimate from the image
+    widget.propose_parameters()
     assert "σ" in widget.noise_label.text()  # the noise estimate proposed the weight
-    assert widget.parameters()["weight"] == pytest.approx(0.8 * 0.1, rel=0.2)
+    assert widget.parameters()["weight"] == pytest.approx(0.1, rel=0.2)  # what auto uses: the noise sigma
 
     preview = wait_preview(qtbot, widget, "cells")
     assert preview.data.shape == data.shape and preview.data.std() < data.std()
@@ -54,15 +55,14 @@ def test_tv_run_adds_layer_with_geometry_and_provenance(make_napari_viewer, qtbo
     assert preview.visible
 
     widget.set_parameters(weight=0.12)
-    worker = widget.make_worker()
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        worker.start()
-    result = viewer.layers["cells tv"]
+    result = run_and_wait(qtbot, widget, "cells tv")
     assert result.data.dtype == np.float32 and result.data.std() < data.std()
     expected = np.array([[0.5, 0, 10.0], [0, 0.25, -4.0], [0, 0, 1]])
     np.testing.assert_allclose(world_affine(result), expected)
     np.testing.assert_allclose(world_affine(layer), expected)
-    assert result.metadata["mmfuse"] == {"step": "denoise", "method": "tv", "params": {"weight": 0.12}, "input": "cells"}
+    record = result.metadata["mmfuse"]
+    assert (record["step"], record["method"], record["params"]) == ("denoise", "tv", {"weight": 0.12})
+    assert record["inputs"]["image"][0]["name"] == "cells"
     np.testing.assert_array_equal(layer.data, original)  # input untouched
     assert widget.progress.value() == widget.progress.maximum()
 
@@ -78,7 +78,7 @@ def test_3d_preview_is_the_current_slice(make_napari_viewer, qtbot):
     preview = wait_preview(qtbot, widget, "vol")
     assert preview.data.shape == (1, 32, 32)
     assert preview.affine.affine_matrix[0, -1] == pytest.approx(4 * 3.0)  # placed on slice 4
-    np.testing.assert_allclose(preview.data[0], widget_module.dn.gaussian(volume[4], sigma=widget.parameters()["sigma"]), atol=1e-5)
+    np.testing.assert_allclose(preview.data[0], dn.gaussian(volume[4], sigma=widget.parameters()["sigma"]), atol=1e-5)
 
 
 def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot, shots_dir):
@@ -89,13 +89,11 @@ def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot, shot
     qtbot.addWidget(widget)
     viewer.window.add_dock_widget(widget, name="Denoise & prepare")
     widget.set_method("n2v")
+    widget.set_layer(layer)
     widget.set_parameters(steps=12, patch=32)
-    worker = widget.make_worker(layer)
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        worker.start()
+    result = run_and_wait(qtbot, widget, "cells n2v", timeout=60_000)
     values = widget.loss_plot.values
     assert len(values) == 12 and all(np.isfinite(values))
-    result = viewer.layers["cells n2v"]
     assert result.data.shape == (64, 64) and result.metadata["mmfuse"]["params"] == {"steps": 12, "patch": 32}
     viewer.grid.enabled = True
     viewer.reset_view()
@@ -106,7 +104,7 @@ def test_n2v_run_shows_loss_curve_and_screenshot(make_napari_viewer, qtbot, shot
 
 def test_bad_input_notifies_and_adds_nothing(make_napari_viewer, qtbot, monkeypatch):
     messages = []
-    monkeypatch.setattr(widget_module, "show_error", messages.append)
+    monkeypatch.setattr(_jobs, "show_error", messages.append)
     viewer = make_napari_viewer()
     viewer.add_image(np.full((32, 32), 5.0, np.float32), name="flat")
     viewer.add_image(np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32), name="4d")
@@ -154,13 +152,26 @@ def test_stain_normalisation_and_tissue_mask_on_rgb(make_napari_viewer, qtbot):
     widget.set_layer(slide)
     widget.set_method("reinhard")
     widget.reference_box.setCurrentText("target")
-    worker = widget.make_worker()
-    with qtbot.waitSignal(worker.finished, timeout=20_000):
-        worker.start()
-    out = viewer.layers["slide reinhard"]
-    assert out.rgb and out.data.dtype == np.uint8 and out.metadata["mmfuse"]["reference"] == "target"
+    out = run_and_wait(qtbot, widget, "slide reinhard", timeout=20_000)
+    assert out.rgb and out.data.dtype == np.uint8 and out.metadata["mmfuse"]["inputs"]["reference"][0]["name"] == "target"
     widget.set_method("tissue")
-    worker = widget.make_worker()
-    with qtbot.waitSignal(worker.finished, timeout=20_000):
-        worker.start()
-    assert viewer.layers["slide tissue"].data.shape == (64, 64)
+    mask = run_and_wait(qtbot, widget, "slide tissue", timeout=20_000)
+    assert mask.data.shape == (64, 64) and type(mask).__name__ == "Labels"
+
+
+def test_forms_come_from_the_registry_and_start_at_its_defaults(make_napari_viewer, qtbot):
+    """One form per denoise/normalize operation, at the registry's defaults (auto = estimated from the image)."""
+    from napari_mmfuse.operations import operations
+
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy_image(), name="cells")
+    widget = DenoiseWidget(viewer)
+    qtbot.addWidget(widget)
+    expected = {**operations("denoise"), **operations("normalize")}
+    assert list(widget.forms) == list(expected)
+    for method, operation in expected.items():
+        widget.set_method(method)
+        assert widget.forms[method].values() == operation.defaults(), method
+    widget.set_method("bilateral")
+    assert widget.parameters() == {"sigma_spatial": 1.5, "sigma_range": None}
+    assert widget.method_box.itemText(widget.method_box.findData("poly-bias")) == "Bias field: polynomial (log domain)"

@@ -1,140 +1,36 @@
 """*Denoise & prepare* dock widget: denoise, normalise intensities, correct bias field or stains.
 
-Thin: it reads the chosen layer on the main thread, runs :mod:`napari_mmfuse.core.denoise`
-or :mod:`napari_mmfuse.core.normalize` in a ``thread_worker`` (progress, Cancel, Noise2Void
-loss curve) and adds the result as a new layer placed like the input, with provenance in its
-metadata. A live preview of the current 2D slice is recomputed as the parameters change.
+Thin: its methods and their controls come from the operation registry
+(:mod:`napari_mmfuse.operations.denoise` and ``.normalize``: one :class:`ParameterForm` per
+method), the chosen layer goes through :func:`napari_mmfuse.pipeline.run_steps` in the
+:class:`JobPanel` (progress, Cancel, errors as notifications, Noise2Void's loss curve from
+``Progress.values["loss"]``) and the result is added as a new layer placed like the input,
+its provenance record in the layer's metadata. A live preview runs the same operation on the
+current 2D slice whenever the parameters change.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import napari
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QPushButton, QStackedWidget, QVBoxLayout, QWidget
 
-from ..core import denoise as dn
-from ..core import normalize as nm
-from ..core.space import spacing_of
+from .. import operations as registry
+from .. import pipeline
+from ..operations.denoise.inputs import check_input
+from ._controls import ParameterForm
 from ._dock import scroll_contents
+from ._jobs import JobPanel
+from ._layers import add_image_layer, image_of, spatial_affine, world_affine
 from ._plots import CurvePlot
-from ._layers import geometry_of, world_affine
 from ._workers import start_worker
 
-
-@dataclass(frozen=True)
-class Param:
-    """One numeric control: keyword, label, default, range, and whether it is a distance."""
-
-    key: str
-    label: str
-    default: float
-    low: float
-    high: float
-    integer: bool = False
-    decimals: int = 3
-    distance: bool = False
-
-
-PARAMS: dict[str, list[Param]] = {
-    "gaussian": [Param("sigma", "sigma (world units)", 1.0, 0.01, 1e4, distance=True)],
-    "median": [Param("radius", "radius (world units)", 1.0, 0.01, 1e4, distance=True)],
-    "bilateral": [
-        Param("sigma_spatial", "spatial sigma (world)", 1.5, 0.01, 1e4, distance=True),
-        Param("sigma_range", "intensity sigma", 0.1, 1e-6, 1e9, decimals=4),
-    ],
-    "tv": [Param("weight", "weight", 0.1, 1e-6, 1e9, decimals=4)],
-    "nlm": [
-        Param("h", "h (cut-off)", 0.08, 1e-6, 1e9, decimals=4),
-        Param("sigma", "noise sigma", 0.1, 0.0, 1e9, decimals=4),
-        Param("patch_radius", "patch radius (world)", 2.0, 0.0, 1e4, distance=True),
-        Param("search_radius", "search radius (world)", 6.0, 0.01, 1e4, distance=True),
-    ],
-    "diffusion": [
-        Param("kappa", "kappa (edge)", 0.2, 1e-6, 1e9, decimals=4),
-        Param("n_iter", "iterations", 10, 1, 1000, integer=True),
-    ],
-    "n2v": [
-        Param("steps", "training steps", 400, 1, 100000, integer=True),
-        Param("patch", "patch (pixels)", 64, 2, 512, integer=True),
-    ],
-    "percentile": [Param("low", "low percentile", 1.0, 0.0, 100.0), Param("high", "high percentile", 99.8, 0.0, 100.0)],
-    "zscore": [],
-    "histogram": [],
-    "n4": [Param("degree", "field degree", 3, 1, 5, integer=True)],
-    "macenko": [],
-    "reinhard": [],
-    "tissue": [Param("closing_radius", "closing radius (px)", 2, 0, 50, integer=True)],
-}
-DENOISE = tuple(m for m in dn.METHODS)
-NORMALIZE = nm.METHODS
-NEEDS_REFERENCE = ("histogram",)
-OPTIONAL_REFERENCE = ("macenko", "reinhard")
-RGB_ONLY = nm.RGB_METHODS + ("tissue",)
-LABELS = {
-    "gaussian": "Gaussian",
-    "median": "Median",
-    "bilateral": "Bilateral",
-    "tv": "Total variation",
-    "nlm": "Non-local means",
-    "diffusion": "Anisotropic diffusion",
-    "n2v": "Noise2Void (self-supervised)",
-    "percentile": "Percentile normalisation",
-    "zscore": "Z-score",
-    "histogram": "Histogram matching",
-    "n4": "Bias field (N4-like)",
-    "macenko": "Stain: Macenko",
-    "reinhard": "Stain: Reinhard",
-    "tissue": "Tissue mask",
-}
-
-
-def compute(method: str, data: np.ndarray, *, params: dict, spacing=None, reference=None, device=None):
-    """Generator for the worker: yields ``("progress", fraction)`` or ``("loss", step, loss)``, returns the result."""
-    if method == "n2v":
-        training = dn.n2v_train(data, device=device, **params)
-        while True:
-            try:
-                step = next(training)
-            except StopIteration as done:
-                model = done.value
-                break
-            yield ("loss", step.step, step.loss)
-        yield ("progress", 1.0)
-        return model.predict(data, device=device)
-    if method in DENOISE:
-        return (yield from _progress(dn.denoise_steps(data, method, spacing=spacing, device=device, **params)))
-    if method == "tissue":
-        return nm.tissue_mask(data, **params)
-    if method == "n4":
-        params = dict(params, spacing=spacing)
-    return nm.normalize(data, method, reference=reference, **params)
-
-
-def _progress(steps):
-    while True:
-        try:
-            fraction = next(steps)
-        except StopIteration as done:
-            return done.value
-        yield ("progress", fraction)
+#: The capabilities whose methods this widget offers, in menu order.
+CAPABILITIES = ("denoise", "normalize")
 
 
 class DenoiseWidget(QWidget):
@@ -143,33 +39,38 @@ class DenoiseWidget(QWidget):
     Parameters
     ----------
     viewer : napari.viewer.Viewer
+
+    Attributes
+    ----------
+    forms : dict
+        Method name -> :class:`ParameterForm` of that operation.
+    jobs : JobPanel
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = viewer
-        self.worker = None
         self._preview_worker = None
         self._preview_pending = False
-        self._controls: dict[str, QDoubleSpinBox | QSpinBox] = {}
+        self.operations = {name: op for capability in CAPABILITIES for name, op in registry.operations(capability).items()}
+        self.forms = {name: ParameterForm(op) for name, op in self.operations.items()}
 
         self.layer_box = QComboBox()
         self.method_box = QComboBox()
-        for key in (*DENOISE, *NORMALIZE, "tissue"):
-            self.method_box.addItem(LABELS[key], key)
+        self.form_stack = QStackedWidget()
+        for name, op in self.operations.items():
+            self.method_box.addItem(op.label or name, name)
+            self.form_stack.addWidget(self.forms[name].native)
+            self.forms[name].changed.connect(self._schedule_preview)
         self.reference_box = QComboBox()
         self.reference_label = QLabel("reference")
         self.noise_label = QLabel("noise: -")
         self.estimate_button = QPushButton("Estimate noise → parameters")
         self.preview_check = QCheckBox("live preview (current slice)")
         self.preview_check.setChecked(True)
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
+        self.jobs = JobPanel("Run", self.run)
+        self.run_button, self.cancel_button, self.progress = self.jobs.run_button, self.jobs.cancel_button, self.jobs.progress
         self.loss_plot = CurvePlot("Noise2Void training loss per step")
-        self.params_form = QFormLayout()
 
         form = QFormLayout()
         form.addRow("image", self.layer_box)
@@ -177,17 +78,11 @@ class DenoiseWidget(QWidget):
         form.addRow(self.reference_label, self.reference_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        params_widget = QWidget()
-        params_widget.setLayout(self.params_form)
-        layout.addWidget(params_widget)
+        layout.addWidget(self.form_stack)
         layout.addWidget(self.noise_label)
         layout.addWidget(self.estimate_button)
         layout.addWidget(self.preview_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.jobs)
         layout.addWidget(self.loss_plot)
         layout.addStretch()
         scroll_contents(self)
@@ -198,11 +93,10 @@ class DenoiseWidget(QWidget):
         self._preview_timer.timeout.connect(self.update_preview)
 
         self.method_box.currentIndexChanged.connect(self._method_changed)
-        self.layer_box.currentIndexChanged.connect(self._layer_changed)
+        self.layer_box.currentIndexChanged.connect(self._schedule_preview)
+        self.reference_box.currentIndexChanged.connect(self._schedule_preview)
         self.estimate_button.clicked.connect(self.propose_parameters)
         self.preview_check.toggled.connect(self._preview_toggled)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
             event.connect(self._refresh_layers)
         viewer.dims.events.current_step.connect(self._schedule_preview)
@@ -214,6 +108,16 @@ class DenoiseWidget(QWidget):
     @property
     def method(self) -> str:
         return self.method_box.currentData()
+
+    @property
+    def operation(self) -> registry.Operation:
+        """The chosen method's operation."""
+        return self.operations[self.method]
+
+    @property
+    def worker(self):
+        """The running job's worker, or None."""
+        return self.jobs.worker
 
     def set_method(self, method: str) -> None:
         self.method_box.setCurrentIndex(self.method_box.findData(method))
@@ -231,7 +135,7 @@ class DenoiseWidget(QWidget):
             if current in names:
                 box.setCurrentText(current)
             box.blockSignals(False)
-        self._layer_changed()
+        self._schedule_preview()
 
     @property
     def layer(self) -> Image | None:
@@ -242,50 +146,44 @@ class DenoiseWidget(QWidget):
         self.layer_box.setCurrentText(layer.name)
 
     def parameters(self) -> dict:
-        """Current parameter values (keyword -> number) for the chosen method."""
-        return {key: box.value() for key, box in self._controls.items()}
+        """The chosen method's parameters as set (None where *auto* is ticked)."""
+        return self.forms[self.method].values()
 
     def set_parameters(self, **values) -> None:
-        for key, value in values.items():
-            if key in self._controls:
-                self._controls[key].setValue(value)
+        """Set the chosen method's controls (None ticks *auto*)."""
+        self.forms[self.method].set_values(values)
+
+    def _reference_port(self):
+        return next((port for port in self.operation.inputs if port.name == "reference"), None)
 
     def _method_changed(self, index=None) -> None:
-        while self.params_form.rowCount():
-            self.params_form.removeRow(0)
-        self._controls = {}
-        for p in PARAMS[self.method]:
-            if p.integer:
-                box = QSpinBox()
-                box.setRange(int(p.low), int(p.high))
-            else:
-                box = QDoubleSpinBox()
-                box.setRange(p.low, p.high)
-                box.setDecimals(p.decimals)
-                box.setSingleStep(max(abs(p.default) / 10, 10.0**-p.decimals))
-            box.setValue(p.default)
-            box.valueChanged.connect(self._schedule_preview)
-            self.params_form.addRow(p.label, box)
-            self._controls[p.key] = box
-        needs_reference = self.method in NEEDS_REFERENCE + OPTIONAL_REFERENCE
-        self.reference_box.setVisible(needs_reference)
-        self.reference_label.setVisible(needs_reference)
-        self.reference_label.setText("reference" if self.method in NEEDS_REFERENCE else "target slide (optional)")
-        self.loss_plot.setVisible(self.method == "n2v")
-        self.estimate_button.setEnabled(self.method in DENOISE)
-        if self.method in DENOISE and self.layer is not None and not self.layer.rgb:
-            self.propose_parameters()
+        self.form_stack.setCurrentWidget(self.forms[self.method].native)
+        port = self._reference_port()
+        self.reference_box.setVisible(port is not None)
+        self.reference_label.setVisible(port is not None)
+        self.reference_label.setText("target slide (optional)" if port is not None and port.optional else "reference")
+        self.loss_plot.setVisible(any(port.kind == "model" for port in self.operation.outputs))
+        self.estimate_button.setEnabled(self.operation.capability == "denoise")
         self._schedule_preview()
 
-    def _layer_changed(self, index=None) -> None:
-        self._schedule_preview()
+    # ------------------------------------------------------------------ inputs
 
-    # ------------------------------------------------------------------ data
+    def _reference(self) -> Image | None:
+        name = self.reference_box.currentText()
+        if self._reference_port() is None or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
 
-    def _spacing(self, layer) -> np.ndarray:
-        affine = world_affine(layer)
-        n = affine.shape[0] - 1
-        return spacing_of(affine)[-min(n, 3) :]
+    def _inputs(self, image) -> dict:
+        """The operation's inputs around ``image`` (the reference layer when the method takes one)."""
+        inputs = {"image": image}
+        port = self._reference_port()
+        reference = self._reference()
+        if port is not None and reference is not None:
+            inputs["reference"] = image_of(reference)
+        elif port is not None and not port.optional:
+            raise ValueError(f"{self.operation.label} needs a reference layer")
+        return inputs
 
     def _current_slice(self, layer) -> tuple[np.ndarray, int | None]:
         """The 2D data on screen (RGB kept; coarsest level of a pyramid), and its index along axis 0 for 3D data."""
@@ -299,34 +197,14 @@ class DenoiseWidget(QWidget):
         lead = tuple(int(np.clip(round(p / f), 0, s - 1)) for p, f, s in zip(point, factor, data.shape))
         return np.asarray(data[lead]), lead[-1] if grey_ndim == 3 else None
 
-    def _check_layer(self, layer, method: str) -> None:
-        if layer is None:
-            raise ValueError("choose an image layer first")
-        if method in RGB_ONLY and not layer.rgb:
-            raise ValueError(f"{LABELS[method]} works on RGB H&E slides; {layer.name!r} is not RGB")
-        if method not in RGB_ONLY and layer.rgb:
-            raise ValueError(f"{LABELS[method]} needs a grey image; {layer.name!r} is RGB")
-        if method in NEEDS_REFERENCE and self._reference() is None:
-            raise ValueError(f"{LABELS[method]} needs a reference layer")
-
-    def _reference(self):
-        name = self.reference_box.currentText()
-        if self.method not in NEEDS_REFERENCE + OPTIONAL_REFERENCE or name not in self.viewer.layers:
-            return None
-        reference = self.viewer.layers[name]
-        data = reference.data[-1] if reference.multiscale else reference.data
-        return np.asarray(data)
-
-    @staticmethod
-    def _uses_spacing(method: str) -> bool:
-        return (method in DENOISE and method != "n2v") or method == "n4"
-
     # ------------------------------------------------------------------ noise estimate
 
     def propose_parameters(self) -> dict:
         """Estimate the noise on the current slice and fill in the proposed parameters."""
+        from ..core import denoise as dn
+
         layer = self.layer
-        if layer is None or layer.rgb or self.method not in DENOISE:
+        if layer is None or layer.rgb or self.operation.capability != "denoise":
             return {}
         full = layer.data[0] if layer.multiscale else layer.data
         try:
@@ -334,7 +212,8 @@ class DenoiseWidget(QWidget):
                 raise ValueError(f"{layer.name!r} is {full.ndim}D; denoising needs a 2D or 3D grey image")
             image, _ = self._current_slice(layer)
             sigma = dn.estimate_noise(image)  # on the slice on screen: fast, and noise is stationary
-            proposal = dn.suggest_parameters(full, self.method, spacing=self._spacing(layer), sigma=sigma)
+            spacing = image_of(layer, copy=False).spacing
+            proposal = dn.suggest_parameters(full, self.method, spacing=spacing, sigma=sigma)
         except ValueError as error:
             show_error(f"Denoise: {error}")
             return {}
@@ -361,24 +240,25 @@ class DenoiseWidget(QWidget):
             self._schedule_preview()
 
     def update_preview(self) -> None:
-        """Recompute the preview of the current slice in a worker (the latest request wins)."""
-        layer, method = self.layer, self.method
-        if layer is None or not self.preview_check.isChecked() or method == "n2v":
+        """Run the chosen operation on the current slice in a worker (the latest request wins)."""
+        layer, operation = self.layer, self.operation
+        if layer is None or not self.preview_check.isChecked() or not operation.deterministic:
             return
         if self._preview_worker is not None:
             self._preview_pending = True
             return
         try:
-            self._check_layer(layer, method)
-            image, index = self._current_slice(layer)
-            reference = self._reference()
+            data, index = self._current_slice(layer)
+            image = registry.Image(np.array(data), spatial_affine(layer, 2), name=layer.name, rgb=bool(layer.rgb))
+            check_input(operation.capability, operation.name, image, operation.label)
+            inputs = self._inputs(image)
+            params = self.parameters()
         except ValueError:
             return
-        spacing = self._spacing(layer)[-2:] if self._uses_spacing(method) else None
-        params = self.parameters()
 
         def finish(result):
-            self._show_preview(layer, method, result, index)
+            outputs, _ = result
+            self._show_preview(layer, operation, outputs[operation.outputs[0].name], index)
 
         def done():
             self._preview_worker = None
@@ -386,18 +266,17 @@ class DenoiseWidget(QWidget):
                 self._preview_pending = False
                 self._schedule_preview()
 
-        worker = thread_worker(_drain, start_thread=False)(
-            method, np.array(image), params=params, spacing=spacing, reference=reference
-        )
+        worker = thread_worker(pipeline.run, start_thread=False)(operation.capability, operation.name, inputs, params)
         worker.returned.connect(finish)
         worker.errored.connect(lambda error: self.noise_label.setText(f"preview: {error}"))
         worker.finished.connect(done)
         self._preview_worker = worker
         start_worker(worker)
 
-    def _show_preview(self, layer, method: str, result: np.ndarray, index: int | None) -> None:
+    def _show_preview(self, layer, operation, output, index: int | None) -> None:
         if layer not in self.viewer.layers:
             return
+        result = np.asarray(output.data)
         affine = world_affine(layer)
         if index is not None:
             shift = np.eye(affine.shape[0])
@@ -410,21 +289,21 @@ class DenoiseWidget(QWidget):
                 layer.data[-1].shape[-2 - int(layer.rgb) :][:2]
             )
             affine = affine @ np.diag(scale)
-        kwargs = {"affine": affine, "metadata": {"preview_of": layer.name, "method": method}}
+        kwargs = {"affine": affine, "metadata": {"preview_of": layer.name, "method": operation.name}}
         name = f"{layer.name} preview"
-        labels = method == "tissue"
-        rgb = bool(layer.rgb) and method in RGB_ONLY and not labels
+        labels = output.kind == "labels"
+        rgb = bool(output.rgb)
         if name in self.viewer.layers:
             preview = self.viewer.layers[name]
             same_kind = isinstance(preview, Image) != labels and getattr(preview, "rgb", False) == rgb
             if same_kind and preview.ndim == affine.shape[0] - 1:
-                preview.data = result.astype(np.uint8) if labels else result
+                preview.data = result
                 preview.affine = affine
                 self.viewer.layers.selection.active = layer
                 return
             self.viewer.layers.remove(preview)
         if labels:
-            self.viewer.add_labels(result.astype(np.uint8), name=name, **kwargs)
+            self.viewer.add_labels(result, name=name, **kwargs)
         elif rgb:
             self.viewer.add_image(result, name=name, rgb=True, **kwargs)
         else:
@@ -433,80 +312,32 @@ class DenoiseWidget(QWidget):
 
     # ------------------------------------------------------------------ full run
 
-    def make_worker(self, layer=None, method: str | None = None):
-        """Validate, copy the layer data and return an unstarted worker for the full run."""
-        layer = layer or self.layer
-        method = method or self.method
-        self._check_layer(layer, method)
-        data = layer.data[0] if layer.multiscale else layer.data
-        data = np.array(data)  # a private copy: the input layer is never touched
-        params = self.parameters()
-        spacing = self._spacing(layer) if self._uses_spacing(method) else None
-        if method in DENOISE:
-            dn.check_image(data)
-        if method == "n2v":
-            dn.n2v_patch_shape(data.shape, patch=int(params["patch"]))
-        reference = self._reference()
-        provenance = {"step": "denoise" if method in DENOISE else "normalize", "method": method, "params": params, "input": layer.name}
-        if reference is not None:
-            provenance["reference"] = self.reference_box.currentText()
-        total = params.get("steps", 100) if method == "n2v" else 100
-        worker = thread_worker(compute, progress={"total": int(total), "desc": LABELS[method]}, start_thread=False)(
-            method, data, params=params, spacing=spacing, reference=reference
-        )
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(lambda result: self._add_result(layer, method, result, provenance))
-        worker.errored.connect(lambda error: show_error(f"{LABELS[method]}: {error}"))
-        worker.aborted.connect(lambda: show_info(f"{LABELS[method]} cancelled"))
-        worker.finished.connect(self._finished)
-        self.loss_plot.clear()
-        self.progress.setRange(0, int(total))
-        self.progress.setValue(0)
-        return worker
-
     def run(self) -> None:
-        """The Run button: start the full computation on the chosen layer."""
-        if self.worker is not None:
+        """The Run button: check the chosen layer, then run the operation on it in the job panel."""
+        operation = self.operation
+        if self.jobs.busy:
             return
         try:
-            worker = self.make_worker()
+            layer = self.layer
+            if layer is None:
+                raise ValueError("choose an image layer first")
+            image = image_of(layer)  # a private copy: the input layer is never touched
+            check_input(operation.capability, operation.name, image, operation.label)
+            inputs = self._inputs(image)
+            params = self.parameters()
         except ValueError as error:
-            show_error(f"{LABELS[self.method]}: {error}")
+            self.jobs.fail(operation.label, str(error))
             return
-        self.worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        start_worker(worker)
+        self.loss_plot.clear()
+        self.jobs.start(pipeline.run_steps, operation.capability, operation.name, inputs, params,
+                        title=operation.label, on_progress=self._on_progress,
+                        on_result=lambda result: self._add_result(layer, operation, result))
 
-    def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
+    def _on_progress(self, progress) -> None:
+        if "loss" in progress.values:
+            self.loss_plot.add(progress.values["loss"])
 
-    def _on_yielded(self, item) -> None:
-        if item[0] == "loss":
-            _, step, loss = item
-            self.loss_plot.add(loss)
-            self.progress.setValue(step)
-        else:
-            self.progress.setValue(int(round(item[1] * self.progress.maximum())))
-
-    def _finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def _add_result(self, layer, method: str, result: np.ndarray, provenance: dict):
-        geometry = geometry_of(layer, name=f"{layer.name} {method}", metadata={"mmfuse": provenance})
-        if method == "tissue":
-            return self.viewer.add_labels(result.astype(np.uint8), **geometry)
-        rgb = result.ndim == layer.data[0].ndim if layer.multiscale else result.ndim == layer.data.ndim
-        return self.viewer.add_image(result, rgb=bool(layer.rgb and rgb), **geometry)
-
-
-def _drain(method: str, data: np.ndarray, **kwargs):
-    steps = compute(method, data, **kwargs)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    def _add_result(self, layer, operation, result):
+        outputs, _ = result
+        output = outputs[operation.outputs[0].name]
+        return add_image_layer(self.viewer, output, like=layer, name=f"{layer.name} {operation.name}")

@@ -23,43 +23,69 @@ LABELS = {
 }
 
 
-def filter_run(method: str):
-    """The run function of the classical filter ``method``."""
+def run_filter(method: str, image: Image, device, **params):
+    """Run the classical filter ``method`` on ``image``; yields Progress, returns ``{"image": Image}``."""
+    from ...core.denoise import denoise_steps
 
-    def run(image: Image, *, device=None, seed=None, **params):
-        from ...core.denoise import denoise_steps
-
-        data, spacing, restore = grey_input(image, LABELS[method])
-        steps = denoise_steps(data, method, spacing=spacing, device=device, **params)
-        result = yield from fractions(steps, LABELS[method])
-        return {"image": image.like(restore(result), name=f"{image.name} {method}")}
-
-    run.__name__ = run.__qualname__ = f"run_{method}"
-    run.__doc__ = f"{LABELS[method]} filter of ``image``; yields Progress, returns ``{{'image': Image}}``."
-    return run
+    data, spacing, restore = grey_input(image, LABELS[method])
+    steps = denoise_steps(data, method, spacing=spacing, device=device, **params)
+    result = yield from fractions(steps, LABELS[method])
+    return {"image": image.like(restore(result), name=f"{image.name} {method}")}
 
 
-def _operation(method: str, doc: str, params: tuple, core: str) -> Operation:
+def run_gaussian(image: Image, *, sigma: float, device=None, seed=None):
+    """Gaussian smoothing of ``image``."""
+    return (yield from run_filter("gaussian", image, device, sigma=sigma))
+
+
+def run_median(image: Image, *, radius: float, device=None, seed=None):
+    """Median filter of ``image``."""
+    return (yield from run_filter("median", image, device, radius=radius))
+
+
+def run_bilateral(image: Image, *, sigma_spatial: float, sigma_range: float | None, device=None, seed=None):
+    """Bilateral filter of ``image``."""
+    return (yield from run_filter("bilateral", image, device, sigma_spatial=sigma_spatial, sigma_range=sigma_range))
+
+
+def run_tv(image: Image, *, weight: float | None, device=None, seed=None):
+    """Total-variation denoising of ``image``."""
+    return (yield from run_filter("tv", image, device, weight=weight))
+
+
+def run_nlm(image: Image, *, h: float | None, sigma: float | None, patch_radius: float, search_radius: float,
+            device=None, seed=None):
+    """Non-local means of ``image``."""
+    return (yield from run_filter("nlm", image, device, h=h, sigma=sigma, patch_radius=patch_radius,
+                                  search_radius=search_radius))
+
+
+def run_diffusion(image: Image, *, kappa: float | None, n_iter: int, device=None, seed=None):
+    """Perona-Malik diffusion of ``image``."""
+    return (yield from run_filter("diffusion", image, device, kappa=kappa, n_iter=n_iter))
+
+
+def _operation(method: str, doc: str, params: tuple, run, core: str) -> Operation:
     return Operation(capability="denoise", name=method, label=LABELS[method], doc=doc, params=params,
-                     inputs=(IMAGE,), outputs=(RESULT,), run=filter_run(method), core=f"napari_mmfuse.core.denoise:{core}")
+                     inputs=(IMAGE,), outputs=(RESULT,), run=run, core=f"napari_mmfuse.core.denoise:{core}")
 
 
 OPERATIONS = (
     _operation("gaussian", "Gaussian smoothing (scipy semantics: truncated at 4 sigma, mirrored edges)",
-               (Param("sigma", float, 1.0, "standard deviation", minimum=0.0, unit="world"),), "gaussian"),
+               (Param("sigma", float, 1.0, "standard deviation", minimum=0.0, unit="world"),), run_gaussian, "gaussian"),
     _operation("median", "median over a box of half-width radius per axis",
                (Param("radius", float, 1.0, "half-width of the box", minimum=0.0, open_minimum=True, unit="world"),),
-               "median"),
+               run_median, "median"),
     _operation("bilateral", "bilateral filter: Gaussian in space times Gaussian in intensity", (
         Param("sigma_spatial", float, 1.5, "spatial standard deviation (the window reaches 2 sigma)", minimum=0.0,
               open_minimum=True, unit="world", label="spatial sigma"),
         Param("sigma_range", float, None, "intensity standard deviation; auto: twice the estimated noise",
               minimum=0.0, open_minimum=True, unit="intensity", label="intensity sigma"),
-    ), "bilateral"),
+    ), run_bilateral, "bilateral"),
     _operation("tv", "total-variation denoising (Chambolle's projection)", (
         Param("weight", float, None, "regularisation weight; auto: the estimated noise level", minimum=0.0,
               open_minimum=True, unit="intensity"),
-    ), "total_variation"),
+    ), run_tv, "total_variation"),
     _operation("nlm", "non-local means (fast variant: box-filtered patch distances per shift)", (
         Param("h", float, None, "cut-off; auto: 0.8 times the noise sigma", minimum=0.0, open_minimum=True,
               unit="intensity", label="h (cut-off)"),
@@ -67,11 +93,11 @@ OPERATIONS = (
               unit="intensity", label="noise sigma"),
         Param("patch_radius", float, 2.0, "patch half-width", minimum=0.0, unit="world"),
         Param("search_radius", float, 6.0, "search window half-width", minimum=0.0, open_minimum=True, unit="world"),
-    ), "nl_means"),
+    ), run_nlm, "nl_means"),
     _operation("diffusion", "Perona-Malik anisotropic diffusion (explicit scheme)", (
         Param("kappa", float, None, "edge threshold; auto: twice the estimated noise", minimum=0.0,
               open_minimum=True, unit="intensity", label="kappa (edge)"),
         Param("n_iter", int, 10, "number of iterations", minimum=1, maximum=10_000, flag="iterations",
               label="iterations"),
-    ), "anisotropic_diffusion"),
+    ), run_diffusion, "anisotropic_diffusion"),
 )

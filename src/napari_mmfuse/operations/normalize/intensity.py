@@ -63,7 +63,6 @@ OPERATIONS = (
         inputs=(IMAGE,),
         outputs=(RESULT,),
         run=run_zscore,
-        core="napari_mmfuse.core.normalize:zscore",
     ),
     Operation(
         capability="normalize",
@@ -74,6 +73,5 @@ OPERATIONS = (
         inputs=(IMAGE, Port("reference", "image", "grey image whose histogram is the target (any grid)")),
         outputs=(RESULT,),
         run=run_histogram,
-        core="napari_mmfuse.core.normalize:match_histogram",
     ),
 )

@@ -54,7 +54,6 @@ OPERATIONS = (
         inputs=(SLIDE, TARGET),
         outputs=(RESULT,),
         run=run_macenko,
-        core="napari_mmfuse.core.normalize:macenko",
     ),
     Operation(
         capability="normalize",
@@ -66,7 +65,6 @@ OPERATIONS = (
                             optional=True)),
         outputs=(RESULT,),
         run=run_reinhard,
-        core="napari_mmfuse.core.normalize:reinhard",
     ),
     Operation(
         capability="normalize",
