@@ -54,43 +54,6 @@ def _nifti_output(path) -> Path:
     return path
 
 
-def _read_one(path):
-    from ..io import materialize, read
-
-    records = read(path)
-    record = records[0]
-    if record.multiscale or record.channel_axis is not None or record.rgb:
-        raise ValueError(f"{path}: give one grey 2D or 3D image per file")
-    data = materialize(record.data, path)
-    if data.ndim != record.spatial_ndim:
-        raise ValueError(f"{path} has {data.ndim} axes; give one 2D or 3D image per file")
-    return data, record
-
-
-def _subject(paths, device):
-    """Channels on the first image's grid, that grid's affine, and the first record."""
-    from ..core.segment import stack_modalities
-
-    loaded = [_read_one(path) for path in paths]
-    first = loaded[0]
-    dims = {data.ndim for data, _ in loaded}
-    if len(dims) > 1:
-        raise ValueError("mix of 2D and 3D images; give images of one dimensionality")
-    images = stack_modalities([d for d, _ in loaded], [r.affine for _, r in loaded], first[0].shape,
-                              first[1].affine, device=device)
-    return images, first[1]
-
-
-def _on_grid(path, record, device) -> np.ndarray:
-    """A label file resampled (nearest) onto ``record``'s grid."""
-    from ..core.space import resample
-
-    data, other = _read_one(path)
-    if data.shape == record.data.shape and np.allclose(other.affine, record.affine, atol=1e-6):
-        return data
-    return resample(data, other.affine, record.data.shape, record.affine, interpolation="nearest", device=device)
-
-
 def _write_probabilities(path, probabilities, affine, overwrite):
     from ..io.nifti import write_nifti
 
