@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import get_device, with_oom_retry
+from ..kernels import gaussian_kernel
 
 # ----------------------------------------------------------------------------- tensor helpers
 
@@ -40,15 +41,14 @@ def _shifted(x: torch.Tensor, start, shape) -> torch.Tensor:
 # ----------------------------------------------------------------------------- kernels
 
 
-def gaussian_kernel(x: torch.Tensor, *, sigma_px, truncate: float = 4.0) -> torch.Tensor:
+def gaussian_torch(x: torch.Tensor, *, sigma_px, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian of standard deviation ``sigma_px[axis]`` per axis, mirrored edges (scipy's)."""
     out = x
     for axis, s in enumerate(sigma_px):
         if s <= 0:
             continue
-        r = int(truncate * s + 0.5)
-        t = torch.arange(-r, r + 1, dtype=torch.float64)
-        w = torch.exp(-0.5 * (t / s) ** 2)
-        w = (w / w.sum()).to(x.dtype).to(x.device)
+        r = int(truncate * s + 0.5)  # scipy's radius
+        w = gaussian_kernel(s, radius=r, dtype=x.dtype, device=x.device)
         pads = [(0, 0)] * x.ndim
         pads[axis] = (r, r)
         padded = _pad(out, pads).movedim(axis, -1)
@@ -58,7 +58,8 @@ def gaussian_kernel(x: torch.Tensor, *, sigma_px, truncate: float = 4.0) -> torc
     return out
 
 
-def median_kernel(x: torch.Tensor, *, radii) -> torch.Tensor:
+def median_torch(x: torch.Tensor, *, radii) -> torch.Tensor:
+    """Median over a box of half-width ``radii[axis]`` per axis, mirrored edges."""
     padded = _pad(x, [(r, r) for r in radii])
     windows = padded
     for axis, r in enumerate(radii):
@@ -66,7 +67,8 @@ def median_kernel(x: torch.Tensor, *, radii) -> torch.Tensor:
     return windows.reshape(*x.shape, -1).median(dim=-1).values
 
 
-def bilateral_kernel(x: torch.Tensor, *, sigma_px, sigma_range: float) -> torch.Tensor:
+def bilateral_torch(x: torch.Tensor, *, sigma_px, sigma_range: float) -> torch.Tensor:
+    """Bilateral filter: spatial Gaussian (``sigma_px``, window to 2 sigma) times intensity Gaussian."""
     radii = [max(1, int(math.ceil(2 * s))) for s in sigma_px]
     padded = _pad(x, [(r, r) for r in radii])
     num = torch.zeros_like(x)
@@ -82,7 +84,7 @@ def bilateral_kernel(x: torch.Tensor, *, sigma_px, sigma_range: float) -> torch.
     return num / den
 
 
-def tv_kernel(x: torch.Tensor, *, weight: float, eps: float, max_iter: int, step_scale) -> torch.Tensor:
+def tv_torch(x: torch.Tensor, *, weight: float, eps: float, max_iter: int, step_scale) -> torch.Tensor:
     """Chambolle's dual projection for min ||u - x||^2 / 2 + weight * TV(u), energy stopping rule.
 
     ``step_scale[axis]`` multiplies the forward difference along ``axis`` (relative inverse
@@ -128,7 +130,7 @@ def tv_kernel(x: torch.Tensor, *, weight: float, eps: float, max_iter: int, step
     return out
 
 
-def nlm_kernel(x: torch.Tensor, *, h: float, sigma: float, patch_radii, search_radii) -> torch.Tensor:
+def nlm_torch(x: torch.Tensor, *, h: float, sigma: float, patch_radii, search_radii) -> torch.Tensor:
     """Fast non-local means: per shift, patch distances by box sums, each shift used in both directions.
 
     All temporaries are allocated once and reused (allocation dominates on the CPU otherwise).
@@ -172,7 +174,7 @@ def nlm_kernel(x: torch.Tensor, *, h: float, sigma: float, patch_radii, search_r
     return num / den
 
 
-def diffusion_kernel(x: torch.Tensor, *, kappa: float, n_iter: int, step: float, step_scale) -> torch.Tensor:
+def diffusion_torch(x: torch.Tensor, *, kappa: float, n_iter: int, step: float, step_scale) -> torch.Tensor:
     """Perona-Malik diffusion with the exponential conductance exp(-(|grad|/kappa)^2)."""
     u = x.clone()
     for _ in range(n_iter):

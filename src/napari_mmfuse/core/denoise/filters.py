@@ -18,13 +18,13 @@ import numpy as np
 from ...operations import drive
 from .checks import check_distances, check_image, spacing_per_axis, world_radii
 from .filter_kernels import (
-    bilateral_kernel,
-    diffusion_kernel,
-    gaussian_kernel,
-    median_kernel,
-    nlm_kernel,
+    bilateral_torch,
+    diffusion_torch,
+    gaussian_torch,
+    median_torch,
+    nlm_torch,
     run_slabs,
-    tv_kernel,
+    tv_torch,
 )
 from .noise import estimate_noise, estimated_parameters
 
@@ -42,14 +42,14 @@ def _build_gaussian(image, spacing, *, sigma: float = 1.0):
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     halo = int(4.0 * max(sigma_px) + 0.5)
-    return partial(gaussian_kernel, sigma_px=sigma_px), halo
+    return partial(gaussian_torch, sigma_px=sigma_px), halo
 
 
 def _build_median(image, spacing, *, radius: float = 1.0):
     radii = world_radii(radius, spacing)
     if max(radii) == 0:
         raise ValueError(f"radius {radius} is below half a voxel ({spacing.tolist()}); nothing would change")
-    return partial(median_kernel, radii=radii), radii[0]
+    return partial(median_torch, radii=radii), radii[0]
 
 
 def _build_bilateral(image, spacing, *, sigma_spatial: float = 1.5, sigma_range: float | None = None):
@@ -60,7 +60,7 @@ def _build_bilateral(image, spacing, *, sigma_spatial: float = 1.5, sigma_range:
     if sigma_range <= 0:
         raise ValueError(f"sigma_range must be > 0, got {sigma_range}")
     sigma_px = [sigma_spatial / s for s in spacing]
-    return partial(bilateral_kernel, sigma_px=sigma_px, sigma_range=sigma_range), int(math.ceil(2 * sigma_px[0]))
+    return partial(bilateral_torch, sigma_px=sigma_px, sigma_range=sigma_range), int(math.ceil(2 * sigma_px[0]))
 
 
 def _build_tv(image, spacing, *, weight: float | None = None, eps: float = 2e-4, max_iter: int = 200):
@@ -69,7 +69,7 @@ def _build_tv(image, spacing, *, weight: float | None = None, eps: float = 2e-4,
     if weight <= 0:
         raise ValueError(f"weight must be > 0, got {weight}")
     step_scale = [float(spacing.min() / s) for s in spacing]
-    return partial(tv_kernel, weight=weight, eps=eps, max_iter=max_iter, step_scale=step_scale), 16
+    return partial(tv_torch, weight=weight, eps=eps, max_iter=max_iter, step_scale=step_scale), 16
 
 
 def _build_nlm(
@@ -89,7 +89,7 @@ def _build_nlm(
         raise ValueError(f"need h > 0 and sigma >= 0, got h={h}, sigma={sigma}")
     patch_radii = world_radii(patch_radius, spacing)
     search_radii = world_radii(search_radius, spacing, minimum=1)
-    kernel = partial(nlm_kernel, h=h, sigma=sigma, patch_radii=patch_radii, search_radii=search_radii)
+    kernel = partial(nlm_torch, h=h, sigma=sigma, patch_radii=patch_radii, search_radii=search_radii)
     return kernel, search_radii[0] + patch_radii[0]
 
 
@@ -103,7 +103,7 @@ def _build_diffusion(image, spacing, *, kappa: float | None = None, n_iter: int 
         step = 1.0 / (2.0 * image.ndim)
     if not 0 < step <= 1.0 / (2.0 * image.ndim):
         raise ValueError(f"step must be in (0, {1.0 / (2 * image.ndim)}] for a stable explicit scheme, got {step}")
-    kernel = partial(diffusion_kernel, kappa=kappa, n_iter=n_iter, step=step, step_scale=step_scale)
+    kernel = partial(diffusion_torch, kappa=kappa, n_iter=n_iter, step=step, step_scale=step_scale)
     return kernel, n_iter
 
 
