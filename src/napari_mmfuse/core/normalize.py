@@ -2,7 +2,8 @@
 
 Grey-level functions take a 2D ``(Y, X)`` or 3D ``(Z, Y, X)`` image and return float32 of the
 same shape. Stain functions take RGB ``(Y, X, 3)`` uint8 slides and return uint8 RGB (the
-slide's own type, so the result displays and saves like the input). numpy/scipy only.
+slide's own type, so the result displays and saves like the input). numpy, SciPy and
+scikit-image's Otsu threshold.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import math
 
 import numpy as np
 from scipy import ndimage as ndi
-
-from ._names import NORMALIZE_METHODS
+from skimage.filters import threshold_otsu
 
 #: Methods of :func:`normalize` by name (``"poly-bias"``: :func:`correct_bias_field`).
-METHODS = NORMALIZE_METHODS
+METHODS = ("percentile", "zscore", "histogram", "poly-bias", "macenko", "reinhard")
 GREY_METHODS = ("percentile", "zscore", "histogram", "poly-bias")
 RGB_METHODS = ("macenko", "reinhard")
 
@@ -142,23 +142,6 @@ def match_histogram(image, reference) -> np.ndarray:
     return mapped[inverse].reshape(array.shape).astype(np.float32)
 
 
-def otsu_threshold(values, *, bins: int = 256) -> float:
-    """Otsu's threshold of a set of values (maximum between-class variance)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = values.min(), values.max()
-    if hi <= lo:
-        raise ValueError("cannot threshold constant values")
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)[:-1].astype(np.float64)
-    w1 = hist.sum() - w0
-    s0 = np.cumsum(hist * centres)[:-1]
-    m0 = s0 / np.maximum(w0, 1)
-    m1 = ((hist * centres).sum() - s0) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centres[int(np.argmax(between))])
-
-
 # ----------------------------------------------------------------------------- bias field
 
 
@@ -260,7 +243,7 @@ def estimate_bias_field(
     if mask is None:
         if array.max() <= array.min():
             raise ValueError("image is constant; there is no bias field to estimate")
-        mask = array > otsu_threshold(array)
+        mask = array > threshold_otsu(array, nbins=256)
     mask = mask & (array > 0)
     if mask.sum() < 50:
         raise ValueError("fewer than 50 positive tissue voxels; bias correction needs a tissue mask with signal")
@@ -512,7 +495,7 @@ def tissue_mask(
     if saturation.max() <= saturation.min():
         raise ValueError("the slide has no colour contrast; cannot separate tissue from background")
     od = optical_density(image.astype(np.uint8), io=255.0).sum(axis=-1)
-    mask = (saturation > otsu_threshold(saturation)) & (od > 0.1)
+    mask = (saturation > threshold_otsu(saturation, nbins=256)) & (od > 0.1)
     if closing_radius > 0:
         r = closing_radius
         disk = np.add.outer(np.arange(-r, r + 1) ** 2, np.arange(-r, r + 1) ** 2) <= r * r
