@@ -10,8 +10,6 @@ and a bar chart of the per-modality attribution (channel ablation). Transformer 
 
 from __future__ import annotations
 
-import inspect
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,44 +17,37 @@ if TYPE_CHECKING:
 
 import numpy as np
 from napari.layers import Labels, Shapes
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QRectF, Qt
 from qtpy.QtGui import QColor, QPainter
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from .. import pipeline
 from ..core import explain, segment, space
-from ._layers import geometry_of, world_affine
+from ..operations import operations
+from ._controls import ParameterForm
 from ._dock import scroll_contents
+from ._jobs import JobPanel
+from ._layers import add_image_layer, image_of, world_affine
 from ._pickers import LayerChecklist, LayerPicker
 from ._session import same, session_of
-from ._workers import start_worker
-from .segment import choose_model_file, labels_on_grid, modality_stack, session_model
+from .segment import choose_model_file, session_model
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")
-METHOD_NAMES = {
-    "gradcam": "Grad-CAM",
-    "gradcampp": "Grad-CAM++",
-    "occlusion": "occlusion sensitivity",
-    "saliency": "gradient saliency",
-    "smoothgrad": "SmoothGrad",
-    "ig": "integrated gradients",
-    "attention": "attention",
-}
+#: Parameters the widget sets from its own model-dependent controls (target class, layer list) or always
+#: asks for (the per-modality attribution bars): hidden in the generated forms.
+OWN_CONTROLS = ("target", "layer", "attribution")
 
 
 class AttributionBars(QWidget):
@@ -112,59 +103,26 @@ def box_from_shape(shapes_layer, shape, affine) -> tuple[tuple[int, ...], tuple[
     return tuple(low.tolist()), tuple(high.tolist())
 
 
-#: share of the progress bar taken by the explanation (the per-modality attribution follows)
-EXPLAIN_SHARE = 90
-
-
-def _explain_steps(model, images, options):
-    """Worker body: explanation, then per-modality attribution.
-
-    Yields the percentage done (every yield is a cancel point); returns (Explanation, Attribution).
-    """
-    shown = 0
-    yield shown
-    steps = explain.explain_steps(model, images, **options)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        percent = int(EXPLAIN_SHARE * done / max(total, 1))
-        yield from range(shown + 1, percent + 1)  # one yield per percent: napari's bar counts yields
-        shown = max(shown, percent)
-    yield from range(shown + 1, EXPLAIN_SHARE + 1)
-    attribution = explain.modality_attribution(model, images, target=options["target"], region=options["region"])
-    return result, attribution
-
-
-def default_target(label_values, class_voxels=None) -> int:
-    """The class a user most likely wants explained: the object of interest, not its surroundings.
-
-    The smallest class of the model's last segmentation when its sizes are known (the
-    background surrounds the object), else the first foreground (non-zero) label.
-    """
-    foreground = [value for value in label_values if value != 0] or list(label_values)
-    if class_voxels and all(value in class_voxels for value in foreground):
-        return min(foreground, key=lambda value: class_voxels[value])
-    return foreground[0]
-
-
 class ExplainWidget(QWidget):
     """Explain one class of a segmentation model on the checked image layers.
 
     Parameters
     ----------
     viewer : napari.Viewer
+
+    Attributes
+    ----------
+    forms : dict of str -> ParameterForm
+        The parameters of each method (the shown one is the chosen method's).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
         self.file_model = None
         self._shown_model = None
         self.overlays: list = []
+        self.operations = operations("explain")
 
         self.source = QComboBox()
         self.source.addItems([SESSION, "model file…"])
@@ -178,22 +136,22 @@ class ExplainWidget(QWidget):
         self.region_labels = LayerPicker(viewer, (Labels,), optional=True)
         self.region_shapes = LayerPicker(viewer, (Shapes,), optional=True)
         self.method = QComboBox()
-        for key, name in METHOD_NAMES.items():
-            self.method.addItem(name, key)
+        for key, operation in self.operations.items():
+            self.method.addItem(operation.label or key, key)
         self.layer = QComboBox()
         self.layer.setToolTip("Grad-CAM: the convolution whose activations are weighted; "
                               "attention: the transformer block whose attention is shown")
-        self.rollout = QCheckBox("roll out across blocks")
-        default_steps = inspect.signature(explain.explain_steps).parameters["steps"].default
-        self.path_points = QSpinBox(minimum=2, maximum=256, value=default_steps)
-        self.path_points.setToolTip("integrated gradients: points along the path from the baseline (each is one "
-                                    "pass of the network per window; fewer is faster and less exact)")
-        self.rollout.setToolTip("attention: chain the blocks' attention up to the chosen one, with the skip "
-                                "connections (attention rollout)")
-        self.run_button = QPushButton("Explain")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self.forms = {key: ParameterForm(operation) for key, operation in self.operations.items()}
+        for form in self.forms.values():
+            for name in OWN_CONTROLS:
+                for control in (name, f"{name}_auto"):
+                    if control in [widget.name for widget in form]:
+                        form[control].visible = False
+        self.rollout = self.forms["attention"]["rollout"].native
+        self.path_points = self.forms["ig"]["steps"].native
+        self.jobs = JobPanel("Explain", self.run)
+        self.run_button, self.cancel_button, self.progress = self.jobs.run_button, self.jobs.cancel_button, \
+            self.jobs.progress
         self.bars = AttributionBars()
         self.legend = QListWidget()
         self.legend.setMaximumHeight(120)
@@ -211,15 +169,11 @@ class ExplainWidget(QWidget):
         form.addRow("  shapes layer", self.region_shapes)
         form.addRow("method", self.method)
         form.addRow("layer", self.layer)
-        form.addRow("attention", self.rollout)
-        form.addRow("path points", self.path_points)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
+        for parameters in self.forms.values():
+            layout.addWidget(parameters.native)
+        layout.addWidget(self.jobs)
         layout.addWidget(QLabel("per-modality attribution (channel ablation)"))
         layout.addWidget(self.bars)
         layout.addWidget(QLabel("overlays (check to show)"))
@@ -230,15 +184,18 @@ class ExplainWidget(QWidget):
         self.source.currentIndexChanged.connect(self.refresh_model)
         self.method.currentIndexChanged.connect(self._fill_layers)
         self.load_button.clicked.connect(lambda: self.load_model())
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self.legend.itemChanged.connect(self._toggle)
         session_of(viewer).on_model(self._on_session_model)
         self.refresh_model()
 
+    @property
+    def worker(self):
+        """The running job's worker, or None."""
+        return self.jobs.worker
+
     def _on_session_model(self) -> None:
         """Segment trained or loaded a model: show it when the session's model is the source."""
-        if self.source.currentText() == SESSION and self.worker is None:
+        if self.source.currentText() == SESSION and not self.jobs.busy:
             self.refresh_model()
 
     # ----------------------------------------------------------------- model
@@ -254,7 +211,7 @@ class ExplainWidget(QWidget):
 
         With ``check_inputs``, the layers named as the model's inputs (the layers the
         session's model was trained on, or a file model's channel names) are checked in the
-        model's channel order. The target is chosen by :func:`default_target`.
+        model's channel order. The target is chosen by :func:`~napari_mmfuse.core.explain.default_target`.
         """
         model = self.current_model()
         self._shown_model = model
@@ -270,7 +227,7 @@ class ExplainWidget(QWidget):
         entry = session_model(self.viewer)
         from_session = self.source.currentText() == SESSION
         sizes = session_of(self.viewer).class_voxels if from_session else None
-        self.target.setCurrentIndex(self.target.findData(default_target(config.label_values, sizes)))
+        self.target.setCurrentIndex(self.target.findData(explain.default_target(config.label_values, sizes)))
         names = entry[1] if from_session and entry is not None else config.channel_names
         if check_inputs:
             by_name = {layer.name: layer for layer in self.layers.layers()}
@@ -278,12 +235,13 @@ class ExplainWidget(QWidget):
                 self.layers.set_checked([by_name[name] for name in names])
 
     def _fill_layers(self, index=None) -> None:
-        """List the chosen model's convolutions (Grad-CAM) or attention blocks (attention)."""
+        """Show the method's parameters; list the model's convolutions (Grad-CAM) or attention blocks."""
         self.layer.clear()
         model = self._shown_model
         method = self.method.currentData()
+        for key, parameters in self.forms.items():
+            parameters.native.setVisible(key == method)
         self.rollout.setEnabled(method == "attention")
-        self.path_points.setEnabled(method == "ig")
         if model is None or model.config.architecture == "torchscript":
             return
         if method == "attention":
@@ -311,7 +269,8 @@ class ExplainWidget(QWidget):
         return self.file_model
 
     # ----------------------------------------------------------------- run
-    def _region(self, shape, affine):
+    def _region(self, first):
+        """The region as labels (voxels > 0) and its description; None for the whole image."""
         choice = self.region.currentText()
         if choice == REGIONS[0]:
             return None, "whole image"
@@ -320,15 +279,18 @@ class ExplainWidget(QWidget):
             if layer is None:
                 raise ValueError("choose the Labels layer whose selected label is the region")
             value = int(layer.selected_label)
-            mask = labels_on_grid(layer, shape, affine) == value
+            labels = image_of(layer, kind="labels")
+            mask = np.asarray(labels.data) == value
             if not mask.any():
-                raise ValueError(f"label {value} of {layer.name} is empty on the inputs' grid; select another label")
-            return mask, f"label {value} of {layer.name}"
+                raise ValueError(f"label {value} of {layer.name} is empty; select another label")
+            return labels.like(mask.astype(np.uint8)), f"label {value} of {layer.name}"
         layer = self.region_shapes.layer()
         if layer is None:
             raise ValueError("choose the Shapes layer holding a rectangle")
-        box = box_from_shape(layer, shape, affine)
-        return box, f"box {box[0]}-{box[1]}"
+        shape = first.data.shape
+        box = box_from_shape(layer, shape, first.affine)
+        mask = explain.box_region(shape, box)
+        return first.like(mask.astype(np.uint8), kind="labels", name=layer.name), f"box {box[0]}-{box[1]}"
 
     def run(self):
         """Compute the chosen explanation and the per-modality attribution in a worker.
@@ -338,81 +300,63 @@ class ExplainWidget(QWidget):
         napari worker or None
             None when the inputs were rejected (the user is notified).
         """
-        if self.worker is not None:
-            show_error("Explain: a run is in progress; cancel it first")
+        if self.jobs.busy:
+            self.jobs.fail("Explain", "a run is in progress; cancel it first")
             return None
         model = self.current_model()
         if model is not self._shown_model:  # a model was trained or loaded since: show its classes
             self.refresh_model(check_inputs=False)
+        method = self.method.currentData()
         try:
             if model is None:
                 raise ValueError("no model: train one in Segment, or load a model file")
             layers = self.layers.checked()
-            images, affine = modality_stack(layers)
-            if images.shape[0] != model.config.in_channels:
+            if not layers:
+                raise ValueError("check at least one image layer (the model's input modalities)")
+            if len(layers) != model.config.in_channels:
                 raise ValueError(f"the model takes {model.config.in_channels} inputs "
-                                 f"({', '.join(model.config.channel_names)}) but {images.shape[0]} layers are checked")
-            region, region_text = self._region(images.shape[1:], affine)
-            method = self.method.currentData()
+                                 f"({', '.join(model.config.channel_names)}) but {len(layers)} layers are checked")
+            images = [image_of(layer) for layer in layers]
+            region, region_text = self._region(images[0])
             if method == "attention" and not explain.attention_blocks(model):
                 raise ValueError(explain.NO_ATTENTION)
         except ValueError as error:
-            show_error(f"Explain: {error}")
+            self.jobs.fail("Explain", str(error))
             return None
-        rollout = method == "attention" and self.rollout.isChecked()
-        options = {"method": method, "target": self.target.currentData(), "region": region, "rollout": rollout,
-                   "steps": self.path_points.value(),
-                   "layer": self.layer.currentData() if method.startswith("gradcam") or method == "attention" else None}
-        label = METHOD_NAMES[method] + (" rollout" if rollout else "")
-        context = {"layers": layers, "region": region_text, "method": method, "target": options["target"],
-                   "path_points": options["steps"] if method == "ig" else None,
-                   "label": label}
-        worker = create_worker(_explain_steps, model, images, options,
-                               _progress={"total": 100, "desc": f"Explaining ({label})"})
-        worker.yielded.connect(self.progress.setValue)
-        worker.returned.connect(lambda result: self._on_result(*result, context))
-        worker.errored.connect(lambda error: show_error(f"Explain failed: {error}"))
-        worker.aborted.connect(lambda: show_info("Explain cancelled"))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self.progress.setRange(0, 100)
-        self.progress.setValue(0)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        start_worker(worker)
-        return worker
+        operation = self.operations[method]
+        params = self.forms[method].values() | {"target": self.target.currentData(), "attribution": True}
+        if "layer" in params:
+            params["layer"] = self.layer.currentData()
+        label = (operation.label or method) + (" rollout" if params.get("rollout") else "")
+        context = {"layers": layers, "region": region_text, "label": label}
+        inputs = {"images": images, "model": model, "region": region}
+        return self.jobs.start(pipeline.run_steps, "explain", method, inputs, params, title=f"Explain ({label})",
+                               on_result=lambda result: self._on_result(*result, context))
 
     def cancel(self) -> None:
-        """Stop after the current stage; nothing is added."""
-        if self.worker is not None:
-            self.worker.quit()
+        """Stop at the next progress step; nothing is added."""
+        self.jobs.cancel()
 
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def _on_result(self, result, attribution, context) -> None:
-        self.progress.setValue(100)
+    def _on_result(self, outputs, record, context) -> None:
         first = context["layers"][0]
         names = [layer.name for layer in context["layers"]]
         label = context["label"]
-        provenance = {"step": "explain", "method": context["method"], "target": int(context["target"]),
-                      "region": context["region"], "inputs": names, "layer": result.layer,
-                      "path_points": context["path_points"],
-                      "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
+        result, attribution = outputs["map"], outputs["attribution"]
+        shown = result.metadata["provenance"] | {
+            "target": record.params["target"], "region": context["region"], "layer": result.metadata["layer"],
+            "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
         # attention is a share of the most attended token's: shown on its own 0..1 scale, not stretched
-        limits = {"contrast_limits": (0.0, 1.0)} if context["method"] == "attention" else {}
-        added = [self.viewer.add_image(
-            result.map, **geometry_of(first, name=f"{label} class {context['target']}", colormap="inferno",
-                                      blending="additive", opacity=0.8, metadata={"mmfuse": provenance}, **limits))]
-        maps = np.abs(result.channel_maps) if result.channel_maps is not None else np.abs(attribution.maps)
-        kind = label if result.channel_maps is not None else "ablation drop"
-        for name, channel_map in zip(names, maps):
-            added.append(self.viewer.add_image(
-                channel_map, **geometry_of(first, name=f"{kind} of {name}", colormap="magma", blending="additive",
-                                           opacity=0.8, visible=False,
-                                           metadata={"mmfuse": provenance | {"modality": name, "map": kind}})))
+        limits = {"contrast_limits": (0.0, 1.0)} if record.method == "attention" else {}
+        result.metadata["provenance"] = shown
+        added = [add_image_layer(self.viewer, result, like=first, name=f"{label} class {shown['target']}",
+                                 colormap="inferno", blending="additive", opacity=0.8, **limits)]
+        channel_maps = outputs.get("channel_maps")
+        kind = label if channel_maps is not None else "ablation drop"
+        maps = [image.data for image in channel_maps] if channel_maps is not None else attribution.maps
+        for name, values in zip(names, maps):
+            image = result.like(np.abs(values), metadata={"provenance": shown | {"modality": name, "map": kind}})
+            added.append(add_image_layer(self.viewer, image, like=first, name=f"{kind} of {name}", colormap="magma",
+                                         blending="additive", opacity=0.8, visible=False))
         self.bars.set_scores(names, attribution.scores)
         for layer in added:
             meta = layer.metadata["mmfuse"]

@@ -36,7 +36,7 @@ from .attention import (
     record_attention,
 )
 from .run import (
-    ATTRIBUTIONS, METHODS, explain, explain_steps, modality_attribution, modality_attribution_steps,
+    ATTRIBUTIONS, METHODS, default_target, explain, explain_steps, modality_attribution, modality_attribution_steps,
     randomized_copy,
 )
 from .tensors import (
@@ -50,7 +50,7 @@ from .windows import (
 __all__ = [
     "ATTRIBUTIONS", "Attribution", "BACKGROUND_FRACTION", "Explanation", "METHODS", "NO_ATTENTION", "OVERLAP",
     "Tiling", "TokenAttention", "attention_blocks", "attention_map", "attention_rollout", "box_region",
-    "channel_ablation", "conv_layers", "default_layer", "destripe", "explain", "explain_steps", "gradcam",
+    "channel_ablation", "conv_layers", "default_layer", "default_target", "destripe", "explain", "explain_steps", "gradcam",
     "integrated_gradients", "modality_attribution", "modality_attribution_steps", "occlusion", "query_attention",
     "randomized_copy", "record_attention", "saliency", "saliency_steps", "stride_period", "target_score",
 ]

@@ -39,13 +39,9 @@ OUTPUTS = (
 )
 
 
-def runner(method: str):
-    """The run function of the explain operation ``method``."""
 
-    def run(images, model, region=None, *, device=None, seed=None, **params):
-        from ...core.explain.operation import explain_images
+def explain(method: str, images, model, region, device, **params):
+    """Run the explain operation ``method`` (see :func:`napari_mmfuse.core.explain.operation.explain_images`)."""
+    from ...core.explain.operation import explain_images
 
-        return (yield from explain_images(images, model, region, method=method, device=device, **params))
-
-    run.__name__ = f"explain_{method}"
-    return run
+    return (yield from explain_images(images, model, region, method=method, device=device, **params))

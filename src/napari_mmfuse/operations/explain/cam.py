@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from .. import Operation
-from . import ATTRIBUTION, CORE, INPUTS, LAYER, MARGIN, OUTPUTS, TARGET, runner
+from . import ATTRIBUTION, CORE, INPUTS, LAYER, MARGIN, OUTPUTS, TARGET, explain
 
-OPERATIONS = tuple(
-    Operation("explain", name, doc, (TARGET, LAYER, MARGIN, ATTRIBUTION), INPUTS, OUTPUTS, runner(name),
-              label=label, core=CORE)
-    for name, label, doc in (
-        ("gradcam", "Grad-CAM", "Grad-CAM: a convolution's activations weighted by the target's mean gradient"),
-        ("gradcampp", "Grad-CAM++", "Grad-CAM++: activations weighted by second-order gradient weights"),
-    )
+
+def run_gradcam(images, model, region=None, *, target, layer, margin, attribution, device=None, seed=None):
+    """Grad-CAM map (yields Progress)."""
+    return (yield from explain("gradcam", images, model, region, device, target=target, layer=layer, margin=margin,
+                               attribution=attribution))
+
+
+def run_gradcampp(images, model, region=None, *, target, layer, margin, attribution, device=None, seed=None):
+    """Grad-CAM++ map (yields Progress)."""
+    return (yield from explain("gradcampp", images, model, region, device, target=target, layer=layer,
+                               margin=margin, attribution=attribution))
+
+
+OPERATIONS = (
+    Operation("explain", "gradcam", "Grad-CAM: a convolution's activations weighted by the target's mean gradient",
+              (TARGET, LAYER, MARGIN, ATTRIBUTION), INPUTS, OUTPUTS, run_gradcam, label="Grad-CAM", core=CORE),
+    Operation("explain", "gradcampp", "Grad-CAM++: activations weighted by second-order gradient weights",
+              (TARGET, LAYER, MARGIN, ATTRIBUTION), INPUTS, OUTPUTS, run_gradcampp, label="Grad-CAM++", core=CORE),
 )
