@@ -217,6 +217,29 @@ def test_bad_inputs_are_notified_and_nothing_is_lost(make_napari_viewer, qtbot, 
     assert "Shapes layer" in errors[-1]
 
 
+def test_predict_with_the_current_model(make_napari_viewer, qtbot, phantom, errors):
+    viewer = make_napari_viewer()
+    t1, t2, strokes, _ = add_2d(viewer, phantom)
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget)
+    images = np.stack([t1.data, t2.data]).astype(np.float32)
+    model, _ = segment.train(images, strokes.data, steps=2, features=(4, 8), patch_size=(16, 16), device="cpu")
+    widget.model = model
+    widget.layers.set_checked([t1])
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    assert widget.worker is None and "takes 2 layers" in errors[-1]
+    widget.layers.set_checked([t1, t2])
+    run_and_wait(qtbot, widget, widget.predict_button)
+    assert len(errors) == 1
+    result = viewer.layers["T1 segmentation"]
+    assert result.metadata["mmfuse"]["operation"] == "segment/predict"
+    labels, probabilities = segment.predict(model, images, device="cpu")
+    np.testing.assert_array_equal(result.data, labels)
+    np.testing.assert_allclose(result.metadata["probabilities"], probabilities, atol=1e-6)
+    np.testing.assert_allclose(world_affine(result), world_affine(t1))
+    assert "T1 uncertainty" in viewer.layers and widget.model is model
+
+
 def test_cancel_training_adds_nothing(make_napari_viewer, qtbot, phantom):
     viewer = make_napari_viewer()
     t1, t2, strokes, _ = add_2d(viewer, phantom)

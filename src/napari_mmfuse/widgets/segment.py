@@ -96,18 +96,24 @@ def strokes_layer(layers):
     return painted[-1] if painted else None
 
 
-def image_array(layer) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels (float32, 2D or 3D) of an image layer and its index -> world affine."""
-    if layer.multiscale or getattr(layer, "rgb", False):
-        raise ValueError(f"{layer.name} is multiscale or RGB; pick a single-resolution grey layer")
-    data = np.asarray(layer.data)
-    if data.ndim not in (2, 3):
-        raise ValueError(f"{layer.name} is {data.ndim}D; segmentation needs 2D or 3D layers")
-    return data.astype(np.float32, copy=False), spatial_affine(layer, data.ndim)
+def checked_images(layers) -> list:
+    """The checked image layers as :class:`~napari_mmfuse.operations.Image` (copies), in order.
+
+    Raises
+    ------
+    ValueError
+        No layer is checked, or one is multiscale.
+    """
+    if not layers:
+        raise ValueError("check at least one image layer (the modalities to segment)")
+    multiscale = [layer.name for layer in layers if getattr(layer, "multiscale", False)]
+    if multiscale:
+        raise ValueError(f"{multiscale[0]} is multiscale; pick a single-resolution grey layer")
+    return [image_of(layer) for layer in layers]
 
 
 def modality_stack(layers) -> tuple[np.ndarray, np.ndarray]:
-    """The layers as channels on the first layer's grid.
+    """The layers as channels on the first layer's grid (see :func:`napari_mmfuse.core.segment.subject_channels`).
 
     Returns
     -------
@@ -115,15 +121,8 @@ def modality_stack(layers) -> tuple[np.ndarray, np.ndarray]:
     affine : ndarray, shape (n + 1, n + 1)
         The first layer's index -> world affine.
     """
-    if not layers:
-        raise ValueError("check at least one image layer (the modalities to segment)")
-    arrays = [image_array(layer) for layer in layers]
-    dims = {data.ndim for data, _ in arrays}
-    if len(dims) > 1:
-        raise ValueError("the checked layers mix 2D and 3D; check layers of one dimensionality")
-    reference, affine = arrays[0]
-    images = segment.stack_modalities([d for d, _ in arrays], [a for _, a in arrays], reference.shape, affine)
-    return images, affine
+    images = checked_images(layers)
+    return segment.subject_channels(images), images[0].affine
 
 
 def labels_on_grid(layer, shape, affine) -> np.ndarray:
@@ -234,9 +233,7 @@ class SegmentWidget(QWidget):
         method = self.method.currentData()
         try:
             layers = self.layers.checked()
-            if not layers:
-                raise ValueError("check at least one image layer (the modalities to segment)")
-            inputs = {"images": [image_of(layer) for layer in layers]}
+            inputs = {"images": checked_images(layers)}
             if method in NEEDS_STROKES:
                 strokes = self.scribbles.layer()
                 if strokes is None:
@@ -278,11 +275,14 @@ class SegmentWidget(QWidget):
             return None
         layers = self.layers.checked()
         config = self.model.config
-        if len(layers) != config.in_channels:
-            show_error(f"Segment: the model takes {config.in_channels} layers ({', '.join(config.channel_names)}); "
-                       f"{len(layers)} are checked")
+        try:
+            if len(layers) != config.in_channels:
+                raise ValueError(f"the model takes {config.in_channels} layers ({', '.join(config.channel_names)}); "
+                                 f"{len(layers)} are checked")
+            inputs = {"images": checked_images(layers), "model": self.model}
+        except ValueError as error:
+            show_error(f"Segment: {error}")
             return None
-        inputs = {"images": [image_of(layer) for layer in layers], "model": self.model}
         return self._start("predict", inputs, {}, layers)
 
     def _start(self, method, inputs, params, layers):
