@@ -48,6 +48,7 @@ def test_parser_method_names_match_the_core():
     from napari_mmfuse.operations import operations
 
     assert fuse.method_names() == list(operations("fuse"))
+    assert fuse.DEFAULT_METHOD == _names.FUSE_DEFAULT_METHOD
     assert denoise.METHODS == _names.DENOISE_METHODS
     assert normalize.METHODS == _names.NORMALIZE_METHODS
     assert explain.METHODS == _names.EXPLAIN_METHODS

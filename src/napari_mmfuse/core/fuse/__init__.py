@@ -20,7 +20,7 @@ The methods' parameters, defaults, ranges and documentation are declared once, b
 - :mod:`.fusion`: :func:`fuse` and the method table; :mod:`.reference`: world-space fusion.
 """
 
-from ...operations.fuse import DEFAULT_METHOD
+from .._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
 from ..kernels import luminance
 from .colour import apply_colormap, infer_rgb, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
 from .fusion import (

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...operations import Progress, drive
-from ...operations.fuse import DEFAULT_METHOD
+from .._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
 from ..device import get_device
 from .colour import apply_colormap, infer_rgb, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
 from .learned import learned

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...operations.fuse import DEFAULT_METHOD
+from .._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
 from .. import space
 from ..kernels import luminance
 from .colour import infer_rgb

@@ -5,27 +5,22 @@ the reference) and returns the fused ``image`` on the reference's voxel grid, on
 ``contributions`` map per input, and the inputs ``resampled`` onto that grid with their
 intensities scaled to [0, 1] as they were fused (what fusion metrics compare against).
 :func:`run_fusion` is the one run function: resampling through the world affines,
-per-modality normalisation and the fusion itself (:mod:`napari_mmfuse.core.fuse`).
+per-modality normalisation and the fusion itself (:mod:`napari_mmfuse.core.fuse`);
+:func:`fusion_operation` declares a method with it.
 """
 
 from __future__ import annotations
 
-from .. import Image, Port, Progress
+import inspect
+
+from ...core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
+from .. import Image, Operation, Port, Progress
 
 #: Menu order (methods not listed follow by name).
 ORDER: tuple = (
     "average", "maximum", "minimum", "pca", "laplacian", "wavelet", "activity", "guided", "saliency", "learned",
     "colour",
 )
-
-# benchmarks/bench_fuse.py (Harvard MRI-CT/PET/SPECT and the head phantom): the Laplacian
-# pyramid has Q^AB/F 0.620 / 0.760 / 0.710 and the highest SCD of the blending methods in
-# that table (both modalities stay visible), and it is fast enough for the live preview and
-# for volumes. Learned fusion scores 0.656 / 0.806 / 0.732 but trains per image pair
-# (seconds), guided filtering 0.572 / 0.773 / 0.714; maximum selection switches pixels hard
-# between sources.
-#: The grey method used when none is given (and colour fusion's default inner method).
-DEFAULT_METHOD = "laplacian"
 
 #: The input port of every fusion operation.
 INPUTS = (Port("images", "images", "two or more images placed in world space; the first is the reference"),)
@@ -90,3 +85,25 @@ def run_fusion(images, *, method: str, device=None, seed=None, **params):
     resampled = [Image(data, reference.affine, name=image.name, rgb=flag, units=reference.units)
                  for data, image, flag in zip(prepared, images, rgb)]
     return {"image": fused, "contributions": contributions, "resampled": resampled}
+
+
+def fusion_operation(name: str, label: str, doc: str, params: tuple = (), *, core: str = "",
+                     deterministic: bool = True) -> Operation:
+    """A fusion method's entry: :func:`run_fusion` for ``name``, taking exactly ``params`` as keywords.
+
+    ``core`` (``"module:function"``) names the core function whose keyword defaults are these
+    parameters' defaults (none for methods without parameters).
+    """
+
+    def run(images, *, device=None, seed=None, **values):
+        return run_fusion(images, method=name, device=device, seed=seed, **values)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    run.__name__ = run.__qualname__ = f"run_{name}"
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter("images", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(param.name, keyword) for param in params]
+        + [inspect.Parameter("device", keyword, default=None), inspect.Parameter("seed", keyword, default=None)]
+    )
+    return Operation(capability="fuse", name=name, label=label, doc=doc, params=tuple(params), inputs=INPUTS,
+                     outputs=OUTPUTS, run=run, deterministic=deterministic, core=core)

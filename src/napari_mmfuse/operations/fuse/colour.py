@@ -7,10 +7,9 @@ method's, unset by default: the inner method then uses its own default.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
-from .. import Operation, Param
-from . import DEFAULT_METHOD, INPUTS, ORDER, OUTPUTS, blend, learned, multiscale, run_fusion, spatial
+from .. import Param
+from . import DEFAULT_METHOD, ORDER, blend, fusion_operation, learned, multiscale, spatial
 
 #: The grey methods, in menu order: the choices of ``inner``.
 GREY_OPERATIONS = tuple(sorted(blend.OPERATIONS + multiscale.OPERATIONS + spatial.OPERATIONS + learned.OPERATIONS,
@@ -30,13 +29,11 @@ def _inner_params() -> tuple:
 INNER_PARAMETERS = tuple(param.name for param in _inner_params())
 
 OPERATIONS = (
-    Operation(
-        capability="fuse",
-        name="colour",
-        label="Colour (functional over anatomy)",
-        doc="Colour of the functional image (RGB, or the colormap on a grey image) over the anatomical detail; "
+    fusion_operation(
+        "colour", "Colour (functional over anatomy)",
+        "Colour of the functional image (RGB, or the colormap on a grey image) over the anatomical detail; "
         "the luminance is fused by the inner method.",
-        params=(
+        (
             Param("inner", str, DEFAULT_METHOD, "the grey method that fuses the luminance",
                   choices=tuple(op.name for op in GREY_OPERATIONS)),
             Param("colormap", str, "hot", "colours a grey functional image (hot: the usual PET map)",
@@ -45,9 +42,6 @@ OPERATIONS = (
                   minimum=0),
             *_inner_params(),
         ),
-        inputs=INPUTS,
-        outputs=OUTPUTS,
-        run=partial(run_fusion, method="colour"),
         core="napari_mmfuse.core.fuse.fusion:colour_steps",
     ),
 )

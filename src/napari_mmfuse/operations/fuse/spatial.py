@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-from .. import Operation, Param
-from . import INPUTS, OUTPUTS, run_fusion
+from .. import Param
+from . import fusion_operation
 
 OPERATIONS = (
-    Operation(
-        capability="fuse",
-        name="activity",
-        label="Gradient activity",
-        doc="Per-pixel selection of the input with the most local gradient activity (mean Sobel "
+    fusion_operation(
+        "activity", "Gradient activity",
+        "Per-pixel selection of the input with the most local gradient activity (mean Sobel "
         "magnitude in a (2 radius + 1)^n window), majority-filtered over (2 consistency + 1)^n.",
-        params=(
+        (
             Param("radius", int, 2, "radius of the window the Sobel magnitude is averaged over",
                   minimum=0, maximum=100, unit="px"),
             Param("consistency", int, 3, "radius of the majority filter of the selection (0: off)",
                   minimum=0, maximum=25, unit="px"),
         ),
-        inputs=INPUTS,
-        outputs=OUTPUTS,
-        run=partial(run_fusion, method="activity"),
         core="napari_mmfuse.core.fuse.methods:activity",
     ),
-    Operation(
-        capability="fuse",
-        name="guided",
-        label="Guided filter",
-        doc="Guided-filter fusion (Li, Kang & Hu 2013): two-scale, saliency (local detail energy) "
+    fusion_operation(
+        "guided", "Guided filter",
+        "Guided-filter fusion (Li, Kang & Hu 2013): two-scale, saliency (local detail energy) "
         "decisions refined by guided filters.",
-        params=(
+        (
             Param("r1", int, 45, "guided-filter radius of the base-layer weights", minimum=1, maximum=500, unit="px"),
             Param("eps1", float, 0.3, "guided-filter regularisation of the base-layer weights",
                   minimum=0.0, open_minimum=True),
@@ -39,9 +30,6 @@ OPERATIONS = (
             Param("eps2", float, 1e-6, "guided-filter regularisation of the detail-layer weights",
                   minimum=0.0, open_minimum=True),
         ),
-        inputs=INPUTS,
-        outputs=OUTPUTS,
-        run=partial(run_fusion, method="guided"),
         core="napari_mmfuse.core.fuse.methods:guided",
     ),
 )
