@@ -8,8 +8,6 @@ which, like :mod:`napari_mmfuse.core.fuse`, takes its default method from here).
 
 from __future__ import annotations
 
-#: Attribution methods of :mod:`napari_mmfuse.core.explain`.
-EXPLAIN_METHODS = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "ig", "attention")
 # benchmarks/bench_fuse.py (Harvard MRI-CT/PET/SPECT and the head phantom): the Laplacian
 # pyramid has Q^AB/F 0.620 / 0.760 / 0.710 and the highest SCD of the blending methods in
 # that table (both modalities stay visible), and it is fast enough for the live preview and

@@ -8,8 +8,7 @@ from collections.abc import Generator, Sequence
 import numpy as np
 import torch
 
-from ...operations import Progress, drive
-from .._names import EXPLAIN_METHODS
+from ...operations import Progress, drive, operations
 from ..device import get_device
 from ..segment import SegmentationNet
 from .attention import attention_map, block_names, vision_transformers
@@ -18,7 +17,8 @@ from .windows import (
     occlusion_steps, paste, prepare, saliency_steps, stride_period,
 )
 
-METHODS = EXPLAIN_METHODS
+#: The attribution methods (the explain operations' names, :mod:`napari_mmfuse.operations.explain`).
+METHODS = tuple(operations("explain"))
 ATTRIBUTIONS = ("ablation", "ig")
 
 
