@@ -48,8 +48,9 @@ def test_fuse_adds_result_and_contributions_then_colour_screenshot(viewer_widget
     fused = viewer.layers["fused (guided)"]
     assert fused.data.shape == mri.shape and fused.data.dtype == np.float32
     np.testing.assert_allclose(fused.affine.affine_matrix, a.affine.affine_matrix @ np.diag([0.5, 0.5, 1]))
-    assert fused.metadata["step"] == "fuse" and fused.metadata["method"] == "guided"
-    assert fused.metadata["inputs"] == ["MRI", "PET"] and fused.metadata["params"]["r1"] == 45
+    record = fused.metadata["mmfuse"]  # the pipeline's provenance
+    assert record["step"] == "fuse" and record["method"] == "guided"
+    assert [entry["name"] for entry in record["inputs"]["images"]] == ["MRI", "PET"] and record["params"]["r1"] == 45
     maps = [viewer.layers[f"contribution: {name}"] for name in ("MRI", "PET")]
     assert all(m.blending == "additive" and not m.visible for m in maps)
     np.testing.assert_allclose(maps[0].data + maps[1].data, 1, atol=1e-5)
@@ -139,7 +140,7 @@ def test_bad_inputs_notify_and_add_nothing(viewer_widget, monkeypatch):
     viewer.add_image(mri, name="A")
     far = viewer.add_image(pet, name="B", translate=(500, 500))
     messages = []
-    monkeypatch.setattr("napari_mmfuse.widgets.fuse.show_error", messages.append)
+    monkeypatch.setattr("napari_mmfuse.widgets._jobs.show_error", messages.append)
     widget.preview_check.setChecked(False)
     count = len(viewer.layers)
     assert widget.start_fusion() is None
@@ -291,7 +292,7 @@ def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, q
     assert fused.rgb and fused.data.shape == (256, 256, 3) and fused.data.dtype == np.float32
     np.testing.assert_allclose(fused.affine.affine_matrix, mri.affine.affine_matrix)
     np.testing.assert_allclose(fused.data_to_world([10, 20]), mri.data_to_world([10, 20]))
-    assert fused.metadata["params"]["inner"] == fz.DEFAULT_METHOD
+    assert fused.metadata["mmfuse"]["params"]["inner"] == fz.DEFAULT_METHOD
     # the colour is the PET's: where the PET is strongly coloured, so is the result, with the same hue order
     pet_rgb = np.asarray(pet.data, np.float32) / 255
     hot = np.ptp(pet_rgb, axis=-1) > 0.25

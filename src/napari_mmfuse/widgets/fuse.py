@@ -1,15 +1,18 @@
 """*Fuse* dock widget: pick layers and a reference, choose a method, preview, click Fuse.
 
-Thin: the layers' data and world affines are read on the main thread; resampling onto
-the reference grid, normalisation, fusion and the metrics run in
-:mod:`napari_mmfuse.core.fuse` / :mod:`napari_mmfuse.core.quality` inside a
-``create_worker`` generator (progress, Cancel). The result comes back as new layers
-placed like the reference: the fused image and one contribution map per input, with
-provenance in their metadata. A live preview of the current plane follows the parameters.
+Thin: the layers become :class:`~napari_mmfuse.operations.Image` (data and world affine) on
+the main thread; the ``fuse`` operation (resampling onto the reference grid, normalisation,
+fusion) runs through :func:`napari_mmfuse.pipeline.run_steps` in the shared
+:class:`~napari_mmfuse.widgets._jobs.JobPanel`, then the metrics of the result. The
+parameter controls are the operations' :class:`~napari_mmfuse.widgets._controls.ParameterForm`.
+The result comes back as new layers on the reference's grid: the fused image and one
+contribution map per input, carrying the pipeline's provenance. A live preview of the
+current plane follows the parameters.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -19,39 +22,37 @@ import time
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from .. import pipeline
 from ..core import fuse as fz
 from ..core.space import world_to_voxel
+from ..operations import Operation, Progress, operations
+from ..operations.fuse import DEFAULT_METHOD, core_parameters
+from ..operations.fuse.colour import INNER_PARAMETERS
+from ._controls import ParameterForm
 from ._dock import scroll_contents
-from ._layers import geometry_of, spatial_affine
-from ._workers import start_worker
+from ._jobs import JobPanel
+from ._layers import add_image_layer, image_of
 
 PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
 #: The method entry that picks the method from the checked layers (the default).
 AUTO = "auto"
-#: Layers this widget adds; they are listed but not checked by default.
-OWN_STEPS = ("fuse", "fuse contribution", "fusion preview")
+#: The ``metadata["step"]`` of the preview layer.
+PREVIEW_STEP = "fusion preview"
 #: Metrics that add one value per source (their range grows with the number of sources).
 SUMMED_METRICS = {"MI": (0.0, None), "SSIM": (0.0, 1.0), "SCD": (-1.0, 1.0), "VIF": (0.0, None)}
 _METRIC_NOTES = {
@@ -73,30 +74,46 @@ def metric_note(name: str, n_sources: int) -> str:
     return _METRIC_NOTES.get(name, "")
 
 
+def _made_here(layer) -> bool:
+    """Whether a layer is a fusion result, contribution map or the preview: listed, but not checked by default."""
+    return layer.metadata.get("step") == PREVIEW_STEP or (layer.metadata.get("mmfuse") or {}).get("step") == "fuse"
+
+
 def _raw(layer):
     """The layer object behind napari's public-only proxy (a new proxy on every access)."""
     return getattr(layer, "__wrapped__", layer)
 
 
-def _fusion_job(images, affines, options: dict, metrics_plane: int | None):
-    """Worker generator: resample, fuse (yielding progress), then measure one plane or the whole result."""
-    prepared = fz.resample_to_reference(
-        images,
-        affines,
-        reference_index=options["reference_index"],
-        rgb=options["rgb"],
-        modalities=options["modalities"],
-    )
-    result = yield from fz.fuse_steps(
-        prepared, method=options["method"], rgb=options["rgb"], normalise=False, **options["params"]
-    )
+def _fusion_job(images, method: str, params: dict, metrics_plane: int | None):
+    """Worker generator: the fuse operation (yielding progress), then the metrics of one plane or the whole result."""
+    outputs, _ = yield from pipeline.run_steps("fuse", method, {"images": images}, params)
+    yield Progress(1, 1, "measuring the fused image")
+    fused = outputs["image"].data
+    prepared = [image.data for image in outputs["resampled"]]
+    rgb = [image.rgb for image in outputs["resampled"]]
     if metrics_plane is None:
-        yield fz.FusionProgress(0, 0, "Measuring the fused image")
-        metrics = fz.result_metrics(result.fused, prepared, options["rgb"])
-    else:
-        planes = [p[metrics_plane] for p in prepared]
-        metrics = fz.result_metrics(result.fused[metrics_plane], planes, options["rgb"])
-    return result, metrics
+        return outputs, fz.result_metrics(fused, prepared, rgb)
+    return outputs, fz.result_metrics(fused[metrics_plane], [p[metrics_plane] for p in prepared], rgb)
+
+
+class FusionForm(ParameterForm):
+    """The :class:`ParameterForm` of a fusion method, its unset text parameters hidden.
+
+    ``average``'s ``weights`` (free text) and ``colour``'s inner-method parameters (choices
+    left unset: the inner method's own default) have no control in :func:`control_for`;
+    they get a hidden stand-in (so the form's values are the operation's defaults) and the
+    colour form takes the inner method's values from that method's own form.
+    """
+
+    def __init__(self, operation: Operation):
+        hidden = [p.name for p in operation.params if p.type is str and p.default is None]
+        shown = replace(operation, params=tuple(replace(p, type=int, choices=()) if p.name in hidden else p
+                                                for p in operation.params))
+        super().__init__(shown)
+        self.operation = operation
+        for name in hidden + [n for n in INNER_PARAMETERS if operation.name == fz.COLOUR_METHOD]:
+            self[name].visible = False
+            self[f"{name}_auto"].visible = False
 
 
 class FuseWidget(QWidget):
@@ -105,15 +122,20 @@ class FuseWidget(QWidget):
     Parameters
     ----------
     viewer : napari.Viewer
+
+    Attributes
+    ----------
+    forms : dict of str -> ParameterForm
+        One form per fusion method, built from its operation.
+    jobs : JobPanel
+        Fuse, Cancel, progress and status.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
         self.last_preview_seconds: float | None = None
         self._windows: dict[int, tuple[int, tuple[float, float]]] = {}
-        self._param_widgets: dict[str, QWidget] = {}
         self._listed: list = []  # the layers behind the list rows, unwrapped, in row order
         self._named: list = []  # layers whose name events we follow
         self._inputs_key: tuple | None = None
@@ -124,29 +146,26 @@ class FuseWidget(QWidget):
         self.reference_combo = QComboBox()
         self.reference_combo.setToolTip("The fused image is computed on this layer's grid")
         self.method_combo = QComboBox()
-        self.method_combo.addItems([AUTO, *fz.method_names()])
+        self.method_combo.addItems([AUTO, *operations("fuse")])
         self.method_combo.setCurrentText(AUTO)
         self.method_combo.setToolTip(
-            f"auto: 'colour' (luminance by {fz.DEFAULT_METHOD}, colour of the colour image) when a checked "
-            f"layer is colour, else {fz.DEFAULT_METHOD}"
+            f"auto: 'colour' (luminance by {DEFAULT_METHOD}, colour of the colour image) when a checked "
+            f"layer is colour, else {DEFAULT_METHOD}"
         )
         self.description = QLabel()
         self.description.setWordWrap(True)
-        self.params_form = QFormLayout()
+        self.forms = {name: FusionForm(operation) for name, operation in operations("fuse").items()}
         self.preview_check = QCheckBox("Live preview of the current plane")
         self.preview_check.setChecked(False)
         self.volume_metrics_check = QCheckBox("Metrics of the whole volume (slower)")
         self.volume_metrics_check.setToolTip(
             "Measure every voxel of a 3D result; unchecked, the metrics are of the current plane"
         )
-        self.fuse_button = QPushButton("Fuse")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
+        self.jobs = JobPanel("Fuse", self.start_fusion)
+        self.fuse_button = self.jobs.run_button
+        self.cancel_button = self.jobs.cancel_button
+        self.progress = self.jobs.progress
+        self.status = self.jobs.status
         self.metrics_label = QLabel("Metrics of the result")
         self.metrics_table = QTableWidget(0, 3)
         self.metrics_table.setHorizontalHeaderLabels(["metric", "value", "scale"])
@@ -159,19 +178,16 @@ class FuseWidget(QWidget):
         form = QFormLayout()
         form.addRow("Reference", self.reference_combo)
         form.addRow("Method", self.method_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.fuse_button)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Layers to fuse"))
         layout.addWidget(self.layer_list)
         layout.addLayout(form)
         layout.addWidget(self.description)
-        layout.addLayout(self.params_form)
+        for parameters in self.forms.values():
+            layout.addWidget(parameters.native)
+            parameters.changed.connect(self._parameters_changed)
         layout.addWidget(self.preview_check)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(self.jobs)
         layout.addWidget(self.metrics_label)
         layout.addWidget(self.volume_metrics_check)
         layout.addWidget(self.metrics_table)
@@ -186,8 +202,6 @@ class FuseWidget(QWidget):
         self.reference_combo.currentIndexChanged.connect(self._selection_changed)
         self.layer_list.itemChanged.connect(self._selection_changed)
         self.preview_check.toggled.connect(self._preview_toggled)
-        self.fuse_button.clicked.connect(self.start_fusion)
-        self.cancel_button.clicked.connect(self.cancel)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
         viewer.layers.events.moved.connect(self._refresh_layers)
@@ -196,6 +210,11 @@ class FuseWidget(QWidget):
         self._refresh_layers()
         self._method_changed(self.method_combo.currentText())
 
+    @property
+    def worker(self):
+        """The running fusion's worker, or None."""
+        return self.jobs.worker
+
     # ------------------------------------------------------------------ layers
 
     def _candidates(self) -> list[Image]:
@@ -203,7 +222,7 @@ class FuseWidget(QWidget):
         return [
             _raw(layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and layer.metadata.get("step") != "fusion preview"
+            if isinstance(layer, Image) and layer.metadata.get("step") != PREVIEW_STEP
         ]
 
     def _refresh_layers(self, event=None):
@@ -218,7 +237,7 @@ class FuseWidget(QWidget):
         for layer in candidates:
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            default = Qt.Checked if layer.visible and layer.metadata.get("step") not in OWN_STEPS else Qt.Unchecked
+            default = Qt.Checked if layer.visible and not _made_here(layer) else Qt.Unchecked
             item.setCheckState(ticks.get(id(layer), default))
             self.layer_list.addItem(item)
             self.reference_combo.addItem(layer.name)
@@ -282,102 +301,74 @@ class FuseWidget(QWidget):
 
     # ------------------------------------------------------------------ parameters
 
-    def _method_changed(self, method: str):
-        while self.params_form.rowCount():
-            self.params_form.removeRow(0)
-        self._param_widgets = {}
+    def _shown_forms(self, method: str) -> list[str]:
+        """The methods whose forms show for ``method`` in the combo (colour: its own and its inner method's)."""
         if method == AUTO:
-            defaults = fz.method_defaults(fz.DEFAULT_METHOD)
+            return [DEFAULT_METHOD]
+        if method == fz.COLOUR_METHOD:
+            return [method, self.forms[method]["inner"].value]
+        return [method]
+
+    def _method_changed(self, method: str):
+        shown = self._shown_forms(method)
+        for name, parameters in self.forms.items():
+            parameters.native.setVisible(name in shown)
+        if method == AUTO:
             self.description.setText(
                 f"Chosen by the checked layers: a colour layer (PET/SPECT pseudo-colour) gives colour fusion, "
-                f"its luminance fused with the others by {fz.DEFAULT_METHOD!r} and its colour kept; grey layers "
-                f"give {fz.DEFAULT_METHOD!r}. {fz.METHODS[fz.DEFAULT_METHOD].description}"
+                f"its luminance fused with the others by {DEFAULT_METHOD!r} and its colour kept; grey layers "
+                f"give {DEFAULT_METHOD!r}. {operations('fuse')[DEFAULT_METHOD].doc}"
             )
         else:
-            defaults = fz.method_defaults(method)
-        if method == fz.COLOUR_METHOD:
-            defaults = {**defaults, **fz.method_defaults(defaults["inner"])}
-            self.description.setText(
-                "Colour of the functional image (RGB, or the colormap on the last grey image) over the "
-                "anatomical detail; the luminance is fused by the inner method."
-            )
-        elif method != AUTO:
-            self.description.setText(fz.METHODS[method].description)
-        for key, default in defaults.items():
-            if default is None:
-                continue
-            widget = self._control(key, default)
-            self._param_widgets[key] = widget
-            self.params_form.addRow(key, widget)
+            self.description.setText(operations("fuse")[method].doc)
         self._schedule_preview()
 
-    def _control(self, key: str, default) -> QWidget:
-        if key in fz.PARAMETER_CHOICES:
-            widget = QComboBox()
-            widget.addItems(list(fz.PARAMETER_CHOICES[key]))
-            widget.setCurrentText(str(default))
-            widget.currentTextChanged.connect(self._schedule_preview)
-        elif isinstance(default, int):
-            widget = QSpinBox()
-            widget.setRange(0, 100_000)
-            widget.setValue(default)
-            widget.valueChanged.connect(self._schedule_preview)
+    def _parameters_changed(self, *args):
+        if self.method_combo.currentText() == fz.COLOUR_METHOD:  # the inner method may have changed
+            self._method_changed(fz.COLOUR_METHOD)
         else:
-            widget = QDoubleSpinBox()
-            widget.setDecimals(6)
-            widget.setRange(0.0, 1e4)
-            widget.setSingleStep(max(abs(default) / 10, 1e-6))
-            widget.setValue(default)
-            widget.valueChanged.connect(self._schedule_preview)
-        return widget
+            self._schedule_preview()
 
-    def parameters(self) -> dict:
-        """The method's parameters as set in the controls."""
-        params = {}
-        for key, widget in self._param_widgets.items():
-            if isinstance(widget, QComboBox):
-                params[key] = widget.currentText()
-            else:
-                params[key] = widget.value()
-        return params
+    def parameters(self, method: str | None = None) -> dict:
+        """The parameters of ``method`` (default: the one chosen; auto counts as the default method) as set.
+
+        For colour fusion, its own and the inner method's (auto: the default inner method).
+        """
+        chosen = self.method_combo.currentText()
+        method = method or (DEFAULT_METHOD if chosen == AUTO else chosen)
+        if method != fz.COLOUR_METHOD:
+            return self.forms[method].values()
+        values = self.forms[method].values()
+        if chosen == AUTO:
+            values["inner"] = DEFAULT_METHOD
+        values.update(self.forms[values["inner"]].values())
+        return values
 
     # ------------------------------------------------------------------ inputs
 
-    def _inputs(self, layers):
-        """Data, affines and options of the chosen layers (reference first); ValueError if unusable."""
+    def _inputs(self, layers, *, copy: bool):
+        """The chosen layers as images (reference first) and the method; ValueError if unusable."""
         if len(layers) < 2:
             raise ValueError(f"check at least two image layers to fuse (checked: {len(layers)})")
-        images, affines, rgb, modalities = [], [], [], []
         for layer in layers:
             if layer.multiscale:
                 raise ValueError(f"layer {layer.name!r} is multiscale; Fuse works on single-resolution images")
-            n_spatial = layer.ndim
-            if n_spatial not in (2, 3):
-                raise ValueError(f"layer {layer.name!r} has {n_spatial} axes; Fuse handles 2D and 3D images")
-            images.append(np.asarray(layer.data))
-            affines.append(spatial_affine(layer, n_spatial))
-            rgb.append(bool(layer.rgb))
-            modalities.append(layer.metadata.get("modality"))
-        shapes = [img.shape[:-1] if flag else img.shape for img, flag in zip(images, rgb)]
-        fz.check_overlap(shapes, affines, reference_index=0)
+            if layer.ndim not in (2, 3):
+                raise ValueError(f"layer {layer.name!r} has {layer.ndim} axes; Fuse handles 2D and 3D images")
+        images = [image_of(layer, copy=copy) for layer in layers]
+        shapes = [image.data.shape[: image.spatial_ndim] for image in images]
+        fz.check_overlap(shapes, [image.affine for image in images], reference_index=0)
         method = self.method_combo.currentText()
         if method == AUTO:
-            method = fz.auto_method(images, rgb)
-        colour = [fz.is_colour(image, flag) for image, flag in zip(images, rgb)]
+            method = fz.auto_method([image.data for image in images], [image.rgb for image in images])
+        colour = [fz.is_colour(image.data, image.rgb) for image in images]
         if any(colour) and method != fz.COLOUR_METHOD:
             names = [layer.name for layer, flag in zip(layers, colour) if flag]
             raise ValueError(
                 f"{', '.join(names)} is colour; method {method!r} fuses grey images: choose 'auto' or 'colour' "
                 "(keeps the colour) or convert the layer to grey"
             )
-        options = {
-            "reference_index": 0,
-            "rgb": rgb,
-            "modalities": modalities,
-            "method": method,
-            "params": self.parameters(),
-        }
-        return images, affines, options
+        return images, method
 
     def _window(self, layer, image) -> tuple[float, float] | None:
         """Intensity window of a grey layer, cached while its data object is unchanged."""
@@ -416,30 +407,30 @@ class FuseWidget(QWidget):
         if not self.preview_check.isChecked():
             self._remove_preview()
             return False
-        method = self.method_combo.currentText()
-        inner = self.parameters().get("inner") if method == fz.COLOUR_METHOD else method
-        inner = fz.DEFAULT_METHOD if inner == AUTO else inner
-        if inner in fz.METHODS and not fz.METHODS[inner].interactive:
-            self.status.setText(f"No live preview for {inner!r} (it trains a network): click Fuse.")
+        inner = self.parameters()["inner"] if self.method_combo.currentText() == fz.COLOUR_METHOD else None
+        trained = inner or self.method_combo.currentText()
+        if trained != AUTO and not operations("fuse")[trained].deterministic:
+            self.status.setText(f"No live preview for {trained!r} (it trains a network): click Fuse.")
             self._remove_preview()
             return False
         layers = self.selected_layers()
         try:
-            images, affines, options = self._inputs(layers)
-            method = options["method"]
-            plane = self._current_plane(layers[0], affines[0])
-            windows = [self._window(layer, image) for layer, image in zip(layers, images)]
+            images, method = self._inputs(layers, copy=False)
+            params = core_parameters(method, self.parameters(method))
+            plane = self._current_plane(layers[0], images[0].affine)
+            windows = [self._window(layer, image.data) for layer, image in zip(layers, images)]
             start = time.perf_counter()
-            prepared = fz.resample_to_reference(
-                images, affines, rgb=options["rgb"], modalities=options["modalities"], plane=plane, windows=windows
-            )
-            result = fz.fuse(prepared, method=method, rgb=options["rgb"], normalise=False, **options["params"])
+            rgb = [image.rgb for image in images]
+            prepared = fz.resample_to_reference([image.data for image in images], [image.affine for image in images],
+                                                rgb=rgb, modalities=[image.metadata.get("modality") for image in images],
+                                                plane=plane, windows=windows)
+            result = fz.fuse(prepared, method=method, rgb=rgb, normalise=False, **params)
             self.last_preview_seconds = time.perf_counter() - start
         except ValueError as error:
             self.status.setText(f"Preview: {error}")
             self._remove_preview()
             return False
-        affine = affines[0]
+        affine = images[0].affine
         data = result.fused
         if plane is not None:
             shift = np.eye(4)
@@ -458,7 +449,7 @@ class FuseWidget(QWidget):
         full = np.eye(reference.ndim + 1)
         n = spatial.shape[0] - 1
         full[-n - 1 :, -n - 1 :] = spatial
-        metadata = {"step": "fusion preview", "method": result.method, "params": result.params}
+        metadata = {"step": PREVIEW_STEP, "method": result.method, "params": result.params}
         rgb = data.ndim == reference.ndim + 1
         existing = self.viewer.layers[PREVIEW_NAME] if PREVIEW_NAME in self.viewer.layers else None
         if existing is not None and existing.rgb == rgb and existing.data.shape == data.shape:
@@ -484,93 +475,39 @@ class FuseWidget(QWidget):
         """Fuse the whole images in a worker; returns the worker (None when the inputs are unusable)."""
         layers = self.selected_layers()
         try:
-            images, affines, options = self._inputs(layers)
+            images, method = self._inputs(layers, copy=True)
+            params = self.parameters(method)
         except ValueError as error:
-            show_error(f"Fuse: {error}")
+            self.jobs.fail("Fuse", str(error))
             return None
         reference = layers[0]
         self.clear_metrics()
-        plane = None if self.volume_metrics_check.isChecked() else self._current_plane(reference, affines[0])
+        plane = None if self.volume_metrics_check.isChecked() else self._current_plane(reference, images[0].affine)
         names = [layer.name for layer in layers]
-        learned = "learned" in (options["method"], options["params"].get("inner"))
-        total = int(options["params"]["n_iter"]) if learned else 0
-        worker = create_worker(
-            _fusion_job,
-            images,
-            affines,
-            options,
-            plane,
-            _progress={"total": total, "desc": f"Fusing ({options['method']})"},
-        )
-        self.progress.setRange(0, total)
-        self.progress.setValue(0)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda out: self._add_result(out, reference, names, options, plane))
-        worker.errored.connect(lambda error: show_error(f"Fuse: {error}"))
-        worker.finished.connect(self._finished)
-        self.fuse_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText(f"Fusing {len(layers)} layers with {options['method']!r}...")
-        self.worker = worker
-        start_worker(worker)
-        return worker
+        return self.jobs.start(_fusion_job, images, method, params, plane, title=f"Fuse ({method})",
+                               on_result=lambda out: self._add_result(out, reference, names, plane))
 
     def cancel(self):
-        """Stop the running fusion (at its next progress tick)."""
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelled")
+        """Stop the running fusion (at its next progress step)."""
+        self.jobs.cancel()
 
-    def _on_progress(self, tick):
-        self.progress.setRange(0, tick.total)
-        self.progress.setValue(tick.step)
-        self.status.setText(tick.message)
-
-    def _finished(self):
-        self.worker = None
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.fuse_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
-    def _add_result(self, out, reference, names, options, plane):
-        result, metrics = out
-        geometry = geometry_of(reference)
-        provenance = {
-            "step": "fuse",
-            "method": result.method,
-            "params": result.params,
-            "inputs": names,
-            "reference": names[0],
-        }
-        rgb = result.fused.ndim == reference.ndim + 1
-        self.viewer.add_image(
-            result.fused,
-            name=f"fused ({result.method})",
-            rgb=rgb,
-            metadata=dict(provenance),
-            contrast_limits=None if rgb else (0.0, 1.0),
-            **geometry,
-        )
-        for i, name in enumerate(names):
-            self.viewer.add_image(
-                result.weights[i],
-                name=f"contribution: {name}",
-                colormap=CONTRIBUTION_COLORMAPS[i % len(CONTRIBUTION_COLORMAPS)],
-                blending="additive",
-                opacity=0.6,
-                contrast_limits=(0.0, 1.0),
-                visible=False,
-                metadata=dict(provenance, step="fuse contribution", input=name),
-                **geometry,
-            )
-        self._show_metrics(metrics, len(names), f"fused ({result.method})")
+    def _add_result(self, out, reference, names, plane):
+        outputs, metrics = out
+        fused = outputs["image"]
+        method = fused.metadata["provenance"]["method"]
+        add_image_layer(self.viewer, fused, like=reference, name=f"fused ({method})",
+                        contrast_limits=None if fused.rgb else (0.0, 1.0))
+        for i, (name, contribution) in enumerate(zip(names, outputs["contributions"])):
+            contribution.metadata["provenance"] = fused.metadata["provenance"]  # one record: the fusion's
+            add_image_layer(self.viewer, contribution, like=reference, name=f"contribution: {name}",
+                            colormap=CONTRIBUTION_COLORMAPS[i % len(CONTRIBUTION_COLORMAPS)], blending="additive",
+                            opacity=0.6, contrast_limits=(0.0, 1.0), visible=False)
+        self._show_metrics(metrics, len(names), f"fused ({method})")
         if plane is not None:
             where = f" (metrics on plane {plane})"
         else:
             where = " (metrics of the whole volume)" if reference.ndim == 3 else ""
-        self.status.setText(f"Fused {len(names)} layers with {result.method!r}{where}")
-        show_info(f"Fused {', '.join(names)} with {result.method}")
+        self.status.setText(f"Fused {len(names)} layers with {method!r}{where}")
 
     def clear_metrics(self) -> None:
         """Empty the metrics table (a run starts, or the inputs changed)."""

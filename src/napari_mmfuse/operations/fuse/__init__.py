@@ -48,6 +48,20 @@ def parse_weights(text: str) -> list[float]:
     return weights
 
 
+def core_parameters(method: str, params: dict, *, seed=None) -> dict:
+    """The keywords :func:`napari_mmfuse.core.fuse.fuse` takes for an operation's checked parameters.
+
+    Unset (``None``) parameters are left out, so the method's own default applies;
+    ``weights`` text becomes numbers; ``seed`` goes to learned fusion (also as colour's inner method).
+    """
+    given = {name: value for name, value in params.items() if value is not None}
+    if "weights" in given:
+        given["weights"] = parse_weights(given["weights"])
+    if seed is not None and "learned" in (method, given.get("inner")):
+        given["seed"] = int(seed)
+    return given
+
+
 def run_fusion(images, *, method: str, device=None, seed=None, **params):
     """Fuse ``images`` on the first one's grid; yields :class:`Progress`, returns the output ports.
 
@@ -71,11 +85,7 @@ def run_fusion(images, *, method: str, device=None, seed=None, **params):
         modalities=[image.metadata.get("modality") for image in images],
         device=device,
     )
-    given = {name: value for name, value in params.items() if value is not None}
-    if "weights" in given:
-        given["weights"] = parse_weights(given["weights"])
-    if seed is not None and "learned" in (method, given.get("inner")):
-        given["seed"] = int(seed)
+    given = core_parameters(method, params, seed=seed)
     result = yield from core.fuse_steps(prepared, method=method, rgb=rgb, normalise=False, device=device, **given)
     yield Progress(1, 1, "fused")
     fused = reference.like(result.fused, name=f"fused ({method})", kind="image",
