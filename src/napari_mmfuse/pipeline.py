@@ -81,7 +81,9 @@ def run_steps(
     record.seconds = round(time.perf_counter() - start, 3)
     for name, value in outputs.items():
         data = getattr(value, "data", value)
-        if hasattr(data, "dtype") and hasattr(data, "shape"):
+        if callable(getattr(value, "describe", None)):  # a transform, a model: its own summary
+            record.outputs[name] = value.describe()
+        elif hasattr(data, "dtype") and hasattr(data, "shape"):
             record.outputs[name] = {"hash": content_hash(data), "shape": [int(n) for n in data.shape],
                                     "dtype": str(data.dtype)}
         if isinstance(value, Image):
@@ -124,11 +126,16 @@ def replay(record: Provenance, *, read_input: Callable[[dict], object] | None = 
                seed=record.seed)
 
 
-def read_source(entry: dict) -> Image:
-    """The :class:`Image` an input entry was read from (``entry["source"]``: path and series)."""
+def read_source(entry: dict):
+    """The input an entry was read from (``entry["source"]``): an :class:`Image` (path and series) or,
+    for ``kind: transform``, a :class:`~napari_mmfuse.io.transforms.Transform`."""
     source = entry.get("source")
     if not source or "path" not in source:
         raise ValueError(f"input {entry.get('name', '')!r} was not read from a file: it cannot be replayed headless")
+    if source.get("kind") == "transform":
+        from .io.transforms import Transform
+
+        return Transform.from_source(source)
     return read_image(source["path"], series=int(source.get("series", 0)), kind=source.get("kind", "image"))
 
 

@@ -116,7 +116,7 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
     ----------
     path : str or Path
     value : napari_mmfuse.operations.Image or object with ``save(path, overwrite=)``
-        A transform, a trained model, ...
+        A transform (a deformable one writes its field beside: ``<name>_field.nii.gz``), a trained model, ...
     overwrite : bool
     provenance : dict, optional
         Stored in the file's metadata where the format allows.
@@ -127,6 +127,9 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
     from ..operations import Image
 
     path = Path(path)
+    if getattr(value, "kind", None) == "transform" and getattr(value, "displacement", None) is not None:
+        field = path.with_name(path.name.split(".")[0] + "_field.nii.gz")
+        return value.save(path, overwrite=overwrite, displacement_path=field)
     if not isinstance(value, Image):
         return value.save(path, overwrite=overwrite)
     data = value.data

@@ -1,0 +1,119 @@
+"""Cohorts: recipe validation, ``mmfuse run`` on a local Dask cluster, faults and ``--resume``."""
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from napari_mmfuse.cli import main
+from napari_mmfuse.cohort import RecipeError, load_recipe
+from napari_mmfuse.cohort.table import read_table
+from napari_mmfuse.io import write
+from napari_mmfuse.provenance import Provenance, sidecar_path
+
+RECIPE = {
+    "recipe": 1,
+    "name": "phantom",
+    "inputs": {"t1": "*_t1.nii.gz", "ct": "*_ct.nii.gz",
+               "truth": {"pattern": "*_truth.nii.gz", "kind": "labels"}},
+    "steps": [
+        {"id": "t1_clean", "op": "denoise/gaussian", "inputs": {"image": "t1"}, "params": {"sigma": 1.0}},
+        {"id": "ct_on_t1", "op": "register/rigid", "inputs": {"fixed": "t1_clean", "moving": "ct"},
+         "params": {"levels": 2, "iterations": 60, "sampling": 0.5}},
+        {"id": "fused", "op": "fuse/average", "inputs": {"images": ["t1_clean", "ct_on_t1.resampled"]}},
+        {"id": "mask", "op": "segment/otsu", "inputs": {"images": ["t1_clean"]}},
+    ],
+    "measure": [{"dice": ["mask", "truth"]}],
+}
+SHIFT_MM = 2.0
+
+
+def _subject(folder, seed: int):
+    """Overlapping smooth ellipsoids (2 mm voxels) as a T1-like image, a CT-like image of the same
+    anatomy (another contrast) shifted by one voxel (2 mm) along x, and the true foreground mask."""
+    from scipy import ndimage
+
+    folder.mkdir(parents=True)
+    z, y, x = np.mgrid[:24, :40, :40].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    tissue = np.zeros(z.shape, np.float32)
+    for k in range(6):
+        centre, radii = rng.uniform([6, 10, 10], [18, 30, 30]), rng.uniform([3, 4, 4], [7, 10, 10])
+        tissue += (k + 1) * ((((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
+                              + ((x - centre[2]) / radii[2]) ** 2) < 1)
+    tissue = ndimage.gaussian_filter(tissue, 1.0)
+    t1 = 20 + 15 * tissue + rng.normal(0, 2, tissue.shape)
+    ct = np.roll(200 - 30 * tissue**1.5, 1, axis=2)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    name = folder.name
+    write(folder / f"{name}_t1.nii.gz", t1.astype(np.float32), affine)
+    write(folder / f"{name}_ct.nii.gz", ct.astype(np.float32), affine)
+    write(folder / f"{name}_truth.nii.gz", (tissue > 1.0).astype(np.uint8), affine, labels=True)
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    for index in range(3):
+        _subject(tmp_path / "study" / f"sub-0{index + 1}", index)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    return tmp_path, recipe
+
+
+def test_a_bad_recipe_is_refused_before_any_subject_runs_naming_the_line(tmp_path):
+    bad = dict(RECIPE, steps=[*RECIPE["steps"][:1], {"id": "x", "op": "denoise/nlmm", "inputs": {"image": "t1"}}])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad, sort_keys=False))
+    with pytest.raises(RecipeError, match=r"bad.yaml line \d+: step x: unknown denoise method 'nlmm'"):
+        load_recipe(path)
+    wrong_param = dict(RECIPE, steps=[{"id": "a", "op": "denoise/gaussian", "inputs": {"image": "t1"},
+                                       "params": {"sigma": -1}}])
+    path.write_text(yaml.safe_dump(wrong_param, sort_keys=False))
+    with pytest.raises(RecipeError, match="step a: sigma must be"):
+        load_recipe(path)
+    unknown_input = dict(RECIPE, steps=[{"id": "a", "op": "denoise/gaussian", "inputs": {"image": "t2"}}])
+    path.write_text(yaml.safe_dump(unknown_input, sort_keys=False))
+    with pytest.raises(RecipeError, match="'t2' is neither a recipe input nor an earlier step's output"):
+        load_recipe(path)
+
+
+def test_run_resume_and_a_failing_subject(cohort, capsys):
+    root, recipe = cohort
+    (root / "study" / "sub-03" / "sub-03_ct.nii.gz").write_bytes(b"not a nifti")  # corrupt: that subject fails
+    out = root / "results"
+    code = main(["run", str(recipe), "--subjects", str(root / "study" / "sub-*"), "-o", str(out), "--workers", "2"])
+    assert code == 1  # one subject failed
+    assert "Dask dashboard" in capsys.readouterr().err
+    rows = {row["subject"]: row for row in read_table(out / "cohort.parquet")}
+    assert sorted(rows) == ["sub-01", "sub-02", "sub-03"]
+    assert rows["sub-03"]["status"] == "failed" and "sub-03_ct.nii.gz" in rows["sub-03"]["error"]
+    for name in ("sub-01", "sub-02"):
+        row = rows[name]
+        assert row["status"] == "done" and row["computed"] == 4
+        mask = _read(out / name / "mask.nii.gz") == 1
+        truth = _read(root / "study" / name / f"{name}_truth.nii.gz") > 0
+        assert row["dice.mask"] == pytest.approx(2 * (mask & truth).sum() / (mask.sum() + truth.sum()), abs=1e-6)
+        assert row["dice.mask"] > 0.7
+        assert row["mask.volume.1"] == pytest.approx(mask.sum() * 8.0)  # mm^3 of 2 mm voxels
+        record = Provenance.load(sidecar_path(out / name / "fused.nii.gz"))
+        assert record.operation == "fuse/average"
+        # the known misalignment is found: 2 mm along x (napari's last axis)
+        transform = Provenance.load(sidecar_path(out / name / "ct_on_t1.tfm")).outputs["transform"]
+        np.testing.assert_allclose(np.abs(np.asarray(transform["matrix"])[:3, 3]), [0, 0, SHIFT_MM], atol=0.5)  # a quarter voxel
+    assert len(read_table(out / "cohort.csv")) == 3
+
+    # refused without --resume; with it, only what is missing is recomputed
+    assert main(["run", str(recipe), "--subjects", str(root / "study" / "sub-0[12]"), "-o", str(out)]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    (out / "sub-02" / "fused.nii.gz").unlink()
+    assert main(["run", str(recipe), "--subjects", str(root / "study" / "sub-0[12]"), "-o", str(out), "--resume"]) == 0
+    rows = {row["subject"]: row for row in read_table(out / "cohort.csv")}
+    assert rows["sub-01"]["computed"] == 0 and rows["sub-01"]["reused"] == 4
+    assert rows["sub-02"]["computed"] == 1 and rows["sub-02"]["reused"] == 3
+
+
+def _read(path):
+    from napari_mmfuse.pipeline import read_image
+
+    return np.asarray(read_image(path).data)
