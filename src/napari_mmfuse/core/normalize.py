@@ -16,8 +16,6 @@ from skimage.filters import threshold_otsu
 
 #: Methods of :func:`normalize` by name (``"poly-bias"``: :func:`correct_bias_field`).
 METHODS = ("percentile", "zscore", "histogram", "poly-bias", "macenko", "reinhard")
-GREY_METHODS = ("percentile", "zscore", "histogram", "poly-bias")
-RGB_METHODS = ("macenko", "reinhard")
 
 #: Reference H&E optical-density stain vectors (rows: haematoxylin, eosin) and 99th-percentile
 #: concentrations, the values published with Macenko et al. (2009) and widely used as a target.

@@ -11,7 +11,7 @@ kernels, slab runner), :mod:`.filters` (the filters by name), :mod:`.noise` (noi
 parameters from it), :mod:`.n2v` (Noise2Void network, training, model files).
 """
 
-from .checks import DISTANCE_PARAMETERS, PARAMETER_RANGES, check_distances, check_image, spacing_per_axis, world_radii
+from .checks import DISTANCE_PARAMETERS, check_distances, check_image, spacing_per_axis, world_radii
 from .filters import (
     DEFAULT_MAX_VOXELS,
     anisotropic_diffusion,
@@ -39,7 +39,7 @@ from .n2v import (
 from .noise import METHODS, estimate_noise, estimated_parameters, suggest_parameters
 
 __all__ = [
-    "DEFAULT_MAX_VOXELS", "DISTANCE_PARAMETERS", "METHODS", "N2V_ARCHITECTURES", "PARAMETER_RANGES", "MaxBlurPool",
+    "DEFAULT_MAX_VOXELS", "DISTANCE_PARAMETERS", "METHODS", "N2V_ARCHITECTURES", "MaxBlurPool",
     "N2V2UNet", "N2VConfig", "N2VModel", "TrainStep", "anisotropic_diffusion", "bilateral", "check_distances",
     "check_image", "denoise", "denoise_steps", "estimate_noise", "estimated_parameters", "gaussian", "median",
     "n2v_multiple", "n2v_network", "n2v_patch_shape", "n2v_train", "nl_means", "noise2void", "spacing_per_axis",

@@ -1,27 +1,12 @@
-"""Input checks of the denoising filters: the image, its spacing and distance parameters."""
+"""Input checks of the denoising filters: the image, its spacing and distance parameters.
+
+The parameters' ranges are declared once, in the operation registry
+(:mod:`napari_mmfuse.operations.denoise`); here distances are bounded by the image itself.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-
-from ..params import ParameterRange
-
-#: Allowed values of every method's numeric keyword (checked by callers before any work;
-#: distances are further bounded by the image's extent, see :func:`check_distances`).
-PARAMETER_RANGES: dict[str, ParameterRange] = {
-    "sigma": ParameterRange(float, 0.0, None),  # gaussian: std (> 0, checked by the filter); nlm: noise std
-    "radius": ParameterRange(float, 0.0, None, open_minimum=True),
-    "sigma_spatial": ParameterRange(float, 0.0, None, open_minimum=True),
-    "sigma_range": ParameterRange(float, 0.0, None, open_minimum=True),
-    "weight": ParameterRange(float, 0.0, None, open_minimum=True),
-    "h": ParameterRange(float, 0.0, None, open_minimum=True),
-    "patch_radius": ParameterRange(float, 0.0, None),
-    "search_radius": ParameterRange(float, 0.0, None, open_minimum=True),
-    "kappa": ParameterRange(float, 0.0, None, open_minimum=True),
-    "n_iter": ParameterRange(int, 1, 10_000),
-    "steps": ParameterRange(int, 1, 1_000_000),
-    "patch": ParameterRange(int, 8, 1024),
-}
 
 #: Keywords that are distances in world units, per method (bounded by the image's extent).
 DISTANCE_PARAMETERS = {
