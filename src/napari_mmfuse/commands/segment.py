@@ -86,9 +86,8 @@ def run_segment(args) -> int:
                   args.overwrite)
     output = _nifti_output(args.output)
     probabilities_path = _nifti_output(args.probabilities) if args.probabilities else None
-    networks = ("unet", "predict")
-    if args.method not in networks and (args.model or args.save_model or args.probabilities):
-        raise ValueError("--model, --save-model and --probabilities apply to --method unet only")
+    if args.method not in ("unet", "predict") and (args.model or args.save_model or args.probabilities):
+        raise ValueError("--model, --save-model and --probabilities apply to --method unet and predict only")
     params = params_from_args(get("segment", args.method), args)
     get_device(args.device)
     method = args.method
@@ -98,6 +97,8 @@ def run_segment(args) -> int:
         method, params = "predict", {}
     if method == "watershed" and args.scribbles is None:
         raise ValueError("--method watershed needs --scribbles")
+    if method == "predict" and not args.model:
+        raise ValueError("--method predict needs --model")
     inputs = {"images": [read_image(path) for path in args.images]}
     if args.scribbles and method in ("unet", "watershed"):
         inputs["strokes"] = read_image(args.scribbles, kind="labels")
