@@ -258,18 +258,27 @@ class N2VModel:
         y = with_oom_retry(run, tile=tile or (512 if array.ndim == 2 else 128), min_tile=multiple * 4)
         return (y * self.config.std + self.config.mean).astype(np.float32)
 
-    def save(self, path) -> Path:
-        """Write ``<path>.pt`` (state_dict) and ``<path>.json`` (config); return the ``.pt`` path."""
+    def save(self, path, *, overwrite: bool = True) -> Path:
+        """Write ``<path>.pt`` (state_dict) and ``<path>.json`` (config); return the ``.pt`` path.
+
+        Each file is renamed into place whole; with ``overwrite=False`` an existing one is refused.
+        """
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".pt", ".json") else path
         stem.parent.mkdir(parents=True, exist_ok=True)
         weights = stem.with_suffix(".pt")
         from ...io.atomic import atomic_output, write_text
 
-        with atomic_output(weights, overwrite=True) as temporary:  # each file renamed into place whole
+        with atomic_output(weights, overwrite=overwrite) as temporary:
             torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, temporary)
-        write_text(stem.with_suffix(".json"), self.config.to_json(), overwrite=True)
+        write_text(stem.with_suffix(".json"), self.config.to_json(), overwrite=overwrite)
         return weights
+
+    def describe(self) -> dict:
+        """The provenance entry of this model as an input: its architecture and training."""
+        return {"name": "Noise2Void model", "kind": "model", "architecture": self.config.architecture,
+                "channels": list(self.config.channels), "steps_trained": self.config.steps_trained,
+                "mean": self.config.mean, "std": self.config.std}
 
     @classmethod
     def load(cls, path, *, device=None) -> N2VModel:
