@@ -356,10 +356,8 @@ def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch
     from napari_mmfuse.widgets._layers import world_affine
     from napari_mmfuse.widgets.segment import remember_model
 
-    from napari_mmfuse.widgets import _jobs
-
     errors = []
-    monkeypatch.setattr(_jobs, "show_error", errors.append)  # the job panel reports rejected inputs
+    monkeypatch.setattr(explain_widget, "show_error", errors.append)
     images, lesion, model, _ = transformer
     viewer = make_napari_viewer(show=True)  # shown, so that the screenshot renders
     placement = {"scale": (0.8, 0.8), "translate": (12.0, -20.0), "units": ("mm", "mm")}

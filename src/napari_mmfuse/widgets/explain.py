@@ -301,7 +301,7 @@ class ExplainWidget(QWidget):
             None when the inputs were rejected (the user is notified).
         """
         if self.jobs.busy:
-            self.jobs.fail("Explain", "a run is in progress; cancel it first")
+            show_error("Explain: a run is in progress; cancel it first")
             return None
         model = self.current_model()
         if model is not self._shown_model:  # a model was trained or loaded since: show its classes
@@ -320,8 +320,8 @@ class ExplainWidget(QWidget):
             region, region_text = self._region(images[0])
             if method == "attention" and not explain.attention_blocks(model):
                 raise ValueError(explain.NO_ATTENTION)
-        except ValueError as error:
-            self.jobs.fail("Explain", str(error))
+        except ValueError as error:  # rejected before starting: notified as Segment does
+            show_error(f"Explain: {error}")
             return None
         operation = self.operations[method]
         params = self.forms[method].values() | {"target": self.target.currentData(), "attribution": True}
