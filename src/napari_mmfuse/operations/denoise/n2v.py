@@ -39,9 +39,9 @@ OPERATIONS = (
         label="Noise2Void (self-supervised)",
         doc="Noise2Void: a UNet trained on the noisy image itself with blind-spot masking (seeded)",
         params=(
-            Param("steps", int, None, "training steps; auto: 400 (2D) or 800 (3D)", minimum=1, maximum=1_000_000,
+            Param("steps", int, None, "training steps; when unset, 400 (2D) or 800 (3D)", minimum=1, maximum=1_000_000,
                   label="training steps"),
-            Param("patch", int, None, "training patch edge, a multiple of 4; auto: 64 (2D) or 32 (3D)", minimum=8,
+            Param("patch", int, None, "training patch edge, a multiple of 4; when unset, 64 (2D) or 32 (3D)", minimum=8,
                   maximum=1024, unit="px"),
         ),
         inputs=(Port("image", "image", "grey 2D or 3D image"),
