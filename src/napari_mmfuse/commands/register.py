@@ -29,8 +29,15 @@ from ..core.lazy import (
     level_affine,
     output_level_index,
 )
+from ..core.params import ParameterRange, check_parameter
 from ..io import check_writable
-from ._outputs import check_outputs
+from ._options import add_method_options, params_from_args, write_sidecar
+from ._outputs import check_outputs, save_output
+
+
+_IMAGE_MODELS = ("rigid", "similarity", "affine", "deformable")
+#: ``--max-size``: pyramids register on their finest level of at most this many pixels a side.
+MAX_SIZE_RANGE = ParameterRange(int, 16, None)
 
 
 def add_parser(subparsers) -> None:
@@ -38,15 +45,14 @@ def add_parser(subparsers) -> None:
     register.add_argument("fixed", help="fixed (reference) image")
     register.add_argument("moving", help="moving image")
     register.add_argument("-o", "--output", required=True, help="moving resampled on the fixed grid (.nii.gz, .mha, .png, ...)")
-    register.add_argument("--model", default="rigid", choices=("rigid", "similarity", "affine", "deformable"))
-    register.add_argument("--metric", default="mi", choices=("mi", "nmi", "lncc", "mse"))
+    register.add_argument("--model", dest="method", default="rigid", choices=_IMAGE_MODELS,
+                          help="the transform model (same as --method; default rigid)")
+    add_method_options(register, "register", methods=_IMAGE_MODELS, default="rigid")
     register.add_argument("--transform", help="write the linear transform here (.tfm, .txt or .json)")
     register.add_argument("--displacement", help="write the deformable displacement field here (.nii.gz, .mha)")
     register.add_argument("--init", help="initial transform (.tfm, .txt, .mat or .json)")
     register.add_argument("--fixed-mask", help="mask image on the fixed grid (nonzero = use)")
     register.add_argument("--moving-mask", help="mask image on the moving grid (nonzero = use)")
-    register.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
-    register.add_argument("--iterations", type=int, default=100, help="most iterations per level (default 100)")
     register.add_argument(
         "--max-size",
         type=int,
@@ -60,7 +66,7 @@ def add_parser(subparsers) -> None:
     landmarks = subparsers.add_parser("register-landmarks", help="fit a transform to landmark pairs (CSV, physical x,y[,z])")
     landmarks.add_argument("fixed", help="CSV of fixed points, physical LPS x,y[,z] per row (optional header)")
     landmarks.add_argument("moving", help="CSV of the corresponding moving points, same order")
-    landmarks.add_argument("--model", default="rigid", choices=("rigid", "similarity", "affine"))
+    add_method_options(landmarks, "register", methods=("landmarks",), default="landmarks")
     landmarks.add_argument("--transform", required=True, help="output transform (.tfm, .txt or .json)")
     landmarks.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     landmarks.set_defaults(func=run_landmarks)
@@ -71,7 +77,7 @@ def add_parser(subparsers) -> None:
     transform.add_argument("--displacement", help="displacement field (applied before the linear transform)")
     transform.add_argument("--reference", required=True, help="image whose grid the output takes")
     transform.add_argument("-o", "--output", required=True, help="output image (.nii.gz, .mha, .png, ...)")
-    transform.add_argument("--interpolation", choices=("linear", "nearest"), help="default: nearest for labels, else linear")
+    add_method_options(transform, "transform", default="apply")
     transform.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     transform.set_defaults(func=run_transform)
 
@@ -138,10 +144,12 @@ def registration_level(source: SourceImage, max_size: int) -> int:
     return coarse_level_index(source.level_shapes(), max_size)
 
 
-def registration_image(source: SourceImage, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of one level (RGB reduced to luminance) and that level's affine."""
-    data = np.asarray(source.levels[index])
-    return _registration_input(data, source.rgb), source.level_affine(index)
+def level_image(source: SourceImage, index: int, name: str):
+    """One pyramid level of ``source`` as an :class:`~napari_mmfuse.operations.Image` (pixels read)."""
+    from ..operations import Image
+
+    return Image(np.asarray(source.levels[index]), source.level_affine(index), name=name, rgb=source.rgb,
+                 kind="labels" if source.labels else "image", units=source.units)
 
 
 def save_image(path, data, affine: np.ndarray, *, source: SourceImage, units: str, overwrite: bool) -> None:
@@ -190,19 +198,6 @@ def _mask(path, image: SourceImage, index: int, name: str):
     return _registration_input(data, mask.rgb) != 0
 
 
-def _resample_output(moving, moving_affine, rgb, labels, transform, fixed_shape, fixed_affine, displacement, interpolation=None):
-    from ..core.register import apply_transform
-
-    return apply_transform(
-        moving,
-        moving_affine,
-        transform,
-        fixed_shape,
-        fixed_affine,
-        interpolation=interpolation or ("nearest" if labels else "linear"),
-        displacement=displacement,
-        channel_axis=-1 if rgb else None,
-    )
 
 
 def _lazy_output(moving: SourceImage, transform, reference: SourceImage, displacement, displacement_affine, interpolation=None):
@@ -226,82 +221,87 @@ def _lazy_output(moving: SourceImage, transform, reference: SourceImage, displac
     )
 
 
-def _check_register_params(args) -> None:
-    """``--levels``, ``--iterations`` and ``--max-size`` against their declared ranges."""
-    from ..core.params import check_parameter
-    from ..core.register.driver import PARAMETER_RANGES
+def _sidecar(output, record, port: str, *, overwrite: bool) -> None:
+    """Write ``record`` beside ``output``, the file that holds output ``port``."""
+    import copy
 
-    for key, spec in PARAMETER_RANGES.items():
-        check_parameter(f"--{key.replace('_', '-')}", getattr(args, key), spec)
+    own = copy.deepcopy(record)
+    own.outputs.setdefault(port, {})["path"] = str(output)
+    write_sidecar(output, own, overwrite=overwrite)
 
 
-def _capped_levels(levels: int, *shapes) -> int:
-    """``levels`` capped so the coarsest level keeps a few voxels per axis (with a note when capped)."""
-    from ..core.register.driver import MIN_COARSEST_SIDE, max_levels
+def _sidecars(*paths) -> list:
+    from ..provenance import sidecar_path
 
-    most = max_levels(*shapes)
-    if levels > most:
-        side = min(min(shape) for shape in shapes)
-        print(f"note: --levels {levels} capped to {most}: the coarsest level keeps at least "
-              f"{MIN_COARSEST_SIDE} voxels per axis (smallest side {side})")
-        return most
-    return levels
+    return [("sidecar", sidecar_path(path)) for path in paths if path is not None]
+
+
+def _pyramid_inputs(args, fixed: SourceImage, moving: SourceImage) -> dict:
+    """The registration levels of pyramid inputs (and masks on them) as images."""
+    from ..operations import Image
+
+    inputs = {}
+    for port, source, path, mask_path in (("fixed", fixed, args.fixed, args.fixed_mask), ("moving", moving, args.moving, args.moving_mask)):
+        index = registration_level(source, args.max_size)
+        if source.multiscale:
+            print(f"registering {path} on pyramid level {index} of {len(source.levels)}, shape {source.level_shapes()[index]}")
+        inputs[port] = level_image(source, index, Path(path).name)
+        mask = _mask(mask_path, source, index, port)
+        if mask is not None:
+            inputs[f"{port}_mask"] = Image(mask.astype(np.uint8), source.level_affine(index), name=Path(mask_path).name, kind="labels")
+    return inputs
 
 
 def run_register(args) -> int:
-    from ..core.register import register
-    from ..io.transforms import read_transform, write_displacement_field, write_transform
+    from ..io.transforms import Transform, write_displacement_field
+    from ..operations import get
+    from ..pipeline import read_image, run
 
     check_outputs(
-        [("-o", args.output), ("--transform", args.transform), ("--displacement", args.displacement)],
+        [("-o", args.output), ("--transform", args.transform), ("--displacement", args.displacement),
+         *_sidecars(args.output, args.transform)],
         [args.fixed, args.moving, args.init, args.fixed_mask, args.moving_mask],
         args.overwrite,
     )
     check_writable(args.output, args.overwrite)
-    _check_register_params(args)
-    if args.displacement and args.model != "deformable":
+    check_parameter("--max-size", args.max_size, MAX_SIZE_RANGE)
+    params = params_from_args(get("register", args.method), args)
+    if args.displacement and args.method != "deformable":
         raise ValueError("--displacement needs --model deformable")
     fixed, moving = open_image(args.fixed), open_image(args.moving)
-    fixed_index, moving_index = registration_level(fixed, args.max_size), registration_level(moving, args.max_size)
-    for source, path, index in ((fixed, args.fixed, fixed_index), (moving, args.moving, moving_index)):
-        if source.multiscale:
-            print(f"registering {path} on pyramid level {index} of {len(source.levels)}, shape {source.level_shapes()[index]}")
-    fixed_gray, fixed_affine = registration_image(fixed, fixed_index)
-    moving_gray, moving_affine = registration_image(moving, moving_index)
-    levels = _capped_levels(args.levels, fixed_gray.shape, moving_gray.shape)
-    result = register(
-        fixed_gray,
-        fixed_affine,
-        moving_gray,
-        moving_affine,
-        model=args.model,
-        metric=args.metric,
-        levels=levels,
-        iterations=args.iterations,
-        init=None if args.init is None else read_transform(args.init),
-        fixed_mask=_mask(args.fixed_mask, fixed, fixed_index, "fixed"),
-        moving_mask=_mask(args.moving_mask, moving, moving_index, "moving"),
-    )
-    for note in result.notes:
-        print(f"note: {note}")
-    print(f"{args.metric} before {result.metric_before:.5g}, after {result.metric_after:.5g}")
-    if result.folding_fraction is not None:
-        print(f"folding voxels (Jacobian <= 0): {100 * result.folding_fraction:.4f} %")
-    if fixed.multiscale or moving.multiscale:
-        out = _lazy_output(moving, result.transform, fixed, result.displacement, fixed_affine)
+    pyramid = fixed.multiscale or moving.multiscale
+    if pyramid:
+        inputs = _pyramid_inputs(args, fixed, moving)
     else:
-        moving_pixels = np.asarray(moving.levels[0])
-        out = _resample_output(
-            moving_pixels, moving.affine, moving.rgb, moving.labels,
-            result.transform, fixed.shape, fixed.affine, result.displacement,
-        )  # fmt: skip
-    save_image(args.output, out, fixed.affine, source=moving, units=fixed.units, overwrite=args.overwrite)
+        inputs = {"fixed": read_image(args.fixed), "moving": read_image(args.moving)}
+        for port, path in (("fixed_mask", args.fixed_mask), ("moving_mask", args.moving_mask)):
+            if path is not None:
+                inputs[port] = read_image(path, kind="labels")
+    if args.init is not None:
+        inputs["init"] = Transform.read(args.init)
+    outputs, record = run("register", args.method, inputs, params)
+    transform = outputs["transform"]
+    stats = transform.metadata["registration"]
+    for note in stats["notes"]:
+        print(f"note: {note}")
+    print(f"{stats['metric']} before {stats['metric_before']:.5g}, after {stats['metric_after']:.5g}")
+    if "folding_fraction" in stats:
+        print(f"folding voxels (Jacobian <= 0): {100 * stats['folding_fraction']:.4f} %")
+    if pyramid:
+        out = _lazy_output(moving, transform.matrix, fixed, transform.displacement, transform.displacement_affine)
+        save_image(args.output, out, fixed.affine, source=moving, units=fixed.units, overwrite=args.overwrite)
+    else:
+        save_output(args.output, outputs["resampled"], overwrite=args.overwrite, provenance=record.to_dict(),
+                    picture_dtype=moving.levels[0].dtype)
+        _sidecar(args.output, record, "resampled", overwrite=args.overwrite)
     print(f"wrote {args.output}")
     if args.transform:
-        write_transform(args.transform, result.transform, overwrite=args.overwrite)
+        transform.save(args.transform, overwrite=args.overwrite)
+        _sidecar(args.transform, record, "transform", overwrite=args.overwrite)
         print(f"wrote {args.transform}")
     if args.displacement:
-        write_displacement_field(args.displacement, result.displacement, fixed_affine, overwrite=args.overwrite)
+        write_displacement_field(args.displacement, transform.displacement, transform.displacement_affine,
+                                 overwrite=args.overwrite)
         print(f"wrote {args.displacement}")
     return 0
 
@@ -329,64 +329,55 @@ def read_points_csv(path) -> np.ndarray:
 
 
 def run_landmarks(args) -> int:
-    from ..core.register import fit_landmarks
-    from ..io.transforms import write_transform
+    from ..operations import get
+    from ..pipeline import run
 
-    check_outputs([("--transform", args.transform)], [args.fixed, args.moving], args.overwrite)
+    check_outputs([("--transform", args.transform), *_sidecars(args.transform)], [args.fixed, args.moving], args.overwrite)
+    params = params_from_args(get("register", "landmarks"), args)
     fixed = read_points_csv(args.fixed)
     moving = read_points_csv(args.moving)
     if fixed.shape != moving.shape:
         raise ValueError(f"{args.fixed} has {fixed.shape[0]} {fixed.shape[1]}D points, {args.moving} {moving.shape[0]} {moving.shape[1]}D")
-    transform, residuals = fit_landmarks(fixed, moving, model=args.model)
+    outputs, record = run("register", "landmarks", {"fixed": fixed, "moving": moving}, params)
+    residuals = outputs["residuals"]
     for index, residual in enumerate(residuals, start=1):
         print(f"pair {index}: residual {residual:.4f}")
     print(f"RMS residual {np.sqrt(np.mean(residuals**2)):.4f}, max {residuals.max():.4f} (world units)")
-    write_transform(args.transform, transform, overwrite=args.overwrite)
+    outputs["transform"].save(args.transform, overwrite=args.overwrite)
+    _sidecar(args.transform, record, "transform", overwrite=args.overwrite)
     print(f"wrote {args.transform}")
     return 0
 
 
-def _check_transform_overlap(moving: SourceImage, transform, reference: SourceImage, args) -> None:
-    """Refuse, as ``register`` does, a moving image that the transform places off the reference.
-
-    With a displacement field the linear part alone does not say where voxels land; not checked.
-    """
-    from ..core.space import overlap_fraction
-
-    if args.displacement or moving.ndim != reference.ndim:
-        return
-    placed = np.linalg.inv(transform) @ moving.affine
-    if overlap_fraction(reference.shape, reference.affine, moving.shape, placed) == 0:
-        raise ValueError(
-            f"{args.moving} does not overlap the reference {args.reference} in world space under this transform "
-            "(the output would be all zeros); check the images' placement (origin/units) and the transform"
-        )
-
-
 def run_transform(args) -> int:
-    from ..core.space import resample
-    from ..io.transforms import read_displacement_field, read_transform
+    from ..core.register.checks import check_placed_overlap
+    from ..io.transforms import Transform
+    from ..operations import get
+    from ..pipeline import read_image, run
 
     check_outputs(
-        [("-o", args.output)], [args.moving, args.transform, args.displacement, args.reference], args.overwrite
+        [("-o", args.output), *_sidecars(args.output)], [args.moving, args.transform, args.displacement, args.reference],
+        args.overwrite,
     )
     check_writable(args.output, args.overwrite)
-    transform = read_transform(args.transform)
+    params = params_from_args(get("transform", "apply"), args)
+    transform = Transform.read(args.transform, args.displacement)
     moving, reference = open_image(args.moving), open_image(args.reference)
-    if transform.shape[0] - 1 != reference.ndim:
-        raise ValueError(f"the transform is {transform.shape[0] - 1}D but the reference {reference.ndim}D")
-    _check_transform_overlap(moving, transform, reference, args)
-    field, field_affine = read_displacement_field(args.displacement) if args.displacement else (None, None)
+    if transform.ndim != reference.ndim:
+        raise ValueError(f"the transform is {transform.ndim}D but the reference {reference.ndim}D")
     if moving.multiscale or reference.multiscale:
-        out = _lazy_output(moving, transform, reference, field, field_affine, args.interpolation)
+        if transform.displacement is None and moving.ndim == reference.ndim:
+            check_placed_overlap(moving.shape, moving.affine, transform.matrix, reference.shape, reference.affine,
+                                 name=args.moving, reference=args.reference)
+        out = _lazy_output(moving, transform.matrix, reference, transform.displacement, transform.displacement_affine,
+                           params["interpolation"])
+        save_image(args.output, out, reference.affine, source=moving, units=reference.units, overwrite=args.overwrite)
     else:
-        displacement = None
-        if field is not None:
-            displacement = resample(field, field_affine, reference.shape, reference.affine, channel_axis=-1)
-        out = _resample_output(
-            np.asarray(moving.levels[0]), moving.affine, moving.rgb, moving.labels,
-            transform, reference.shape, reference.affine, displacement, args.interpolation,
-        )  # fmt: skip
-    save_image(args.output, out, reference.affine, source=moving, units=reference.units, overwrite=args.overwrite)
+        image, grid = read_image(args.moving), read_image(args.reference)
+        image.name, grid.name = str(args.moving), str(args.reference)
+        outputs, record = run("transform", "apply", {"image": image, "transform": transform, "reference": grid}, params)
+        save_output(args.output, outputs["transformed"], overwrite=args.overwrite, provenance=record.to_dict(),
+                    picture_dtype=moving.levels[0].dtype)
+        _sidecar(args.output, record, "transformed", overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0

@@ -45,3 +45,21 @@ def check_transform(transform, n: int, name: str = "init") -> np.ndarray:
     if transform.shape != (n + 1, n + 1):
         raise ValueError(f"{name} must be a {(n + 1, n + 1)} matrix for {n}D images, got {transform.shape}")
     return check_affine(transform, n)
+
+
+def check_placed_overlap(shape, affine, transform, reference_shape, reference_affine, *, name: str, reference: str) -> None:
+    """Refuse an image (``shape``, ``affine``) that ``transform`` places off the reference grid.
+
+    Raises
+    ------
+    ValueError
+        No voxel of the image, placed at ``inv(transform) @ affine``, overlaps the reference.
+    """
+    from ..space import overlap_fraction
+
+    placed = np.linalg.inv(transform) @ affine
+    if overlap_fraction(reference_shape, reference_affine, shape, placed) == 0:
+        raise ValueError(
+            f"{name} does not overlap the reference {reference} in world space under this transform "
+            "(the output would be all zeros); check the images' placement (origin/units) and the transform"
+        )

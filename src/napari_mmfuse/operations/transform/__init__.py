@@ -1,4 +1,4 @@
 """transform operations: one module per method family, each defining ``OPERATIONS``."""
 
 #: Menu order (methods not listed follow by name).
-ORDER: tuple = ()
+ORDER: tuple = ("apply",)
