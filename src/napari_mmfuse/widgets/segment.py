@@ -33,13 +33,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import segment, space
 from ..operations import operations
 from ..pipeline import run_steps
 from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel
-from ._layers import add_image_layer, image_of, spatial_affine
+from ._layers import add_image_layer, image_of
 from ._pickers import LayerChecklist, LayerPicker, is_result
 from ._plots import CurvePlot
 from ._session import session_of
@@ -110,30 +109,6 @@ def checked_images(layers) -> list:
     if multiscale:
         raise ValueError(f"{multiscale[0]} is multiscale; pick a single-resolution grey layer")
     return [image_of(layer) for layer in layers]
-
-
-def modality_stack(layers) -> tuple[np.ndarray, np.ndarray]:
-    """The layers as channels on the first layer's grid (see :func:`napari_mmfuse.core.segment.subject_channels`).
-
-    Returns
-    -------
-    images : ndarray, shape (C, *S), float32
-    affine : ndarray, shape (n + 1, n + 1)
-        The first layer's index -> world affine.
-    """
-    images = checked_images(layers)
-    return segment.subject_channels(images), images[0].affine
-
-
-def labels_on_grid(layer, shape, affine) -> np.ndarray:
-    """A copy of a Labels layer's data on a reference grid (nearest neighbour)."""
-    data = np.asarray(layer.data)
-    if data.ndim != len(shape):
-        raise ValueError(f"{layer.name} is {data.ndim}D but the images are {len(shape)}D")
-    own = spatial_affine(layer, data.ndim)
-    if data.shape == tuple(shape) and np.allclose(own, affine, atol=1e-6):
-        return data.copy()
-    return space.resample(data, own, shape, affine, interpolation="nearest")
 
 
 class SegmentWidget(QWidget):
@@ -323,8 +298,10 @@ class SegmentWidget(QWidget):
             path = choose_model_file(self)
             if not path:
                 return None
+        from ..core.segment import load_model
+
         try:
-            model = segment.load_model(path)
+            model = load_model(path)
         except (ValueError, OSError) as error:
             show_error(f"Load model: {error}")
             return None
