@@ -187,7 +187,10 @@ def run_fuse(args) -> int:
 
 
 def _grey_255(record, data: np.ndarray) -> np.ndarray:
-    """A 2D image (``record``: its :class:`~napari_mmfuse.operations.Image`) as grey on a 0-255 scale: 8-bit as is, RGB as luminance, others min-max scaled."""
+    """A 2D image as grey on a 0-255 scale: 8-bit as is, RGB as luminance, others min-max scaled.
+
+    ``record`` is the :class:`~napari_mmfuse.operations.Image` read, ``data`` its array.
+    """
     from ..core.fuse import luminance
 
     if record.rgb:

@@ -183,9 +183,9 @@ class FuseWidget(QWidget):
         layout.addWidget(self.layer_list)
         layout.addLayout(form)
         layout.addWidget(self.description)
-        for parameters in self.forms.values():
-            layout.addWidget(parameters.native)
-            parameters.changed.connect(self._parameters_changed)
+        for name in sorted(self.forms, key=lambda name: name != fz.COLOUR_METHOD):  # colour's own, then inner's
+            layout.addWidget(self.forms[name].native)
+            self.forms[name].changed.connect(self._parameters_changed)
         layout.addWidget(self.preview_check)
         layout.addWidget(self.jobs)
         layout.addWidget(self.metrics_label)
@@ -421,9 +421,9 @@ class FuseWidget(QWidget):
             windows = [self._window(layer, image.data) for layer, image in zip(layers, images)]
             start = time.perf_counter()
             rgb = [image.rgb for image in images]
+            modalities = [image.metadata.get("modality") for image in images]
             prepared = fz.resample_to_reference([image.data for image in images], [image.affine for image in images],
-                                                rgb=rgb, modalities=[image.metadata.get("modality") for image in images],
-                                                plane=plane, windows=windows)
+                                                rgb=rgb, modalities=modalities, plane=plane, windows=windows)
             result = fz.fuse(prepared, method=method, rgb=rgb, normalise=False, **params)
             self.last_preview_seconds = time.perf_counter() - start
         except ValueError as error:

@@ -8,7 +8,8 @@ from . import fusion_operation
 OPERATIONS = (
     fusion_operation(
         "average", "Average", "Weighted average (equal weights unless given).",
-        (Param("weights", str, None, "comma-separated non-negative weights, one per input, e.g. 3,1 (default: equal)"),),
+        (Param("weights", str, None,
+               "comma-separated non-negative weights, one per input, e.g. 3,1; unset: equal weights"),),
         core="napari_mmfuse.core.fuse.methods:average",
     ),
     fusion_operation("maximum", "Maximum", "Per-pixel maximum selection."),

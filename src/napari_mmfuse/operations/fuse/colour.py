@@ -21,7 +21,8 @@ def _inner_params() -> tuple:
     found: dict[str, Param] = {}
     for operation in GREY_OPERATIONS:
         for param in operation.params:
-            found.setdefault(param.name, replace(param, default=None, doc=f"inner method's {param.doc}"))
+            doc = f"inner method's {param.doc}; unset: its own default"
+            found.setdefault(param.name, replace(param, default=None, doc=doc))
     return tuple(found.values())
 
 
@@ -38,7 +39,7 @@ OPERATIONS = (
                   choices=tuple(op.name for op in GREY_OPERATIONS)),
             Param("colormap", str, "hot", "colours a grey functional image (hot: the usual PET map)",
                   choices=("hot", "jet")),
-            Param("functional", int, None, "index of the functional image (default: the colour image, else the last)",
+            Param("functional", int, None, "index of the functional image; unset: the colour image, else the last",
                   minimum=0),
             *_inner_params(),
         ),
