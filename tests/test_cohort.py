@@ -1,7 +1,5 @@
 """Cohorts: recipe validation, ``mmfuse run`` on a local Dask cluster, faults and ``--resume``."""
 
-import shutil
-
 import numpy as np
 import pytest
 import yaml
@@ -117,3 +115,70 @@ def _read(path):
     from napari_mmfuse.pipeline import read_image
 
     return np.asarray(read_image(path).data)
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_every_subject_finishes_once(tmp_path):
+    import os
+    import signal
+
+    from napari_mmfuse.cohort import find_subjects, run_cohort, start_client
+
+    for index in range(4):
+        _subject(tmp_path / "study" / f"sub-0{index + 1}", index)
+    recipe = load_recipe_from(RECIPE, tmp_path)
+    subjects = find_subjects(recipe, str(tmp_path / "study" / "sub-*"))
+    client = start_client(workers=2)
+    killed = []
+
+    def kill_a_busy_worker(row):
+        if killed:
+            return
+        busy = [address for address, keys in client.processing().items() if keys]
+        pids = client.run(os.getpid, workers=busy[:1]) if busy else {}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    try:
+        rows = run_cohort(recipe, subjects, tmp_path / "out", client=client, on_row=kill_a_busy_worker)
+    finally:
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    assert killed, "no worker was busy when the first subject finished"
+    assert [row["subject"] for row in rows] == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    assert all(row["status"] == "done" for row in rows), [row.get("error") for row in rows]
+    table = read_table(tmp_path / "out" / "cohort.csv")
+    assert sorted(row["subject"] for row in table) == ["sub-01", "sub-02", "sub-03", "sub-04"]
+    assert not list((tmp_path / "out").rglob(".*.tmp-*")), "a temporary file was left under the outputs"
+
+
+def load_recipe_from(document, folder):
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return load_recipe(path)
+
+
+def test_a_recipe_from_one_subjects_results_runs_the_same_steps(tmp_path):
+    from napari_mmfuse import pipeline
+    from napari_mmfuse.cohort.from_provenance import guess_pattern, recipe_from_provenance
+
+    _subject(tmp_path / "study" / "sub-01", 0)
+    folder = tmp_path / "study" / "sub-01"
+    t1 = pipeline.read_image(folder / "sub-01_t1.nii.gz")
+    ct = pipeline.read_image(folder / "sub-01_ct.nii.gz")
+    clean, _ = pipeline.run("denoise", "gaussian", {"image": t1}, {"sigma": 1.5})
+    fused, _ = pipeline.run("fuse", "average", {"images": [clean["image"], ct]})
+    recipe, examples = recipe_from_provenance([fused["image"].metadata["provenance"]], name="clicked")
+    assert [step.operation.key for step in recipe.steps] == ["denoise/gaussian", "fuse/average"]
+    assert recipe.steps[0].params["sigma"] == 1.5
+    assert {item.pattern for item in recipe.inputs.values()} == {"*_t1.nii.gz", "*_ct.nii.gz"}
+    assert set(examples.values()) == {str(folder / "sub-01_t1.nii.gz"), str(folder / "sub-01_ct.nii.gz")}
+    assert recipe.steps[1].inputs["images"][0] == recipe.steps[0].id
+    assert guess_pattern("/data/sub-07/anat/sub-07_T1w.nii.gz") == ("sub-07", "anat/*_T1w.nii.gz")
+    # saved, reloaded and run: the subject's result is the one clicked
+    path = recipe.save(tmp_path / "clicked.yaml")
+    assert main(["run", str(path), "--subjects", str(tmp_path / "study" / "sub-*"), "-o", str(tmp_path / "out"),
+                 "--workers", "1"]) == 0
+    again = pipeline.read_image(tmp_path / "out" / "sub-01" / f"{recipe.steps[1].id}.nii.gz")
+    np.testing.assert_allclose(again.data, fused["image"].data, rtol=1e-6)

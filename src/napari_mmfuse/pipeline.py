@@ -86,8 +86,9 @@ def run_steps(
         elif hasattr(data, "dtype") and hasattr(data, "shape"):
             record.outputs[name] = {"hash": content_hash(data), "shape": [int(n) for n in data.shape],
                                     "dtype": str(data.dtype)}
+    for name, value in outputs.items():
         if isinstance(value, Image):
-            value.metadata["provenance"] = record.to_dict()
+            value.metadata["provenance"] = {**record.to_dict(), "output": name}
     return outputs, record
 
 

@@ -91,7 +91,9 @@ class Provenance:
     seconds : float
         How long it took.
     outputs : dict
-        Output port name -> ``{"hash", "shape", "dtype"}`` for arrays.
+        Output port name -> ``{"hash", "shape", "dtype"}`` for arrays, a transform's or model's summary.
+    output : str, optional
+        In the record an output carries (a layer's, a file's sidecar): which port it is.
     """
 
     operation: str
@@ -104,6 +106,7 @@ class Provenance:
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     seconds: float = 0.0
     outputs: dict = field(default_factory=dict)
+    output: str | None = None
 
     @property
     def capability(self) -> str:

@@ -44,7 +44,7 @@ def run_replay(args) -> int:
                if isinstance(entry, dict) and "path" in entry.get("source", {})]
     output = Path(args.output)
     check_outputs([("-o", output), ("-o", sidecar_path(output))], sources, args.overwrite)
-    port = args.port or _recorded_port(record)
+    port = args.port or record.output or _recorded_port(record)
     device = args.device or _usable(record.device)
     outputs, new_record = replay(record, device=device)
     if port not in outputs:
