@@ -52,7 +52,8 @@ class DenoiseWidget(QWidget):
         self.viewer = viewer
         self._preview_worker = None
         self._preview_pending = False
-        self.operations = {name: op for capability in CAPABILITIES for name, op in registry.operations(capability).items()}
+        self.operations = {name: op for capability in CAPABILITIES
+                           for name, op in registry.operations(capability).items()}
         self.forms = {name: ParameterForm(op) for name, op in self.operations.items()}
 
         self.layer_box = QComboBox()
@@ -69,7 +70,8 @@ class DenoiseWidget(QWidget):
         self.preview_check = QCheckBox("live preview (current slice)")
         self.preview_check.setChecked(True)
         self.jobs = JobPanel("Run", self.run)
-        self.run_button, self.cancel_button, self.progress = self.jobs.run_button, self.jobs.cancel_button, self.jobs.progress
+        self.run_button, self.cancel_button = self.jobs.run_button, self.jobs.cancel_button
+        self.progress = self.jobs.progress
         self.loss_plot = CurvePlot("Noise2Void training loss per step")
 
         form = QFormLayout()
@@ -123,7 +125,8 @@ class DenoiseWidget(QWidget):
         self.method_box.setCurrentIndex(self.method_box.findData(method))
 
     def _image_layers(self) -> list[Image]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Image) and not layer.name.endswith(" preview")]
+        return [layer for layer in self.viewer.layers
+                if isinstance(layer, Image) and not layer.name.endswith(" preview")]
 
     def _refresh_layers(self, event=None) -> None:
         names = [layer.name for layer in self._image_layers()]

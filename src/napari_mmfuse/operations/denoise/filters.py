@@ -71,14 +71,16 @@ def _operation(method: str, doc: str, params: tuple, run, core: str) -> Operatio
 
 
 OPERATIONS = (
-    _operation("gaussian", "Gaussian smoothing (scipy semantics: truncated at 4 sigma, mirrored edges)",
-               (Param("sigma", float, 1.0, "standard deviation in world units", minimum=0.0, unit="world"),), run_gaussian, "gaussian"),
-    _operation("median", "median over a box of half-width radius per axis",
-               (Param("radius", float, 1.0, "half-width of the box in world units", minimum=0.0, open_minimum=True, unit="world"),),
-               run_median, "median"),
+    _operation("gaussian", "Gaussian smoothing (scipy semantics: truncated at 4 sigma, mirrored edges)", (
+        Param("sigma", float, 1.0, "standard deviation in world units", minimum=0.0, unit="world"),
+    ), run_gaussian, "gaussian"),
+    _operation("median", "median over a box of half-width radius per axis", (
+        Param("radius", float, 1.0, "half-width of the box in world units", minimum=0.0, open_minimum=True,
+              unit="world"),
+    ), run_median, "median"),
     _operation("bilateral", "bilateral filter: Gaussian in space times Gaussian in intensity", (
-        Param("sigma_spatial", float, 1.5, "spatial standard deviation in world units (the window reaches 2 sigma)", minimum=0.0,
-              open_minimum=True, unit="world", label="spatial sigma"),
+        Param("sigma_spatial", float, 1.5, "spatial standard deviation in world units (the window reaches 2 sigma)",
+              minimum=0.0, open_minimum=True, unit="world", label="spatial sigma"),
         Param("sigma_range", float, None, "intensity standard deviation; when unset, twice the noise level",
               minimum=0.0, open_minimum=True, unit="intensity", label="intensity sigma"),
     ), run_bilateral, "bilateral"),
@@ -89,10 +91,11 @@ OPERATIONS = (
     _operation("nlm", "non-local means (fast variant: box-filtered patch distances per shift)", (
         Param("h", float, None, "cut-off; when unset, 0.8 times the noise sigma", minimum=0.0, open_minimum=True,
               unit="intensity", label="h (cut-off)"),
-        Param("sigma", float, None, "noise standard deviation; when unset, the Haar-wavelet (MAD) estimate", minimum=0.0,
-              unit="intensity", label="noise sigma"),
+        Param("sigma", float, None, "noise standard deviation; when unset, the Haar-wavelet (MAD) estimate",
+              minimum=0.0, unit="intensity", label="noise sigma"),
         Param("patch_radius", float, 2.0, "patch half-width in world units", minimum=0.0, unit="world"),
-        Param("search_radius", float, 6.0, "search window half-width in world units", minimum=0.0, open_minimum=True, unit="world"),
+        Param("search_radius", float, 6.0, "search window half-width in world units", minimum=0.0,
+              open_minimum=True, unit="world"),
     ), run_nlm, "nl_means"),
     _operation("diffusion", "Perona-Malik anisotropic diffusion (explicit scheme)", (
         Param("kappa", float, None, "edge threshold; when unset, twice the noise level", minimum=0.0,
