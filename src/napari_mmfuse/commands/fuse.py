@@ -153,6 +153,7 @@ def run_fuse(args) -> int:
     images = [pipeline.read_image(path) for path in paths]
     for image, name in zip(images, args.modality or []):
         image.metadata["modality"] = name
+        image.metadata["source"]["modality"] = name  # recorded with the input, for replay
     colour = [fz.is_colour(image.data, image.rgb) for image in images]
     method = args.method or fz.auto_method([image.data for image in images], [image.rgb for image in images])
     if args.method is None:
