@@ -14,12 +14,7 @@ from napari_mmfuse.core import segment
 from napari_mmfuse.io.nifti import read_nifti, write_nifti
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs_2d(seed=0, size=48):
@@ -244,6 +239,12 @@ def test_save_load_round_trip_and_unsafe_files(trained, tmp_path):
     loaded = segment.load_model(tmp_path / "model")
     np.testing.assert_array_equal(segment.predict(loaded, images, device="cpu")[0],
                                   segment.predict(model, images, device="cpu")[0])
+    # a model is an operation output: saved by its own save(), described for provenance
+    assert model.kind == "model" and "source" not in model.describe()
+    described = loaded.describe()
+    assert described["weights_hash"] == model.describe()["weights_hash"] and described["label_values"] == [3, 7]
+    assert described["source"] == {"path": str((tmp_path / "model").resolve()), "kind": "model"}
+    assert model.save(tmp_path / "again", overwrite=False)[1] == tmp_path / "again.json"
 
     # an arbitrary object needs full unpickling (it could run code), which weights_only refuses
     torch.save({"payload": argparse.Namespace(command="rm -rf")}, tmp_path / "unsafe.pt")

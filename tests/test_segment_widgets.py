@@ -19,13 +19,7 @@ from napari_mmfuse.widgets.explain import ExplainWidget
 from napari_mmfuse.widgets.segment import SegmentWidget, remember_model, session_model
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
