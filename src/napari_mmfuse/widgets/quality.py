@@ -14,10 +14,14 @@ layer's coarse grid and is placed with that level's affine, over the pyramid.
 Intensities of both images are rescaled to [0, 1] between their 1st and 99th
 percentiles before they are interleaved or subtracted, so modalities with different
 units (CT in HU, MRI in arbitrary units) compare on one scale.
+
+Views and metrics run through the widget's :class:`~napari_mmfuse.widgets._jobs.JobPanel`
+(progress, status, Cancel, errors as notifications), one at a time in click order.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,8 +29,6 @@ if TYPE_CHECKING:
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -44,14 +46,17 @@ from qtpy.QtWidgets import (
 
 from ..core import space
 from ..core.register import local_similarity_map, metric_value
-from ._dock import scroll_contents
 from ..history import history_for, layer_affine
+from ..operations import Progress
+from ._dock import scroll_contents
+from ._jobs import JobPanel
 from ._layers import geometry_of
 from ._pickers import LayerPicker
-from ._workers import start_worker
 from .register import METRIC_NAMES, METRICS, registration_pair
 
 PREFIX = "quality: "
+#: Milliseconds between tries to start a queued job while the panel finishes the previous one.
+RETRY_MS = 10
 
 
 def normalised(image: np.ndarray) -> np.ndarray:
@@ -137,6 +142,25 @@ def metric_pair(fixed, fixed_affine, moving, original_affine, moving_affine, met
     return before, now
 
 
+@dataclass(frozen=True)
+class JobError:
+    """What went wrong in a job, returned rather than raised so that the queue goes on."""
+
+    message: str
+
+
+def one_step(function, *args, **kwargs):
+    """Run ``function(*args, **kwargs)`` as a job of one step (a generator for :class:`JobPanel`).
+
+    An exception comes back as a :class:`JobError`: the widget shows it and goes on with its queue.
+    """
+    yield Progress(0.0, 1.0, "computing")
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # the view's input checks and the core raise many types
+        return JobError((str(error) or type(error).__name__).splitlines()[0])
+
+
 class QualityViewWidget(QWidget):
     """Checkerboard, difference, curtain, flicker and local-similarity views of a registration.
 
@@ -155,6 +179,7 @@ class QualityViewWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
+        #: Jobs asked for and not finished, in click order; the first one is running.
         self.workers: list = []
         self._curtain_pair: tuple[np.ndarray, np.ndarray] | None = None
         self._flicker_layer = None
@@ -181,6 +206,9 @@ class QualityViewWidget(QWidget):
         self.metric_label = QLabel("")
         self.metric_label.setWordWrap(True)
         self.timer = QTimer(self)
+        self.jobs = JobPanel()
+        self.jobs.run_button.hide()  # every view has its own button
+        self.jobs.cancel_button.clicked.connect(self._drop_queued)
 
         form = QFormLayout()
         form.addRow("fixed", self.fixed)
@@ -210,6 +238,7 @@ class QualityViewWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(views)
         layout.addWidget(metrics)
+        layout.addWidget(self.jobs)
         layout.addStretch()
         scroll_contents(self)
 
@@ -244,45 +273,69 @@ class QualityViewWidget(QWidget):
 
         Returns
         -------
-        napari.qt.threading.FunctionWorker or None
-            The worker (running, or queued behind earlier views), or None when the inputs
+        dict or None
+            The job (running, or queued behind earlier ones), or None when the inputs
             were rejected (the user is notified).
         """
         try:
             fixed, moving, (fixed_data, fixed_affine, moving_data, moving_affine) = self._inputs()
         except ValueError as error:
-            show_error(f"Quality view: {error}")
+            self.jobs.fail("Quality view", str(error))
             return None
-        worker = create_worker(
+        return self._queue(
+            f"Quality view {view}",
             view_images,
-            view,
-            fixed_data,
-            fixed_affine,
-            moving_data,
-            moving_affine,
-            square=self.square.value(),
-            _ignore_errors=True,  # reported by the errored handler below, not re-raised
+            (view, fixed_data, fixed_affine, moving_data, moving_affine),
+            {"square": self.square.value()},
+            lambda result: self._show(view, result, fixed, moving, fixed_affine),
         )
-        worker.returned.connect(lambda result: self._show(view, result, fixed, moving, fixed_affine))
-        worker.errored.connect(lambda error: show_error(f"Quality view {view} failed: {error}"))
-        self._queue(worker)
-        return worker
 
-    def _queue(self, worker) -> None:
-        """Run ``worker`` after the jobs already in :attr:`workers`, one at a time.
+    def _queue(self, title: str, function, args: tuple, kwargs: dict, on_result) -> dict:
+        """Run ``function`` through the job panel after the jobs already in :attr:`workers`.
 
-        In click order, so a result computed before the moving layer moved never lands
-        after (and over) a newer one, and several views do not compete for the device.
+        One at a time and in click order, so a result computed before the moving layer
+        moved never lands after (and over) a newer one, and several views do not compete
+        for the device.
         """
-        self.workers.append(worker)
-        worker.finished.connect(lambda: self._next(worker))
+        job = {"title": title, "function": function, "args": args, "kwargs": kwargs, "on_result": on_result}
+        self.workers.append(job)
         if len(self.workers) == 1:
-            start_worker(worker)
+            self._start(job)
+        return job
 
-    def _next(self, finished) -> None:
-        self.workers.remove(finished)
-        if self.workers:
-            start_worker(self.workers[0])
+    def _start(self, job: dict) -> None:
+        if self.jobs.busy:  # the panel has not yet heard that the previous job's worker finished
+            QTimer.singleShot(RETRY_MS, lambda: self._start(job))
+            return
+        worker = self.jobs.start(
+            one_step,
+            job["function"],
+            *job["args"],
+            title=job["title"],
+            on_result=lambda result: self._result(job, result),
+            **job["kwargs"],
+        )
+        worker.finished.connect(lambda: self._ended(job))  # cancelled jobs return nothing
+
+    def _result(self, job: dict, result) -> None:
+        try:
+            if isinstance(result, JobError):
+                self.jobs.fail(job["title"], result.message)
+            else:
+                job["on_result"](result)
+        finally:
+            self._ended(job)  # a quick job may finish before its finished signal is connected
+
+    def _ended(self, job: dict) -> None:
+        """Start the next queued job once ``job`` (the running one) is over; later calls do nothing."""
+        if self.workers and self.workers[0] is job:
+            self.workers.pop(0)
+            if self.workers:
+                self._start(self.workers[0])
+
+    def _drop_queued(self) -> None:
+        """Cancel also forgets the jobs waiting behind the running one."""
+        del self.workers[1:]
 
     def _show(self, view, result, fixed, moving, grid_affine) -> None:
         if view == "curtain":
@@ -344,30 +397,23 @@ class QualityViewWidget(QWidget):
 
         Returns
         -------
-        napari.qt.threading.FunctionWorker or None
+        dict or None
+            The job (running, or queued behind earlier ones), or None when the inputs
+            were rejected (the user is notified).
         """
         try:
             fixed, moving, (fixed_data, fixed_affine, moving_data, moving_affine) = self._inputs()
         except ValueError as error:
-            show_error(f"Metric: {error}")
+            self.jobs.fail("Metric", str(error))
             return None
         motion = layer_affine(moving) @ np.linalg.inv(history_for(moving).original)
         original_affine = np.linalg.inv(motion) @ moving_affine
         metric = self.metric.currentData()
-        worker = create_worker(
-            metric_pair,
-            fixed_data,
-            fixed_affine,
-            moving_data,
-            original_affine,
-            moving_affine,
-            metric,
-            _ignore_errors=True,  # reported by the errored handler below, not re-raised
-        )
         name = METRIC_NAMES[metric]
-        worker.returned.connect(
-            lambda values: self.metric_label.setText(f"{name}: original {values[0]:.4g} → now {values[1]:.4g}")
+        return self._queue(
+            f"Metric {name}",
+            metric_pair,
+            (fixed_data, fixed_affine, moving_data, original_affine, moving_affine, metric),
+            {},
+            lambda values: self.metric_label.setText(f"{name}: original {values[0]:.4g} → now {values[1]:.4g}"),
         )
-        worker.errored.connect(lambda error: show_error(f"Metric failed: {error}"))
-        self._queue(worker)
-        return worker
