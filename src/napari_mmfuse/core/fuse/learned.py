@@ -10,7 +10,10 @@ from ..kernels import gradient_magnitude
 
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM map of (B, 1, H, W) images in [0, 1] with a 7x7 uniform window."""
+    """SSIM map of (B, 1, H, W) images in [0, 1] with a 7x7 uniform window.
+
+    Ours, not scikit-image's: it runs in torch and is differentiable (the training loss).
+    """
     c1, c2 = 0.01**2, 0.03**2
     mx, my = F.avg_pool2d(x, 7, 1, 3, count_include_pad=False), F.avg_pool2d(y, 7, 1, 3, count_include_pad=False)
     vx = F.avg_pool2d(x * x, 7, 1, 3, count_include_pad=False) - mx**2
