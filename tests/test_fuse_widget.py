@@ -318,3 +318,19 @@ def test_open_harvard_mri_pet_and_click_fuse_with_defaults(make_napari_viewer, q
     viewer.reset_view()
     shot = viewer.screenshot(str(shots_dir / "fuse_harvard_mri_pet.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 100
+
+
+def test_forms_come_from_the_registry_and_colour_shows_its_inner_methods(viewer_widget):
+    from napari_mmfuse.operations import operations
+
+    _, widget = viewer_widget
+    assert set(widget.forms) == set(operations("fuse"))
+    assert all(form.values() == operations("fuse")[name].defaults() for name, form in widget.forms.items())
+    widget.method_combo.setCurrentText("colour")
+    widget.forms["colour"]["inner"].value = "wavelet"
+    assert not widget.forms["wavelet"].native.isHidden() and widget.forms["laplacian"].native.isHidden()
+    widget.forms["wavelet"]["levels"].value = 2
+    params = widget.parameters()
+    assert params["inner"] == "wavelet" and params["levels"] == 2 and params["wavelet"] == "db2"
+    assert params["colormap"] == "hot" and params["functional"] is None and params["r1"] is None
+    assert operations("fuse")["colour"].check(params) == params  # what the pipeline is given is valid
