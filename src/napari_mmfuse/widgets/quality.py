@@ -48,11 +48,12 @@ from ..core import space
 from ..core.register import local_similarity_map, metric_value
 from ..history import history_for, layer_affine
 from ..operations import Progress
+from ..operations.register.intensity import METRIC_NAMES
 from ._dock import scroll_contents
 from ._jobs import JobPanel
 from ._layers import geometry_of
 from ._pickers import LayerPicker
-from .register import METRIC_NAMES, METRICS, registration_pair
+from .register import registration_pair
 
 PREFIX = "quality: "
 #: Milliseconds between tries to start a queued job while the panel finishes the previous one.
@@ -200,7 +201,7 @@ class QualityViewWidget(QWidget):
         self.rate.setSuffix(" Hz")
         self.similarity_button = QPushButton("Local similarity map")
         self.metric = QComboBox()
-        for key in METRICS:
+        for key in METRIC_NAMES:  # the registration metrics, as the register operations declare them
             self.metric.addItem(f"{key}  ({METRIC_NAMES[key]})", key)
         self.metric_button = QPushButton("Metric before / now")
         self.metric_label = QLabel("")
