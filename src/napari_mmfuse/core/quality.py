@@ -3,7 +3,7 @@
 Fusion metrics (the ``fusion_*`` functions and :func:`fusion_metrics`) follow the
 conventions of the image-fusion literature: grey images on a 0-255 scale, 256-bin
 histograms for entropy and mutual information, Sobel gradients for Q^AB/F
-(Xydeas & Petrovic 2000), a 7x7 window SSIM matching ``skimage.metrics.structural_similarity``
+(Xydeas & Petrovic 2000), scikit-image's 7x7 window SSIM
 and pixel-domain VIF (Sheikh & Bovik 2006) summed over the sources.
 
 Every metric takes 2D images (H, W) or volumes (Z, Y, X). On volumes EN, SD, MI and SCD
@@ -185,7 +185,11 @@ def _separable_filter(x: np.ndarray, kernel: np.ndarray, axes: Sequence[int] | N
 
 
 def ssim(a, b, *, data_range: float = 255.0, win_size: int = 7, gaussian: bool = False) -> float:
-    """Mean structural similarity, computed as ``skimage.metrics.structural_similarity``.
+    """Mean structural similarity: ``skimage.metrics.structural_similarity`` of two grey images.
+
+    scikit-image computes it (sample covariance, K1 = 0.01, K2 = 0.03, the border of half
+    a window left out of the mean); this function adds the input checks of the other
+    metrics and a clear error for an image smaller than the window.
 
     Parameters
     ----------
@@ -194,34 +198,26 @@ def ssim(a, b, *, data_range: float = 255.0, win_size: int = 7, gaussian: bool =
     win_size : int
         Side of the uniform window (ignored with ``gaussian``); a cube for volumes.
     gaussian : bool
-        Gaussian window (sigma 1.5, truncate 3.5, 11 pixels a side) instead of the uniform
-        one. Like skimage's defaults: sample covariance, K1 = 0.01, K2 = 0.03, and the
-        border of half a window left out of the mean.
+        Gaussian window (sigma 1.5, truncate 3.5, 11 pixels a side) instead of the uniform one.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, ``win_size`` is even or below 3, or an image is smaller than the window.
     """
+    from skimage.metrics import structural_similarity
+
     a, b = _grey(a, "a"), _grey(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
-    if gaussian:
-        radius = int(3.5 * 1.5 + 0.5)
-        kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / 1.5) ** 2)
-        kernel /= kernel.sum()
-    else:
-        if win_size % 2 == 0 or win_size < 3:
-            raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
-        kernel = np.full(win_size, 1.0 / win_size)
-    side = kernel.size
-    window_size = side**a.ndim
-    covariance_norm = window_size / (window_size - 1)
+    if not gaussian and (win_size % 2 == 0 or win_size < 3):
+        raise ValueError(f"win_size must be odd and >= 3, got {win_size}")
+    side = 2 * int(3.5 * 1.5 + 0.5) + 1 if gaussian else win_size
     if min(a.shape) < side:
         raise ValueError(f"images of shape {a.shape} are smaller than the SSIM window ({side} pixels a side)")
-    ux, uy = _separable_filter(a, kernel), _separable_filter(b, kernel)
-    vx = covariance_norm * (_separable_filter(a * a, kernel) - ux * ux)
-    vy = covariance_norm * (_separable_filter(b * b, kernel) - uy * uy)
-    vxy = covariance_norm * (_separable_filter(a * b, kernel) - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    pad = side // 2
-    return float(s[(slice(pad, -pad),) * a.ndim].mean())
+    return float(
+        structural_similarity(a, b, data_range=data_range, win_size=None if gaussian else win_size, gaussian_weights=gaussian)
+    )
 
 
 def fusion_ssim(fused, sources, *, data_range: float = 255.0, gaussian: bool = False) -> float:
