@@ -26,7 +26,7 @@ width ``h`` holds the fraction ``clip(1/2 - d/h, 0, 1)`` of it.
 
 from __future__ import annotations
 
-from ..io._common import ImageRecord
+from ..io import ImageRecord
 from .common import SOURCE
 from .head import (
     DEFAULT_HEAD_FOV_MM,

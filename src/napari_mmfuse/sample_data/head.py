@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..io._common import ImageRecord
+from ..io import ImageRecord
 from .common import (
     SOURCE,
     Warp,

@@ -9,7 +9,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..core.space import voxel_to_world, world_to_voxel
-from ..io._common import ImageRecord
+from ..io import ImageRecord
 from .common import SOURCE, Warp, apply_affine, ellipsoid_distance, grid_chunks, homogeneous, scale_bumps, soft_inside
 
 SLIDE_CHANNELS = ("DAPI", "CK", "CD45")
