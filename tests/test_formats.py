@@ -103,3 +103,20 @@ def test_format_list_loads_no_reader():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_btf_and_dicom_suffixes_read(tmp_path):
+    """The two suffixes the reader opened before napari.yaml declared them."""
+    import shutil
+
+    import tifffile
+    from pydicom.data import get_testdata_file
+
+    data = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)
+    tifffile.imwrite(tmp_path / "slide.btf", data, bigtiff=True)
+    (record,) = io.read(tmp_path / "slide.btf")
+    np.testing.assert_array_equal(np.asarray(record.data), data)
+
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dicom")
+    (record,) = io.read(tmp_path / "ct.dicom")
+    assert record.metadata["dicom_modality"] == "CT" and record.data.ndim == 3
