@@ -29,7 +29,7 @@ from napari_mmfuse.io import read
 from napari_mmfuse.io import tiff as tiff_io
 from napari_mmfuse.io.tiff import write_ome_tiff
 from napari_mmfuse.io.transforms import read_itk_transform, write_transform
-from napari_mmfuse.widgets import manual as manual_module
+import napari_mmfuse.core.register as core_register
 from napari_mmfuse.widgets import register as register_module
 from napari_mmfuse.history import history_for, layer_affine
 from napari_mmfuse.widgets._layers import world_affine
@@ -346,13 +346,13 @@ def save_shot(viewer, widget, name, tmp_path, qtbot):
 def test_manual_correction_moves_every_level_and_refines_on_the_coarse_level(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     monkeypatch.setattr(register_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
     registered_shapes = []
-    register_steps = manual_module.register_steps
+    register_steps = core_register.register_steps
 
     def spy(fixed, fixed_affine, moving, moving_affine, **options):
         registered_shapes.append((fixed.shape, moving.shape))
         return (yield from register_steps(fixed, fixed_affine, moving, moving_affine, **options))
 
-    monkeypatch.setattr(manual_module, "register_steps", spy)
+    monkeypatch.setattr(core_register, "register_steps", spy)  # what the register operations run
     viewer = make_napari_viewer(show=True)
     shift = np.array([6.0, -4.0])  # level-0 pixels
     fixed, moving = pyramid_pair(viewer, shift)

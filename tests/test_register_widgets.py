@@ -17,6 +17,7 @@ import torch._dynamo  # noqa: F401
 from napari_mmfuse.widgets import manual as manual_module
 from napari_mmfuse.widgets import quality as quality_module
 from napari_mmfuse.widgets import register as register_module
+from napari_mmfuse.widgets import _jobs as jobs_module
 from napari_mmfuse.history import history_for, layer_affine
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.manual import ManualCorrectionWidget, pair_columns
@@ -48,10 +49,10 @@ def to_world(affine, index):
 
 @pytest.fixture
 def errors(monkeypatch):
-    """Collect show_error messages of the three widget modules."""
+    """Collect show_error messages of the widget modules and of the shared job panel."""
     messages = []
-    for module in (register_module, manual_module, quality_module):
-        monkeypatch.setattr(module, "show_error", messages.append)
+    for module in (register_module, manual_module, quality_module, jobs_module):
+        monkeypatch.setattr(module, "show_error", messages.append, raising=False)
     return messages
 
 
@@ -171,7 +172,7 @@ def test_register_deformable_adds_layers_on_fixed_grid(make_napari_viewer, qtbot
         assert layer.data.shape == fixed.data.shape
         np.testing.assert_allclose(world_affine(layer), world_affine(fixed))
     np.testing.assert_array_equal(layer_affine(moving), before)
-    assert viewer.layers["moving registered"].metadata["step"] == "register"
+    assert viewer.layers["moving registered"].metadata["mmfuse"]["step"] == "register"
 
     path = widget.save_transform(str(tmp_path / "warp.tfm"))
     assert os.path.exists(path) and register_module.field_path(path).is_file()

@@ -7,9 +7,12 @@ Three ways to correct a registration, all of which only change the moving layer'
   world centre of the moving image in its original placement, with sliders for feel and
   spin boxes for exact numbers; the layer follows live.
 * **landmarks**: pairs of points clicked in two Points layers, "fixed landmarks" and
-  "moving landmarks", fitted with :func:`napari_mmfuse.core.register.fit_landmarks`.
-* **refine**: :func:`napari_mmfuse.core.register.register_steps` started from the
+  "moving landmarks", fitted by the ``register/landmarks`` operation.
+* **refine**: a linear ``register`` operation (rigid, similarity, affine) started from the
   present placement.
+
+The fit and refine parameters come from the operation registry and run through
+:mod:`napari_mmfuse.pipeline`.
 
 Multiscale (pyramid) layers are handled as a whole: the affine is shared by every level,
 so all three ways move every level; sizes and the image centre come from level 0, and
@@ -42,37 +45,40 @@ import os
 
 import numpy as np
 from napari.layers import Image, Points
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSlider,
-    QSpinBox,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ..core.register import fit_landmarks, parameters_from_transform, register_steps, transform_from_parameters
-from ._dock import scroll_contents
+from .. import pipeline
+from ..core.register import parameters_from_transform, transform_from_parameters
 from ..history import history_for, layer_affine
+from ..io.transforms import Transform
+from ..operations import Image as Picture
+from ..operations import operations
+from ..operations.register.intensity import METRIC_NAMES
+from ._controls import ParameterForm
+from ._dock import scroll_contents
+from ._jobs import JobPanel
 from ._layers import spatial_affine
 from ._pickers import LayerPicker
 from ._session import same
-from ._workers import start_worker
-from .register import METRIC_NAMES, METRICS, registration_pair
+from ._slider import SliderSpin
+from .register import registration_pair, start_wired
 
+#: The linear registration methods Refine offers (the registry's, deformable aside).
 LINEAR_MODELS = ("rigid", "similarity", "affine")
 AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 FIXED_POINTS, MOVING_POINTS = "fixed landmarks", "moving landmarks"
@@ -81,77 +87,6 @@ FIXED_POINTS, MOVING_POINTS = "fixed landmarks", "moving landmarks"
 def pair_columns(ndim: int) -> list[str]:
     """CSV column names of landmark pairs: ``fixed_z, fixed_y, fixed_x, moving_z, …`` (napari order)."""
     return [f"{side}_{axis}" for side in ("fixed", "moving") for axis in AXES[ndim]]
-
-
-class SliderSpin(QWidget):
-    """A slider for coarse moves linked to a spin box for exact numbers.
-
-    Parameters
-    ----------
-    minimum, maximum : float
-        Range of both controls.
-    step : float
-        Slider resolution (and spin box step).
-    value : float
-        Initial value.
-    decimals : int
-        Spin box decimals.
-
-    Attributes
-    ----------
-    valueChanged : Signal(float)
-        Emitted on every user change (dragging included).
-    committed : Signal()
-        Emitted when a change is finished (slider released, spin box edited).
-    """
-
-    valueChanged = Signal(float)
-    committed = Signal()
-
-    def __init__(self, minimum: float, maximum: float, step: float, value: float, decimals: int = 3):
-        super().__init__()
-        self.step = step
-        self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(round(minimum / step), round(maximum / step))
-        self.spin = QDoubleSpinBox(decimals=decimals, minimum=minimum, maximum=maximum, singleStep=step)
-        self.spin.setKeyboardTracking(False)
-        self.spin.setMinimumWidth(80)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.slider, 1)
-        layout.addWidget(self.spin)
-        self.set_value(value)
-        self.slider.valueChanged.connect(self._from_slider)
-        self.slider.sliderReleased.connect(self.committed)
-        self.spin.valueChanged.connect(self._from_spin)
-
-    def value(self) -> float:
-        """The exact value (the spin box's)."""
-        return self.spin.value()
-
-    def set_value(self, value: float) -> None:
-        """Show ``value`` without emitting any signal."""
-        for widget in (self.slider, self.spin):
-            widget.blockSignals(True)
-        self.spin.setValue(value)
-        self.slider.setValue(round(value / self.step))
-        for widget in (self.slider, self.spin):
-            widget.blockSignals(False)
-
-    def _from_slider(self, position: int) -> None:
-        self.spin.blockSignals(True)
-        self.spin.setValue(position * self.step)
-        self.spin.blockSignals(False)
-        self.valueChanged.emit(self.spin.value())
-        if not self.slider.isSliderDown():
-            self.committed.emit()
-
-    def _from_spin(self, value: float) -> None:
-        self.slider.blockSignals(True)
-        self.slider.setValue(round(value / self.step))
-        self.slider.blockSignals(False)
-        self.valueChanged.emit(value)
-        self.committed.emit()
 
 
 class ManualCorrectionWidget(QWidget):
@@ -174,7 +109,6 @@ class ManualCorrectionWidget(QWidget):
         self.ndim = 0
         self.center = np.zeros(0)
         self.residual = np.eye(1)
-        self.worker = None
         self.fixed_points: Points | None = None
         self.moving_points: Points | None = None
         self._applying = False
@@ -198,9 +132,9 @@ class ManualCorrectionWidget(QWidget):
             "Create the 'fixed landmarks' and 'moving landmarks' Points layers; click a point on the "
             "fixed image, then its match on the moving image (the active layer switches for you)"
         )
-        self.fit_model = QComboBox()
-        self.fit_model.addItems(LINEAR_MODELS)
-        self.fit_model.setCurrentText("similarity")
+        register = operations("register")
+        self.forms = {name: ParameterForm(register[name]) for name in (*LINEAR_MODELS, "landmarks")}
+        self.fit_model = self.forms["landmarks"]["model"].native
         self.fit_button = QPushButton("Fit and apply")
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["fixed (world)", "moving (original)", "residual"])
@@ -227,34 +161,17 @@ class ManualCorrectionWidget(QWidget):
         refine_box = QGroupBox("refine (automatic, from the present placement)")
         self.refine_model = QComboBox()
         self.refine_model.addItems(LINEAR_MODELS)
-        self.refine_metric = QComboBox()
-        for key in METRICS:
-            self.refine_metric.addItem(f"{key}  ({METRIC_NAMES[key]})", key)
-        self.refine_levels = QSpinBox(minimum=1, maximum=6, value=2)
-        self.refine_iterations = QSpinBox(minimum=1, maximum=5000, value=50)
-        self.refine_button = QPushButton("Refine")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.refine_parameters = QStackedWidget()
+        for name in LINEAR_MODELS:
+            self.refine_parameters.addWidget(self.forms[name].native)
+        self.jobs = JobPanel("Refine", on_run=self.refine)
+        self.refine_button, self.cancel_button = self.jobs.run_button, self.jobs.cancel_button
         self.status = QLabel("")
         self.status.setWordWrap(True)
         refine_layout = QFormLayout(refine_box)
-        row = QHBoxLayout()
-        row.addWidget(self.refine_model)
-        row.addWidget(self.refine_metric)
-        refine_layout.addRow("model, metric", row)
-        row = QHBoxLayout()
-        row.addWidget(self.refine_levels)
-        row.addWidget(QLabel("iterations"))
-        row.addWidget(self.refine_iterations)
-        refine_layout.addRow("levels", row)
-        row = QHBoxLayout()
-        row.addWidget(self.refine_button)
-        row.addWidget(self.cancel_button)
-        refine_layout.addRow(row)
-        refine_layout.addRow(self.progress)
+        refine_layout.addRow("model", self.refine_model)
+        refine_layout.addRow(self.refine_parameters)
+        refine_layout.addRow(self.jobs)
 
         self.reset_button = QPushButton("Reset")
         self.reset_button.setToolTip("Back to the placement the moving layer had when first seen (undoable)")
@@ -280,12 +197,37 @@ class ManualCorrectionWidget(QWidget):
         self.fit_button.clicked.connect(self.fit)
         self.save_pairs_button.clicked.connect(lambda: self.save_pairs())
         self.load_pairs_button.clicked.connect(lambda: self.load_pairs())
-        self.refine_button.clicked.connect(self.refine)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.refine_model.currentIndexChanged.connect(self.refine_parameters.setCurrentIndex)
         self.reset_button.clicked.connect(self.reset)
         self.undo_button.clicked.connect(self.undo)
         self.redo_button.clicked.connect(self.redo)
         self._bind_moving()
+
+    # ----------------------------------------------------------------- refine parameters
+    @property
+    def worker(self):
+        """The running refine job, or None."""
+        return self.jobs.worker
+
+    @property
+    def refine_form(self) -> ParameterForm:
+        """The parameter form of the chosen refine model."""
+        return self.forms[self.refine_model.currentText()]
+
+    @property
+    def refine_metric(self):
+        """The chosen refine model's metric control (a combo box)."""
+        return self.refine_form["metric"].native
+
+    @property
+    def refine_levels(self):
+        """The chosen refine model's pyramid-levels control (a spin box)."""
+        return self.refine_form["levels"].native
+
+    @property
+    def refine_iterations(self):
+        """The chosen refine model's iterations control (a spin box)."""
+        return self.refine_form["iterations"].native
 
     # ----------------------------------------------------------------- the moving layer
     @property
@@ -515,14 +457,17 @@ class ManualCorrectionWidget(QWidget):
             Per-pair residuals (world units) after the fit, or None when it failed
             (the user is notified).
         """
-        model = self.fit_model.currentText()
+        params = self.forms["landmarks"].values()
+        model = params["model"]
         try:
             fixed, moving = self.pairs()
-            transform, residuals = fit_landmarks(fixed, moving, model=model)
+            outputs, record = pipeline.run("register", "landmarks", {"fixed": fixed, "moving": moving}, params)
         except ValueError as error:
             show_error(f"Landmark fit: {error}")
             return None
-        history_for(self.layer).apply(np.linalg.inv(transform) @ self.original, f"landmarks ({model})")
+        residuals = outputs["residuals"]
+        history_for(self.layer).apply(np.linalg.inv(outputs["transform"].matrix) @ self.original, f"landmarks ({model})")
+        self.layer.metadata = {**self.layer.metadata, "registration": record.to_dict()}
         self._fill_table(residuals)
         self.status.setText(f"{model} fit of {len(fixed)} pairs: RMS residual {np.sqrt(np.mean(residuals**2)):.3g}")
         return residuals
@@ -602,67 +547,42 @@ class ManualCorrectionWidget(QWidget):
         napari.qt.threading.GeneratorWorker or None
             The running worker, or None when the inputs were rejected (the user is notified).
         """
-        if self.worker is not None:
+        if self.jobs.busy:
             show_error("Refine is already running")
             return None
         fixed, moving = self.fixed.layer(), self.layer
         try:
             fixed_data, fixed_affine, moving_data, moving_affine = registration_pair(fixed, moving)
+            params = self.refine_form.values()
         except ValueError as error:
-            show_error(f"Refine: {error}")
+            self.jobs.fail("Refine", str(error))
             return None
         init = np.linalg.inv(self.motion())
-        model, metric = self.refine_model.currentText(), self.refine_metric.currentData()
-        levels, iterations = self.refine_levels.value(), self.refine_iterations.value()
-        worker = create_worker(
-            register_steps,
-            fixed_data,
-            fixed_affine,
-            moving_data,
-            init @ moving_affine,
-            model=model,
-            metric=metric,
-            levels=levels,
-            iterations=iterations,
-            init=init,
-            _progress={"total": levels * iterations, "desc": f"Refining {moving.name}"},
-            _ignore_errors=True,  # reported by the errored handler below, not re-raised
-        )
-        worker.yielded.connect(self._on_step)
-        worker.returned.connect(lambda result: self._on_refined(result, moving))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self.status.setText(f"refine cancelled; {moving.name} unchanged"))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
+        inputs = {"fixed": Picture(fixed_data, fixed_affine, name=fixed.name),
+                  "moving": Picture(moving_data, init @ moving_affine, name=moving.name),
+                  "init": Transform(init, name="present placement")}
         self._steps = 0
-        self.progress.setRange(0, levels * iterations)
-        self.progress.setValue(0)
-        self.refine_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        start_worker(worker)
-        return worker
+
+        def wire(worker):
+            worker.errored.connect(lambda error: self.status.setText(f"refine failed: {error}"))
+            worker.aborted.connect(lambda: self.status.setText(f"refine cancelled; {moving.name} unchanged"))
+
+        return start_wired(self.jobs, wire, "register", self.refine_model.currentText(), inputs, params,
+                           title="Refine", on_result=lambda result: self._on_refined(*result, moving),
+                           on_progress=self._on_step)
 
     def cancel(self) -> None:
         """Stop a running refine; the moving layer is left as it was."""
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.cancel()
 
-    def _on_error(self, error) -> None:
-        self.status.setText(f"refine failed: {error}")
-        show_error(f"Refine failed: {error}")
-
-    def _on_step(self, step) -> None:
+    def _on_step(self, progress) -> None:
         self._steps += 1
-        self.progress.setValue(min(self._steps, self.progress.maximum()))
 
-    def _on_refined(self, result, moving) -> None:
-        self.progress.setValue(self.progress.maximum())
+    def _on_refined(self, outputs, record, moving) -> None:
+        transform = outputs["transform"]
+        stats = transform.metadata["registration"]
         history = history_for(moving)
-        history.apply(np.linalg.inv(result.transform) @ history.original, f"refine ({result.model})")
-        name = METRIC_NAMES.get(result.metric, result.metric)
-        self.status.setText(f"refined: {name} {result.metric_before:.4g} → {result.metric_after:.4g}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.refine_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        history.apply(np.linalg.inv(transform.matrix) @ history.original, f"refine ({stats['model']})")
+        moving.metadata = {**moving.metadata, "registration": record.to_dict()}
+        name = METRIC_NAMES.get(stats["metric"], stats["metric"])
+        self.status.setText(f"refined: {name} {stats['metric_before']:.4g} → {stats['metric_after']:.4g}")

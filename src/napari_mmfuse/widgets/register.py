@@ -3,8 +3,9 @@
 A linear result (rigid, similarity, affine) moves the moving layer by composing its
 ``affine`` (instant, lossless, undoable); a deformable result adds a resampled layer on
 the fixed grid, optionally with displacement-magnitude and Jacobian-determinant overlays.
-The compute runs in :func:`napari_mmfuse.core.register.register_steps` inside a napari
-worker; this module only gathers inputs and puts results back.
+The methods and their parameters come from the operation registry (``register``
+capability); the work runs through :func:`napari_mmfuse.pipeline.run_steps` in the shared
+job panel; this module only gathers inputs and puts results back.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-import os
-from pathlib import Path
+import threading
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -29,33 +28,30 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSpinBox,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
 
+from .. import pipeline
 from ..core import space
 from ..core.lazy import MAX_REGISTRATION_SIZE, coarse_level_index, level_affine
-from ..core.register import apply_transform, register_steps, to_luminance
-from ..io.transforms import (
-    read_displacement_field,
-    read_itk_transform,
-    write_displacement_field,
-    write_itk_transform,
-)
-from ._dock import scroll_contents
 from ..history import history_for, layer_affine
+from ..io.transforms import Transform, field_path
+from ..operations import Image as Picture
+from ..operations import operations
+from ..operations.register.intensity import METRIC_NAMES, gray
+from ._dock import scroll_contents
+from ._controls import ParameterForm
+from ._jobs import JobPanel
+from ._layers import add_image_layer, spatial_affine
 from ._pickers import LayerPicker
-from ._session import same
 from ._plots import CurvePlot
-from ._layers import geometry_of, spatial_affine
-from ._workers import start_worker
+from ._session import same
 
-MODELS = ("rigid", "similarity", "affine", "deformable")
-METRICS = ("mi", "nmi", "lncc", "mse")
-METRIC_NAMES = {"mi": "mutual information", "nmi": "normalised MI", "lncc": "local NCC", "mse": "mean squared error"}
+#: The image-based registration methods (the registry's, landmarks aside: Manual correction fits those).
+MODELS = tuple(name for name in operations("register") if name != "landmarks")
 
 
 def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +87,7 @@ def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(level)
     if isinstance(layer, Labels):
         return data, affine
-    data = to_luminance(data) if rgb else data.astype(np.float32, copy=False)
+    data = gray(Picture(data, affine, rgb=rgb))
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{layer.name} contains NaN or Inf pixels; fill or mask them first")
     return data, affine
@@ -144,31 +140,31 @@ def mask_data(layer, reference) -> np.ndarray | None:
     return data > 0
 
 
-def field_path(path) -> Path:
-    """Where the displacement field of a deformable transform saved at ``path`` goes.
+def start_wired(jobs: JobPanel, wire, *args, **kwargs):
+    """Start :func:`napari_mmfuse.pipeline.run_steps` on ``jobs``; ``wire(worker)`` runs before the work begins.
 
-    ``transform.tfm`` -> ``transform_displacement.nii.gz`` (an ITK vector image on the
-    fixed grid; the full mapping is ``x -> T(x + u(x))``).
+    The work waits until ``wire`` has connected its handlers (errors, cancel), so a job that
+    fails at once cannot finish before they are connected; its errors are reported by the
+    panel, not re-raised in Qt's event loop. ``args`` and ``kwargs`` go to
+    :meth:`JobPanel.start`. Returns the worker, or None when a job is already running.
     """
-    path = Path(path)
-    return path.with_name(f"{path.stem}_displacement.nii.gz")
+    ready = threading.Event()
+
+    def steps(*arguments, **options):
+        ready.wait()
+        return (yield from pipeline.run_steps(*arguments, **options))
+
+    worker = jobs.start(steps, *args, _ignore_errors=True, **kwargs)
+    if worker is not None:
+        wire(worker)
+    ready.set()
+    return worker
 
 
-def register_and_warp(fixed, fixed_affine, moving, moving_affine, **options):
-    """Run :func:`register_steps`, then resample a deformable result onto the fixed grid.
-
-    A generator for a napari worker: yields each ``RegStep`` and returns
-    ``(result, warped, magnitude)``; for a deformable result ``warped`` is the moving
-    image on the fixed grid and ``magnitude`` the length of the displacement
-    (world units, displacement shape ``(*fixed.shape, n)``), else both are None.
-    """
-    result = yield from register_steps(fixed, fixed_affine, moving, moving_affine, **options)
-    if result.displacement is None:
-        return result, None, None
-    warped = apply_transform(
-        moving, moving_affine, result.transform, fixed.shape, fixed_affine, displacement=result.displacement
-    )
-    return result, warped, np.linalg.norm(np.asarray(result.displacement), axis=-1)
+def layer_picture(layer, *, name: str | None = None) -> Picture:
+    """A layer's registration pixels and world affine (:func:`layer_image`) as an operation input."""
+    data, affine = layer_image(layer)
+    return Picture(data, affine, name=name or layer.name, kind="labels" if isinstance(layer, Labels) else "image")
 
 
 class RegisterWidget(QWidget):
@@ -177,6 +173,13 @@ class RegisterWidget(QWidget):
     Parameters
     ----------
     viewer : napari.Viewer
+
+    Attributes
+    ----------
+    forms : dict of str to ParameterForm
+        The parameters of each registration method, from the registry.
+    transform : ndarray or None
+        The last transform found or loaded (see Notes).
 
     Notes
     -----
@@ -192,7 +195,6 @@ class RegisterWidget(QWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = viewer
-        self.worker = None
         self.transform: np.ndarray | None = None
         self.displacement: np.ndarray | None = None
         self.field_affine: np.ndarray | None = None
@@ -204,21 +206,16 @@ class RegisterWidget(QWidget):
         self.moving_mask = LayerPicker(viewer, (Labels,), optional=True)
         self.model = QComboBox()
         self.model.addItems(MODELS)
-        self.metric = QComboBox()
-        for key in METRICS:
-            self.metric.addItem(f"{key}  ({METRIC_NAMES[key]})", key)
-        self.levels = QSpinBox(minimum=1, maximum=6, value=3)
-        self.iterations = QSpinBox(minimum=1, maximum=5000, value=100)
+        self.forms = {name: ParameterForm(operations("register")[name]) for name in MODELS}
+        self.parameters = QStackedWidget()
+        for form in self.forms.values():
+            self.parameters.addWidget(form.native)
         self.overlays = QCheckBox("add displacement and Jacobian overlays")
         self.overlays.setChecked(True)
         self.overlays.setToolTip("deformable only: |displacement| and det(Jacobian) on the fixed grid")
 
-        self.register_button = QPushButton("Register")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
+        self.jobs = JobPanel("Register", on_run=self.register)
+        self.register_button, self.cancel_button = self.jobs.run_button, self.jobs.cancel_button
         self.curve = CurvePlot("metric per iteration")
         self.result_label = QLabel("metric: —")
         self.result_label.setWordWrap(True)
@@ -239,13 +236,8 @@ class RegisterWidget(QWidget):
         form.addRow("fixed mask", self.fixed_mask)
         form.addRow("moving mask", self.moving_mask)
         form.addRow("model", self.model)
-        form.addRow("metric", self.metric)
-        form.addRow("pyramid levels", self.levels)
-        form.addRow("iterations / level", self.iterations)
+        form.addRow(self.parameters)
         form.addRow(self.overlays)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.register_button)
-        run_row.addWidget(self.cancel_button)
         history_row = QHBoxLayout()
         history_row.addWidget(self.undo_button)
         history_row.addWidget(self.redo_button)
@@ -260,8 +252,7 @@ class RegisterWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(run_row)
-        layout.addWidget(self.progress)
+        layout.addWidget(self.jobs)
         layout.addWidget(self.curve)
         layout.addWidget(self.result_label)
         layout.addLayout(history_row)
@@ -269,8 +260,7 @@ class RegisterWidget(QWidget):
         layout.addStretch()
         scroll_contents(self)
 
-        self.register_button.clicked.connect(self.register)
-        self.cancel_button.clicked.connect(self.cancel)
+        self.model.currentIndexChanged.connect(self.parameters.setCurrentIndex)
         self.undo_button.clicked.connect(self.undo)
         self.redo_button.clicked.connect(self.redo)
         self.save_button.clicked.connect(lambda: self.save_transform())
@@ -278,6 +268,32 @@ class RegisterWidget(QWidget):
         self.apply_button.clicked.connect(lambda: self.apply_to_layer())
         self.moving.currentIndexChanged.connect(self._watch_moving)
         self._watch_moving()
+
+    # ----------------------------------------------------------------- parameters of the chosen method
+    @property
+    def worker(self):
+        """The running job (registration or apply), or None."""
+        return self.jobs.worker
+
+    @property
+    def form(self) -> ParameterForm:
+        """The parameter form of the chosen method."""
+        return self.forms[self.model.currentText()]
+
+    @property
+    def metric(self):
+        """The chosen method's metric control (a combo box)."""
+        return self.form["metric"].native
+
+    @property
+    def levels(self):
+        """The chosen method's pyramid-levels control (a spin box)."""
+        return self.form["levels"].native
+
+    @property
+    def iterations(self):
+        """The chosen method's iterations control (a spin box)."""
+        return self.form["iterations"].native
 
     # ----------------------------------------------------------------- registration
     def register(self):
@@ -288,148 +304,79 @@ class RegisterWidget(QWidget):
         napari.qt.threading.GeneratorWorker or None
             The running worker, or None when the inputs were rejected (the user is notified).
         """
-        if self.worker is not None:
+        if self.jobs.busy:
             show_warning("A registration is already running; cancel it first")
             return None
         fixed, moving = self.fixed.layer(), self.moving.layer()
         try:
             fixed_data, fixed_affine, moving_data, moving_affine = registration_pair(fixed, moving)
-            fixed_mask = mask_data(self.fixed_mask.layer(), fixed)
-            moving_mask = mask_data(self.moving_mask.layer(), moving)
+            inputs = {"fixed": Picture(fixed_data, fixed_affine, name=fixed.name),
+                      "moving": Picture(moving_data, moving_affine, name=moving.name)}
+            for port, picker, layer in (("fixed_mask", self.fixed_mask, fixed), ("moving_mask", self.moving_mask, moving)):
+                mask = mask_data(picker.layer(), layer)
+                if mask is not None:
+                    inputs[port] = inputs[port.split("_")[0]].like(mask, name=picker.layer().name, kind="labels")
+            params = self.form.values()
         except ValueError as error:
-            show_error(f"Register: {error}")
+            self.jobs.fail("Register", str(error))
             return None
-        model, metric = self.model.currentText(), self.metric.currentData()
-        levels, iterations = self.levels.value(), self.iterations.value()
-        total = levels * iterations * (2 if model == "deformable" else 1)  # deformable: affine, then SVF
-        start_affine = layer_affine(moving)
-        worker = create_worker(
-            register_and_warp,
-            fixed_data,
-            fixed_affine,
-            moving_data,
-            moving_affine,
-            model=model,
-            metric=metric,
-            levels=levels,
-            iterations=iterations,
-            fixed_mask=fixed_mask,
-            moving_mask=moving_mask,
-            _progress={"total": total, "desc": f"Registering {moving.name} ({model})"},
-            _ignore_errors=True,  # reported by the errored handler below, not re-raised
-        )
-        context = {
-            "fixed": fixed,
-            "moving": moving,
-            "start_affine": start_affine,
-            "fixed_affine": fixed_affine,
-            "parameters": {"model": model, "metric": metric, "levels": levels, "iterations": iterations},
-        }
-        worker.yielded.connect(self._on_step)
-        worker.returned.connect(lambda returned: self._on_result(*returned, context))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self._on_error(None, f"cancelled; {moving.name} is unchanged"))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
+        method = self.model.currentText()
+        context = {"fixed": fixed, "moving": moving, "start_affine": layer_affine(moving)}
         self._steps = 0
         self.curve.clear()
-        self.progress.setRange(0, total)
-        self.progress.setValue(0)
         self.result_label.setText(f"registering {moving.name} onto {fixed.name}…")
-        self.register_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        start_worker(worker)
-        return worker
+
+        def wire(worker):
+            worker.errored.connect(lambda error: self.result_label.setText(f"registration failed: {error}"))
+            worker.aborted.connect(lambda: self.result_label.setText(f"registration cancelled; {moving.name} is unchanged"))
+            worker.finished.connect(self._refresh_history)
+
+        return start_wired(self.jobs, wire, "register", method, inputs, params, title="Register",
+                           on_result=lambda result: self._on_result(*result, context), on_progress=self._on_step)
 
     def cancel(self) -> None:
         """Ask the running registration to stop; the moving layer is left untouched."""
-        if self.worker is not None:
-            self.worker.quit()
+        self.jobs.cancel()
 
-    def _on_step(self, step) -> None:
-        self._steps += 1
-        self.progress.setValue(min(self._steps, self.progress.maximum()))
-        self.curve.add(step.metric, group=step.level)
+    def _on_step(self, progress) -> None:
+        if "metric" in progress.values:
+            self._steps += 1
+            self.curve.add(progress.values["metric"], group=progress.values["level"])
 
-    def _on_error(self, error, message: str | None = None) -> None:
-        message = message or f"failed: {error}"
-        self.result_label.setText(f"registration {message}")
-        if error is None:
-            show_info(f"Registration {message}")
-        else:
-            show_error(f"Register {message}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.register_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self._refresh_history()
-
-    def _on_result(self, result, warped, magnitude, context) -> None:
-        self.progress.setValue(self.progress.maximum())
+    def _on_result(self, outputs, record, context) -> None:
         moving, fixed = context["moving"], context["fixed"]
-        found = np.asarray(result.transform, dtype=np.float64)
+        result = outputs["transform"]
+        stats = result.metadata["registration"]
         # the run started from the present placement; keep the transform from the original one
-        self.transform = history_for(moving).original @ np.linalg.inv(context["start_affine"]) @ found
-        self.displacement = result.displacement
-        self.field_affine = context["fixed_affine"]
-        name = METRIC_NAMES.get(result.metric, result.metric)
+        self.transform = history_for(moving).original @ np.linalg.inv(context["start_affine"]) @ result.matrix
+        self.displacement, self.field_affine = result.displacement, result.displacement_affine
+        name = METRIC_NAMES.get(stats["metric"], stats["metric"])
         self.result_label.setText(
-            f"{name}: before {result.metric_before:.4g} → after {result.metric_after:.4g}  ({result.model})"
+            f"{name}: before {stats['metric_before']:.4g} → after {stats['metric_after']:.4g}  ({stats['model']})"
         )
-        provenance = {
-            "step": "register",
-            "method": result.model,
-            "inputs": [fixed.name, moving.name],
-            "parameters": context["parameters"],
-            "transform": self.transform.tolist(),
-            "metric_before": float(result.metric_before),
-            "metric_after": float(result.metric_after),
-        }
         if result.displacement is None:
-            moved = np.linalg.inv(found) @ context["start_affine"]
-            history_for(moving).apply(moved, f"register ({result.model})")
-            moving.metadata = {**moving.metadata, "registration": provenance}
+            moved = np.linalg.inv(result.matrix) @ context["start_affine"]
+            history_for(moving).apply(moved, f"register ({stats['model']})")
+            moving.metadata = {**moving.metadata, "registration": record.to_dict()}
             return
-        geometry = geometry_of(fixed)
-        self.viewer.add_image(
-            warped,
-            name=f"{moving.name} registered",
-            colormap=moving.colormap,
-            contrast_limits=moving.contrast_limits,
-            blending=moving.blending,
-            metadata=provenance,
-            **geometry,
-        )
+        add_image_layer(self.viewer, outputs["resampled"], like=fixed, name=f"{moving.name} registered",
+                        colormap=moving.colormap, contrast_limits=moving.contrast_limits, blending=moving.blending)
         if self.overlays.isChecked():
-            self._add_overlays(result, magnitude, fixed, moving, provenance)
+            self._add_overlays(outputs, fixed, moving, stats)
 
-    def _add_overlays(self, result, magnitude, fixed, moving, provenance) -> None:
-        geometry = geometry_of(fixed)
-        self.viewer.add_image(
-            magnitude,
-            name=f"{moving.name} |displacement|",
-            colormap="magma",
-            opacity=0.5,
-            blending="translucent",
-            metadata={**provenance, "step": "register: displacement magnitude"},
-            **geometry,
-        )
-        if result.jacobian_det is not None:
-            jacobian = np.asarray(result.jacobian_det, dtype=np.float32)
-            spread = max(float(np.abs(jacobian - 1).max()), 1e-3)
-            self.viewer.add_image(
-                jacobian,
-                name=f"{moving.name} det(Jacobian)",
-                colormap="PiYG",
-                contrast_limits=(1 - spread, 1 + spread),
-                opacity=0.5,
-                blending="translucent",
-                metadata={**provenance, "step": "register: Jacobian determinant"},
-                **geometry,
-            )
-        if result.folding_fraction:
-            show_warning(f"{100 * result.folding_fraction:.2f}% of the deformation folds (det(Jacobian) ≤ 0)")
+    def _add_overlays(self, outputs, fixed, moving, stats) -> None:
+        transform = outputs["transform"]
+        magnitude = outputs["jacobian"].like(np.linalg.norm(np.asarray(transform.displacement), axis=-1),
+                                             kind="map")
+        magnitude.metadata["provenance"] = {**outputs["jacobian"].metadata["provenance"], "output": "|displacement|"}
+        add_image_layer(self.viewer, magnitude, like=fixed, name=f"{moving.name} |displacement|",
+                        colormap="magma", opacity=0.5, blending="translucent")
+        jacobian = outputs["jacobian"]
+        spread = max(float(np.abs(np.asarray(jacobian.data) - 1).max()), 1e-3)
+        add_image_layer(self.viewer, jacobian, like=fixed, name=f"{moving.name} det(Jacobian)", colormap="PiYG",
+                        contrast_limits=(1 - spread, 1 + spread), opacity=0.5, blending="translucent")
+        if stats.get("folding_fraction"):
+            show_warning(f"{100 * stats['folding_fraction']:.2f}% of the deformation folds (det(Jacobian) ≤ 0)")
 
     # ----------------------------------------------------------------- history
     def _watch_moving(self, index=None) -> None:
@@ -458,11 +405,17 @@ class RegisterWidget(QWidget):
             history_for(layer).redo()
 
     # ----------------------------------------------------------------- transform files
+    def current_transform(self) -> Transform | None:
+        """The last or loaded transform (with its displacement field), or None."""
+        if self.transform is None:
+            return None
+        return Transform(self.transform, self.displacement, self.field_affine)
+
     def save_transform(self, path: str | None = None, *, overwrite: bool = False) -> str | None:
         """Write the last transform as an ITK text file (.tfm).
 
         A deformable result also writes its displacement field next to it
-        (see :func:`field_path`).
+        (see :func:`napari_mmfuse.io.transforms.field_path`).
 
         Parameters
         ----------
@@ -476,7 +429,8 @@ class RegisterWidget(QWidget):
         str or None
             The path written, or None when nothing was written.
         """
-        if self.transform is None:
+        transform = self.current_transform()
+        if transform is None:
             show_error("No transform yet: register or load one first")
             return None
         if path is None:
@@ -486,12 +440,7 @@ class RegisterWidget(QWidget):
             overwrite = True
         field = field_path(path) if self.displacement is not None else None
         try:
-            for target in (path, field):
-                if target is not None and os.path.exists(target) and not overwrite:
-                    raise FileExistsError(f"{target} already exists; choose another name")
-            write_itk_transform(path, self.transform, overwrite=overwrite)
-            if field is not None:
-                write_displacement_field(field, self.displacement, self.field_affine, overwrite=overwrite)
+            transform.save(path, overwrite=overwrite, displacement_path=field)
         except (OSError, ValueError) as error:
             show_error(f"Could not save the transform: {error}")
             return None
@@ -519,14 +468,13 @@ class RegisterWidget(QWidget):
                 return None
         field = field_path(path)
         try:
-            transform = read_itk_transform(path)
-            displacement, field_affine = read_displacement_field(field) if field.is_file() else (None, None)
+            loaded = Transform.read(path, field if field.is_file() else None)
         except (OSError, ValueError) as error:
             show_error(f"Could not read the transform: {error}")
             return None
-        self.transform = np.asarray(transform, dtype=np.float64)
-        self.displacement, self.field_affine = displacement, field_affine
-        extra = " with its displacement field" if displacement is not None else ""
+        self.transform = loaded.matrix
+        self.displacement, self.field_affine = loaded.displacement, loaded.displacement_affine
+        extra = " with its displacement field" if loaded.displacement is not None else ""
         self.result_label.setText(f"loaded transform from {path}{extra}")
         return self.transform
 
@@ -543,7 +491,7 @@ class RegisterWidget(QWidget):
 
         Returns
         -------
-        napari.qt.threading.FunctionWorker or None
+        napari.qt.threading.GeneratorWorker or None
             The running worker, or None when the input was rejected (the user is notified).
         """
         layer = layer if layer is not None else self.apply_target.layer()
@@ -553,45 +501,25 @@ class RegisterWidget(QWidget):
                 raise ValueError("no transform yet: register or load one first")
             if layer is None or fixed is None:
                 raise ValueError("choose a fixed layer and a layer to transform")
-            data, affine = layer_image(layer)
-            fixed_data, fixed_affine = layer_image(fixed)
-            if data.ndim != fixed_data.ndim or self.transform.shape != (data.ndim + 1,) * 2:
-                raise ValueError(f"{layer.name} is {data.ndim}D but the fixed layer or the transform is not")
+            image, reference = layer_picture(layer), layer_picture(fixed)
+            n = image.data.ndim
+            if n != reference.data.ndim or self.transform.shape != (n + 1,) * 2:
+                raise ValueError(f"{layer.name} is {n}D but the fixed layer or the transform is not")
             if self.displacement is not None and (
-                self.displacement.shape[:-1] != fixed_data.shape
-                or not np.allclose(self.field_affine, fixed_affine, atol=1e-6)
+                self.displacement.shape[:-1] != reference.data.shape
+                or not np.allclose(self.field_affine, reference.affine, atol=1e-6)
             ):
                 raise ValueError(
                     f"the displacement field lies on another grid than {fixed.name}; choose its fixed layer"
                 )
         except ValueError as error:
-            show_error(f"Apply transform: {error}")
+            self.jobs.fail("Apply transform", str(error))
             return None
-        labels = isinstance(layer, Labels)
-        transform = self.transform
-        worker = create_worker(
-            apply_transform,
-            data,
-            affine,
-            transform,
-            fixed_data.shape,
-            fixed_affine,
-            interpolation="nearest" if labels else "linear",
-            displacement=self.displacement,
-            _progress={"desc": f"Transforming {layer.name}"},
-            _ignore_errors=True,  # reported by the errored handler below, not re-raised
-        )
-        kwargs = geometry_of(
-            fixed,
-            name=f"{layer.name} transformed",
-            metadata={"step": "apply transform", "inputs": [layer.name, fixed.name], "transform": transform.tolist()},
-        )
-        if labels:
-            worker.returned.connect(lambda out: self.viewer.add_labels(out.astype(layer.data.dtype), **kwargs))
-        else:
-            worker.returned.connect(
-                lambda out: self.viewer.add_image(out, colormap=layer.colormap, blending=layer.blending, **kwargs)
-            )
-        worker.errored.connect(lambda error: show_error(f"Apply transform failed: {error}"))
-        start_worker(worker)
-        return worker
+        inputs = {"image": image, "transform": self.current_transform(), "reference": reference}
+        extra = {} if isinstance(layer, Labels) else {"colormap": layer.colormap, "blending": layer.blending}
+
+        def added(result):
+            add_image_layer(self.viewer, result[0]["transformed"], like=fixed, name=f"{layer.name} transformed", **extra)
+
+        return start_wired(self.jobs, lambda worker: None, "transform", "apply", inputs, {}, title="Apply transform",
+                           on_result=added)
