@@ -342,9 +342,19 @@ def test_sample_providers_give_layer_data(cached_generators):
     assert by_name["phantom labels"][2] == "labels"
 
 
-def test_report_generation_times(capsys, head, labels, misaligned, slides):
+#: Most seconds one generator may take: a napari sample must open while the user waits
+#: (about 1 s each on a 2-core machine; the margin absorbs a busy machine).
+GENERATION_BUDGET_S = 20.0
+
+
+def test_generation_times_stay_interactive(capsys, head, labels, misaligned, slides):
     with capsys.disabled():
         print("\nsample generation times (s):")
         for name, seconds in TIMINGS.items():
             print(f"  {name:45s} {seconds:6.2f}")
-    assert TIMINGS
+    expected = {"head_phantom()", "slide_pair()"}
+    expected |= {f"head_phantom_labels({m})" for m in sd.HEAD_MODALITIES}
+    expected |= {f"misaligned_phantom({k}, labels=True)" for k in ("rigid", "affine", "deformable")}
+    assert set(TIMINGS) == expected
+    slow = {name: seconds for name, seconds in TIMINGS.items() if seconds > GENERATION_BUDGET_S}
+    assert not slow, f"sample generators over {GENERATION_BUDGET_S} s: {slow}"
