@@ -137,7 +137,11 @@ def read_source(entry: dict):
         from .io.transforms import Transform
 
         return Transform.from_source(source)
-    return read_image(source["path"], series=int(source.get("series", 0)), kind=source.get("kind", "image"))
+    image = read_image(source["path"], series=int(source.get("series", 0)), kind=source.get("kind", "image"))
+    if source.get("modality"):  # the modality the user gave (mmfuse fuse --modality) overrides the file's
+        image.metadata["modality"] = source["modality"]
+        image.metadata["source"]["modality"] = source["modality"]
+    return image
 
 
 def read_image(path, *, series: int = 0, kind: str | None = None) -> Image:

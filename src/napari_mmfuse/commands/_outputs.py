@@ -1,10 +1,12 @@
-"""Check every output location of a command before its work starts."""
+"""Outputs of a command: every location checked before the work starts, then written through one path."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -122,6 +124,8 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         Stored in the file's metadata where the format allows.
     picture_dtype : numpy dtype, optional
         The integer type a PNG/JPEG output takes (default: the input's, which the caller knows).
+        Float images whose ``metadata["value_range"]`` is declared (fusion: 0..1) are spread over
+        8 bits instead.
     """
     from ..io import as_picture, is_picture, write
     from ..operations import Image
@@ -134,6 +138,11 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         return value.save(path, overwrite=overwrite)
     data = value.data
     if is_picture(path) and data.dtype not in ("uint8", "uint16"):
-        data = as_picture(data, picture_dtype or "uint8")
+        value_range = value.metadata.get("value_range")
+        if value_range is not None:  # e.g. fused images in [0, 1]: spread over the picture's 8 bits
+            low, high = value_range
+            data = np.round(np.clip((np.asarray(data, np.float64) - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+        else:
+            data = as_picture(data, picture_dtype or "uint8")
     return write(path, data, value.affine, overwrite=overwrite, rgb=value.rgb, labels=value.kind == "labels",
                  units=value.units, provenance=provenance)

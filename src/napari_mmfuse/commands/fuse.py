@@ -71,15 +71,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run_metrics)
 
 
-def _as_file(image, path: Path):
-    """The fused image or a contribution map as written to ``path``: pictures 8-bit (0..255), others as is."""
-    from ..io import is_picture
-
-    if is_picture(path):
-        return image.like(np.round(np.clip(image.data, 0, 1) * 255).astype(np.uint8))
-    return image
-
-
 def _weight_paths(prefix, paths: list[Path], output: Path) -> list[Path]:
     """The contribution maps ``--weights-out PREFIX`` writes: ``PREFIX_<i>_<input stem><output suffix>``."""
     if not prefix:
@@ -175,12 +166,12 @@ def run_fuse(args) -> int:
     outputs, record = pipeline.run("fuse", method, {"images": [images[i] for i in order]}, params,
                                    device=args.device, seed=seed, on_progress=report)
     record.outputs["image"]["path"] = str(output)
-    written = [save_output(output, _as_file(outputs["image"], output), overwrite=args.overwrite,
+    written = [save_output(output, outputs["image"], overwrite=args.overwrite,
                            provenance=record.to_dict())]
     write_sidecar(output, record, overwrite=args.overwrite)
     for i, target in enumerate(weight_paths):
         contribution = outputs["contributions"][order.index(i)]
-        written.append(save_output(target, _as_file(contribution, target), overwrite=args.overwrite,
+        written.append(save_output(target, contribution, overwrite=args.overwrite,
                                    provenance=record.to_dict()))
     for path in written:
         print(path)

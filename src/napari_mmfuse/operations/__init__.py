@@ -110,6 +110,8 @@ class Param:
         The CLI flag's name when it differs from ``name`` (``iterations`` for ``n_iter``).
     label : str, optional
         The widget's label (default: ``name`` with spaces).
+    auto : str
+        What an unset (``None``) value means, for help texts.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Param:
     choices: tuple = ()
     flag: str | None = None
     label: str | None = None
+    auto: str = "estimated from the image"
 
     def __post_init__(self):
         if self.unit not in UNITS:
@@ -168,7 +171,7 @@ class Param:
 
     def describe(self) -> str:
         """Help text: the doc line, then the default."""
-        default = "estimated from the image" if self.default is None else f"{self.default}"
+        default = self.auto if self.default is None else f"{self.default}"
         return f"{self.doc} (default: {default})" if self.doc else f"default: {default}"
 
 

@@ -1,7 +1,7 @@
 """Widget controls generated from an operation's declared parameters (magicgui).
 
 :class:`ParameterForm` shows one control per :class:`~napari_mmfuse.operations.Param`:
-a spin box bounded by its range, a combo box of its choices or a check box; a parameter
+a spin box bounded by its range, a combo box of its choices, a text field or a check box; a parameter
 whose default is "estimated from the image" gets an *auto* box that leaves it unset.
 The form holds no default of its own: it starts from, and resets to, the operation's.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 
 from ..operations import Operation, Param
 
@@ -23,8 +23,10 @@ def control_for(param: Param):
     common = {"name": param.name, "label": param.title, "tooltip": param.describe()}
     if param.type is bool:
         return CheckBox(value=bool(param.default), **common)
+    if param.type is str and not param.choices:
+        return LineEdit(value=param.default or "", **common)
     if param.type is str:
-        return ComboBox(choices=list(param.choices), value=param.default, **common)
+        return ComboBox(choices=list(param.choices), value=param.default or param.choices[0], **common)
     low = param.minimum if param.minimum is not None else -_UNBOUNDED
     high = param.maximum if param.maximum is not None else _UNBOUNDED
     if param.type is int:

@@ -12,7 +12,6 @@ current plane follows the parameters.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -97,23 +96,15 @@ def _fusion_job(images, method: str, params: dict, metrics_plane: int | None):
 
 
 class FusionForm(ParameterForm):
-    """The :class:`ParameterForm` of a fusion method, its unset text parameters hidden.
-
-    ``average``'s ``weights`` (free text) and ``colour``'s inner-method parameters (choices
-    left unset: the inner method's own default) have no control in :func:`control_for`;
-    they get a hidden stand-in (so the form's values are the operation's defaults) and the
-    colour form takes the inner method's values from that method's own form.
-    """
+    """The :class:`ParameterForm` of a fusion method; colour's inner-method parameters hidden
+    (the colour form takes them from the inner method's own form)."""
 
     def __init__(self, operation: Operation):
-        hidden = [p.name for p in operation.params if p.type is str and p.default is None]
-        shown = replace(operation, params=tuple(replace(p, type=int, choices=()) if p.name in hidden else p
-                                                for p in operation.params))
-        super().__init__(shown)
-        self.operation = operation
-        for name in hidden + [n for n in INNER_PARAMETERS if operation.name == fz.COLOUR_METHOD]:
-            self[name].visible = False
-            self[f"{name}_auto"].visible = False
+        super().__init__(operation)
+        if operation.name == fz.COLOUR_METHOD:
+            for name in INNER_PARAMETERS:
+                self[name].visible = False
+                self[f"{name}_auto"].visible = False
 
 
 class FuseWidget(QWidget):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 
-from ...core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
 from .. import Image, Operation, Port, Progress
 
 #: Menu order (methods not listed follow by name).
@@ -89,8 +88,9 @@ def run_fusion(images, *, method: str, device=None, seed=None, **params):
     result = yield from core.fuse_steps(prepared, method=method, rgb=rgb, normalise=False, device=device, **given)
     yield Progress(1, 1, "fused")
     fused = reference.like(result.fused, name=f"fused ({method})", kind="image",
-                           rgb=result.fused.ndim == reference.spatial_ndim + 1, metadata={})
-    contributions = [reference.like(weights, name=f"contribution: {image.name}", kind="map", rgb=False, metadata={})
+                           rgb=result.fused.ndim == reference.spatial_ndim + 1, metadata={"value_range": (0.0, 1.0)})
+    contributions = [reference.like(weights, name=f"contribution: {image.name}", kind="map", rgb=False,
+                                    metadata={"value_range": (0.0, 1.0)})
                      for weights, image in zip(result.weights, images)]
     resampled = [Image(data, reference.affine, name=image.name, rgb=flag, units=reference.units)
                  for data, image, flag in zip(prepared, images, rgb)]

@@ -9,7 +9,7 @@ OPERATIONS = (
     fusion_operation(
         "average", "Average", "Weighted average (equal weights unless given).",
         (Param("weights", str, None,
-               "comma-separated non-negative weights, one per input, e.g. 3,1; unset: equal weights"),),
+               "comma-separated non-negative weights, one per input, e.g. 3,1", auto="equal weights"),),
         core="napari_mmfuse.core.fuse.methods:average",
     ),
     fusion_operation("maximum", "Maximum", "Per-pixel maximum selection."),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .. import Param
-from . import DEFAULT_METHOD, ORDER, blend, fusion_operation, learned, multiscale, spatial
+from ...core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
+from . import ORDER, blend, fusion_operation, learned, multiscale, spatial
 
 #: The grey methods, in menu order: the choices of ``inner``.
 GREY_OPERATIONS = tuple(sorted(blend.OPERATIONS + multiscale.OPERATIONS + spatial.OPERATIONS + learned.OPERATIONS,
@@ -21,8 +22,8 @@ def _inner_params() -> tuple:
     found: dict[str, Param] = {}
     for operation in GREY_OPERATIONS:
         for param in operation.params:
-            doc = f"inner method's {param.doc}; unset: its own default"
-            found.setdefault(param.name, replace(param, default=None, doc=doc))
+            doc = f"inner method's {param.doc}"
+            found.setdefault(param.name, replace(param, default=None, doc=doc, auto="the inner method's own default"))
     return tuple(found.values())
 
 
@@ -39,8 +40,8 @@ OPERATIONS = (
                   choices=tuple(op.name for op in GREY_OPERATIONS)),
             Param("colormap", str, "hot", "colours a grey functional image (hot: the usual PET map)",
                   choices=("hot", "jet")),
-            Param("functional", int, None, "index of the functional image; unset: the colour image, else the last",
-                  minimum=0),
+            Param("functional", int, None, "index of the functional image", minimum=0,
+                  auto="the colour image, else the last"),
             *_inner_params(),
         ),
         core="napari_mmfuse.core.fuse.fusion:colour_steps",
