@@ -57,3 +57,28 @@ def test_viewer_save_uses_plugin(make_napari_viewer, tmp_path):
     (record,) = read(path)
     np.testing.assert_allclose(record.affine, np.diag([3.0, 2.0, 1.0, 1.0]), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(record.data), np.arange(60).reshape(3, 4, 5))
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".ome.tif", ".ome.zarr"])
+def test_layer_with_provenance_gets_its_sidecar(tmp_path, suffix):
+    from napari_mmfuse import _writer
+    from napari_mmfuse.provenance import Provenance, sidecar_path
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    record = Provenance(
+        operation="denoise/gaussian",
+        params={"sigma": 1.0},
+        outputs={"image": {"hash": "0", "shape": [4, 5, 6], "dtype": "float32"}},
+        output="image",
+    ).to_dict()
+    write = getattr(_writer, {".nii.gz": "write_nifti", ".ome.tif": "write_ome_tiff", ".ome.zarr": "write_ome_zarr"}[suffix] + "_image")
+    path = tmp_path / f"out{suffix}"
+    written = write(str(path), data, {"metadata": {"mmfuse": record}, "scale": np.ones(3)})
+    assert written == [str(path), str(sidecar_path(path))]
+    saved = Provenance.load(sidecar_path(path))
+    assert saved.operation == "denoise/gaussian" and saved.params == {"sigma": 1.0}
+    assert saved.outputs["image"]["path"] == str(path)
+    # a layer without a pipeline record (or with an older ad-hoc one) is written alone
+    other = tmp_path / f"plain{suffix}"
+    assert write(str(other), data, {"metadata": {"mmfuse": {"step": "fuse"}}}) == [str(other)]
+    assert not sidecar_path(other).exists()

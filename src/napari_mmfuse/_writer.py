@@ -1,7 +1,10 @@
 """npe2 writer contributions: NIfTI, OME-TIFF and OME-Zarr for image and labels layers.
 
 The layer's full world placement (affine composed with scale/translate/rotate/shear) is
-written. Existing files are never replaced: choose a new name.
+written. Existing files are never replaced: choose a new name. A layer computed by
+napari-mmfuse (its provenance in ``metadata["mmfuse"]``) also gets the provenance sidecar
+the command line writes (``OUT.provenance.json``), so ``mmfuse replay`` can recompute it.
+The formats and suffixes are declared in :mod:`napari_mmfuse.io.formats`.
 """
 
 from __future__ import annotations
@@ -43,13 +46,31 @@ def _units(attributes: dict) -> str:
     return {"millimeter": "mm", "micrometer": "um", "pixel": "pixel"}.get(text, text)
 
 
+def _with_provenance(path, attributes: dict) -> list[str]:
+    """``[path]``, plus the provenance sidecar written beside it when the layer has a provenance record."""
+    record = (attributes.get("metadata") or {}).get("mmfuse")
+    if not isinstance(record, dict):
+        return [str(path)]
+    from .provenance import Provenance, sidecar_path
+
+    try:
+        provenance = Provenance.from_dict(record)
+    except (TypeError, ValueError):  # not a pipeline record (older layers): nothing to replay
+        return [str(path)]
+    if provenance.output in provenance.outputs:
+        provenance.outputs[provenance.output]["path"] = str(path)
+    # the image is new (writers never replace one), so a sidecar already beside it is stale
+    return [str(path), str(provenance.save(sidecar_path(path), overwrite=True))]
+
+
 def _write_nifti(path, data, attributes, labels: bool) -> list[str]:
     from .io.nifti import write_nifti
 
     array, affine, rgb = _spatial(data, attributes)
     if rgb:
         raise ValueError("NIfTI does not hold RGB slides here; save as OME-TIFF (.ome.tif)")
-    return [str(write_nifti(Path(path), array, affine, metadata=attributes.get("metadata"), labels=labels))]
+    written = write_nifti(Path(path), array, affine, metadata=attributes.get("metadata"), labels=labels)
+    return _with_provenance(written, attributes)
 
 
 def _write_ome_tiff(path, data, attributes, layer_type: str) -> list[str]:
@@ -60,7 +81,7 @@ def _write_ome_tiff(path, data, attributes, layer_type: str) -> list[str]:
         Path(path), array, affine, rgb=rgb, units=_units(attributes), metadata=attributes.get("metadata"),
         layer_type=layer_type,
     )
-    return [str(written)]
+    return _with_provenance(written, attributes)
 
 
 def _write_ome_zarr(path, data, attributes, layer_type: str) -> list[str]:
@@ -72,7 +93,7 @@ def _write_ome_zarr(path, data, attributes, layer_type: str) -> list[str]:
     written = write_ome_zarr(
         Path(path), array, affine, channel_axis=0 if rgb else None, units=_units(attributes), layer_type=layer_type
     )
-    return [str(written)]
+    return _with_provenance(written, attributes)
 
 
 def write_nifti_image(path: str, data, attributes: dict) -> list[str]:
