@@ -1,5 +1,7 @@
 """io.transforms: ITK .tfm / JSON / displacement fields mean the same to SimpleITK as to us."""
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -176,3 +178,31 @@ def test_displacement_field_means_the_same_to_simpleitk(tmp_path, ndim, suffix):
     np.testing.assert_allclose(ours[inner], theirs[inner], atol=1e-3)
     with pytest.raises(FileExistsError):
         write_displacement_field(path, displacement, fixed_affine)
+
+
+def test_transform_result_saves_reads_and_describes_itself(tmp_path):
+    """The Transform the register operations give: .save by suffix (plus its field), .read back, .describe for provenance."""
+    from napari_mmfuse.io.transforms import Transform, field_path
+
+    matrix = transform_from_parameters(ndim=2, rotation_deg=5.0, translation=(2.0, -1.0), center=(10.0, 10.0))
+    field = np.random.default_rng(0).normal(0, 0.5, (12, 14, 2)).astype(np.float32)
+    affine = space.affine_from_itk((0.5, 0.5), (3.0, -4.0))
+    result = Transform(matrix, field, affine)
+    assert result.kind == "transform" and result.ndim == 2
+    for suffix in (".tfm", ".txt", ".json"):
+        path = tmp_path / f"t{suffix}"
+        result.save(path)
+        np.testing.assert_allclose(read_transform(path), matrix, atol=1e-12)
+        with pytest.raises(FileExistsError):
+            result.save(path)
+    path = tmp_path / "warp.tfm"
+    result.save(path, displacement_path=field_path(path))
+    loaded = Transform.read(path, field_path(path))
+    np.testing.assert_allclose(loaded.matrix, matrix, atol=1e-12)
+    np.testing.assert_allclose(loaded.displacement, field, atol=1e-6)
+    np.testing.assert_allclose(loaded.displacement_affine, affine, atol=1e-9)
+    described = loaded.describe()
+    assert described["kind"] == "transform" and described["hash"].startswith("sha256:")
+    assert described["source"]["path"] == str(path.resolve()) and "displacement_hash" in described
+    assert json.loads(json.dumps(described)) == described
+    assert Transform.from_source(described["source"]).describe()["hash"] == described["hash"]

@@ -76,8 +76,8 @@ def as_progress(steps, total: int):
                        {"metric": step.metric, "level": step.level})
 
 
-def _run(fixed, moving, *, model, fixed_mask=None, moving_mask=None, init=None, device=None, seed=None,
-         metric, levels, iterations, sampling, grid_spacing=4.0, regularization=3.0):
+def _run(fixed, moving, *, model, fixed_mask, moving_mask, init, device, seed, metric, levels, iterations, sampling,
+         **deformable):
     import numpy as np
 
     from ...core.register import apply_transform, register_steps
@@ -99,7 +99,7 @@ def _run(fixed, moving, *, model, fixed_mask=None, moving_mask=None, init=None, 
         fixed_gray, fixed.affine, moving_gray, moving.affine, model=model, metric=metric, levels=levels,
         iterations=iterations, init=None if init is None else init.matrix, sampling=sampling,
         fixed_mask=_mask(fixed_mask, fixed, "fixed"), moving_mask=_mask(moving_mask, moving, "moving"),
-        grid_spacing=grid_spacing, regularization=regularization, seed=0 if seed is None else seed, device=device,
+        seed=0 if seed is None else seed, device=device, **deformable,
     )
     result = yield from as_progress(steps, levels * iterations * stages)
     stats = {"model": result.model, "metric": result.metric, "metric_before": float(result.metric_before),
@@ -127,12 +127,27 @@ def _run(fixed, moving, *, model, fixed_mask=None, moving_mask=None, init=None, 
     return outputs
 
 
+def _linear(name: str):
+    """The run function of linear model ``name``."""
+
+    def run(fixed, moving, *, metric, levels, iterations, sampling, fixed_mask=None, moving_mask=None, init=None,
+            device=None, seed=None):
+        return _run(fixed, moving, model=name, fixed_mask=fixed_mask, moving_mask=moving_mask, init=init, device=device,
+                    seed=seed, metric=metric, levels=levels, iterations=iterations, sampling=sampling)
+
+    return run
+
+
+def _deformable(fixed, moving, *, metric, levels, iterations, sampling, grid_spacing, regularization, fixed_mask=None,
+                moving_mask=None, init=None, device=None, seed=None):
+    return _run(fixed, moving, model="deformable", fixed_mask=fixed_mask, moving_mask=moving_mask, init=init,
+                device=device, seed=seed, metric=metric, levels=levels, iterations=iterations, sampling=sampling,
+                grid_spacing=grid_spacing, regularization=regularization)
+
+
 def _model(name: str, doc: str) -> Operation:
     deformable = name == "deformable"
-
-    def run(fixed, moving, **kwargs):
-        return _run(fixed, moving, model=name, **kwargs)
-
+    run = _deformable if deformable else _linear(name)
     return Operation(
         capability="register",
         name=name,
