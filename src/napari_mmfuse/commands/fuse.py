@@ -28,7 +28,7 @@ from ._outputs import check_outputs
 
 def add_parser(subparsers) -> None:
     from ..operations import operations
-    from ..operations.fuse import DEFAULT_METHOD
+    from ..core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
     from ._options import add_method_options
 
     parser = subparsers.add_parser(

@@ -39,7 +39,8 @@ from .. import pipeline
 from ..core import fuse as fz
 from ..core.space import world_to_voxel
 from ..operations import Operation, Progress, operations
-from ..operations.fuse import DEFAULT_METHOD, core_parameters
+from ..core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
+from ..operations.fuse import core_parameters
 from ..operations.fuse.colour import INNER_PARAMETERS
 from ._controls import ParameterForm
 from ._dock import scroll_contents
