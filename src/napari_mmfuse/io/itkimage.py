@@ -173,7 +173,7 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
     """
     path = Path(path)
     suffix = file_suffix(path)
-    if suffix in (".nii", ".nii.gz"):
+    if suffix in get_format("nifti").suffixes:
         import nibabel as nib
 
         from .nifti import NIBABEL_ERRORS, check_declared_size, nibabel_quiet
