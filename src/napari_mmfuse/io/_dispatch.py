@@ -57,7 +57,8 @@ def read(path) -> list[ImageRecord]:
         raise FileNotFoundError(f"no such file or folder: {path}")
     reader = reader_for(path)
     if reader is None:
-        raise ReadError(path, "not a format napari-mmfuse reads (NIfTI, DICOM, MHA/NRRD, TIFF/SVS, OME-Zarr, PNG/JPEG)")
+        known = ", ".join(f.label for f in FORMATS if f.reader)
+        raise ReadError(path, f"not a format napari-mmfuse reads ({known})")
     try:
         return reader(path)
     except MemoryError as exc:  # a size the checks let through but the machine cannot hold
