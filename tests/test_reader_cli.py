@@ -36,6 +36,24 @@ def test_get_reader_declines_unsupported_and_reads_supported(tmp_path):
     np.testing.assert_allclose(kwargs["affine"], affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(layer_data), data)
     assert kwargs["metadata"]["frame"] == "LPS"
+    assert kwargs["metadata"]["source_path"] == str(path) and kwargs["metadata"]["series"] == 0
+
+
+def test_layers_of_a_several_series_file_know_their_series(tmp_path):
+    """Each layer names its series, so ``pipeline.read_image(source_path, series=...)`` gives it back."""
+    from pydicom.data import get_testdata_file
+
+    from napari_mmfuse import pipeline
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (folder / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    layers = get_reader(str(folder))(str(folder))
+    assert [kwargs["metadata"]["series"] for _, kwargs, _ in layers] == [0, 1]
+    for data, kwargs, _ in layers:
+        image = pipeline.read_image(kwargs["metadata"]["source_path"], series=kwargs["metadata"]["series"])
+        np.testing.assert_array_equal(image.data, np.asarray(data))
 
 
 def test_corrupt_file_raises_read_error_naming_it(tmp_path):

@@ -21,10 +21,18 @@ def get_reader(path):
 def read_layers(path) -> list[tuple]:
     """Read one or several paths into napari layer data tuples.
 
+    Each layer's metadata keeps ``source_path`` and ``series`` (the record's index in its
+    file), so that results computed from it name their source and can be replayed.
+
     Raises
     ------
     napari_mmfuse.io.ReadError
         Naming the file and the problem, when a file of a supported type is corrupt.
     """
     paths = path if isinstance(path, list) else [path]
-    return [record.to_layer_data() for p in paths for record in read(Path(p))]
+    layers = []
+    for p in paths:
+        for series, record in enumerate(read(Path(p))):
+            record.metadata["series"] = series
+            layers.append(record.to_layer_data())
+    return layers
