@@ -7,11 +7,17 @@
   landmark pairs given in physical LPS (x, y[, z]) coordinates, one point per row.
 * ``transform MOVING --transform T --reference FIXED -o OUT``: apply a saved transform.
 
+Methods, their parameters and defaults come from the operation registry (``register`` and
+``transform`` capabilities; ``--model`` is ``register``'s name for ``--method``); the work runs
+through :func:`napari_mmfuse.pipeline.run`, and each output file gets a provenance sidecar
+(``OUT.provenance.json``) that ``mmfuse replay`` recomputes it from.
+
 Pyramids (slides) register on their finest level of at most ``--max-size`` pixels a side;
 when FIXED, MOVING or REFERENCE is a pyramid, OUT is resampled onto the full-resolution
 grid block by block (:func:`napari_mmfuse.core.lazy.lazy_apply_transform`) and streamed
 to the writer, so memory does not grow with the slide; integer images then keep their
-dtype (a uint8 slide stays uint8).
+dtype (a uint8 slide stays uint8). Such an OUT has no sidecar (the operation saw the
+registration level, not the slide); the transform's sidecar records that level.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import torch
 
 from ...operations import drive
 from ..device import get_device
-from ..params import ParameterRange
 from ..space import overlap_fraction
 from .checks import check_image, check_mask, check_transform
 from .deformable import jacobian_determinant
@@ -28,13 +27,6 @@ from .pyramid import build_pyramid
 from .warp import metric_value
 
 MODELS = LINEAR_MODELS + ("deformable",)
-#: Allowed values of :func:`register`'s numeric options (checked by callers before any work);
-#: ``levels`` is further capped by the image size, see :func:`max_levels`.
-PARAMETER_RANGES = {
-    "levels": ParameterRange(int, 1, None),  # capped by the image size, see max_levels
-    "iterations": ParameterRange(int, 1, 100_000),
-    "max_size": ParameterRange(int, 16, None),
-}
 #: The coarsest pyramid level keeps at least this many voxels along every axis.
 MIN_COARSEST_SIDE = 8
 
