@@ -16,15 +16,13 @@ ORDER: tuple = ("gradcam", "gradcampp", "occlusion", "saliency", "smoothgrad", "
 #: The core function whose keyword defaults the parameters share.
 CORE = "napari_mmfuse.core.explain:explain_steps"
 
-TARGET = Param("target", int, None, "label value of the class explained (auto: the model's first foreground class)",
-               label="target class")
-MARGIN = Param("margin", int, None, "context kept around the region's box (auto: half the model's patch)",
-               minimum=0, unit="px")
+TARGET = Param("target", int, None, "label value of the class explained", label="target class",
+               auto="the model's first foreground class")
+MARGIN = Param("margin", int, None, "context kept around the region's box", minimum=0, unit="px",
+               auto="half the model's patch")
 ATTRIBUTION = Param("attribution", bool, False,
                     "also measure each modality's share of the target (channel ablation)",
                     label="per-modality attribution")
-LAYER = Param("layer", str, None, "convolution (Grad-CAM) or attention block (attention) explained, by name "
-              "(auto: the deepest convolution, the last block)")
 
 INPUTS = (
     Port("images", "images", "the model's input modalities, in its channel order, on any grids"),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .. import Operation, Param
-from . import ATTRIBUTION, CORE, INPUTS, LAYER, MARGIN, OUTPUTS, TARGET, explain
+from . import ATTRIBUTION, CORE, INPUTS, MARGIN, OUTPUTS, TARGET, explain
 
+LAYER = Param("layer", str, None, "the attention block shown (rolled out up to), by name", auto="the last block")
 ROLLOUT = Param("rollout", bool, False, "roll the attention out across blocks (with the skip connections)",
                 label="roll out across blocks")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from .. import Operation
-from . import ATTRIBUTION, CORE, INPUTS, LAYER, MARGIN, OUTPUTS, TARGET, explain
+from .. import Operation, Param
+from . import ATTRIBUTION, CORE, INPUTS, MARGIN, OUTPUTS, TARGET, explain
+
+LAYER = Param("layer", str, None, "the convolution whose activations are weighted, by name",
+              auto="the deepest convolution")
 
 
 def run_gradcam(images, model, region=None, *, target, layer, margin, attribution, device=None, seed=None):

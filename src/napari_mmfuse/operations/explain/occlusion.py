@@ -5,10 +5,10 @@ from __future__ import annotations
 from .. import Operation, Param
 from . import ATTRIBUTION, CORE, INPUTS, MARGIN, OUTPUTS, TARGET, explain
 
-WINDOW = Param("window", int, None, "occluding window edge (auto: an eighth of the crop, at least 2)", minimum=1,
-               unit="px")
-STRIDE = Param("stride", int, None, "step between windows (auto: half the window in 2D, the window in 3D)",
-               minimum=1, unit="px")
+WINDOW = Param("window", int, None, "occluding window edge", minimum=1, unit="px",
+               auto="an eighth of the crop, at least 2")
+STRIDE = Param("stride", int, None, "step between windows", minimum=1, unit="px",
+               auto="half the window in 2D, the window in 3D")
 
 
 def run_occlusion(images, model, region=None, *, target, window, stride, margin, attribution, device=None, seed=None):
