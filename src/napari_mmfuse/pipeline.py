@@ -116,8 +116,7 @@ def replay(record: Provenance, *, read_input: Callable[[dict], object] | None = 
         values = []
         for entry in entries:
             value = read_input(entry)
-            found = content_hash(getattr(value, "data", value)) if "hash" in entry else None
-            if found is not None and found != entry["hash"]:
+            if _changed(entry, value):
                 where = entry.get("source", {}).get("path", entry.get("name", port))
                 raise ValueError(f"input {port} ({where}) changed since the result was made: its content hash differs")
             values.append(value)
@@ -127,9 +126,20 @@ def replay(record: Provenance, *, read_input: Callable[[dict], object] | None = 
                seed=record.seed)
 
 
+def _changed(entry: dict, value) -> bool:
+    """Whether ``value`` differs from what ``entry`` recorded (its content hash, or its summary's hashes)."""
+    data = getattr(value, "data", value)
+    if "hash" in entry and hasattr(data, "dtype"):
+        return content_hash(data) != entry["hash"]
+    describe = getattr(value, "describe", None)
+    summary = describe() if callable(describe) else {}
+    return any(key.endswith("hash") and summary.get(key) != recorded for key, recorded in entry.items())
+
+
 def read_source(entry: dict):
-    """The input an entry was read from (``entry["source"]``): an :class:`Image` (path and series) or,
-    for ``kind: transform``, a :class:`~napari_mmfuse.io.transforms.Transform`."""
+    """The input an entry was read from (``entry["source"]``): an :class:`Image` (path and series),
+    a :class:`~napari_mmfuse.io.transforms.Transform` (``kind: transform``) or a saved segmentation
+    model (``kind: model``)."""
     source = entry.get("source")
     if not source or "path" not in source:
         raise ValueError(f"input {entry.get('name', '')!r} was not read from a file: it cannot be replayed headless")
@@ -137,6 +147,10 @@ def read_source(entry: dict):
         from .io.transforms import Transform
 
         return Transform.from_source(source)
+    if source.get("kind") == "model":  # a saved segmentation model or MONAI bundle
+        from .core.segment import load_model
+
+        return load_model(source["path"])
     image = read_image(source["path"], series=int(source.get("series", 0)), kind=source.get("kind", "image"))
     if source.get("modality"):  # the modality the user gave (mmfuse fuse --modality) overrides the file's
         image.metadata["modality"] = source["modality"]

@@ -232,8 +232,8 @@ def _measure(raw, known: dict, fail) -> list:
         pair = item.get("dice") if isinstance(item, dict) else None
         if not isinstance(pair, list) or len(pair) != 2:
             fail(line, "a measure is 'dice: [labels output, reference labels input]'")
-        for name in pair:
-            if known.get(name) != "labels":
+        for name in pair:  # an operation's image output holds labels when its input did (transform/apply)
+            if known.get(name) not in ("labels", "image"):
                 fail(line, f"dice: {name!r} is not a labels input or output of the recipe")
         measures.append({"dice": list(pair)})
     return measures
