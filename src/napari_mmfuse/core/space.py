@@ -52,7 +52,7 @@ def check_affine(affine: np.ndarray, ndim: int | None = None) -> np.ndarray:
     return affine
 
 
-#: Old private name, still imported by io/transforms.py, core/lazy.py and core/register/driver.py (to be switched).
+#: Old private name, still imported by io/transforms.py, core/lazy.py and core/register/checks.py (to be switched).
 _check_affine = check_affine
 
 
