@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 NO_CANVAS = (
@@ -93,3 +94,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_phantom_subject(folder: Path, seed: int) -> None:
+    """Overlapping smooth ellipsoids (2 mm voxels) as a T1-like image, a CT-like image of the same
+    anatomy (another contrast) shifted by one voxel (2 mm) along x, and the true foreground mask."""
+    from scipy import ndimage
+
+    from napari_mmfuse.io import write
+
+    folder.mkdir(parents=True)
+    z, y, x = np.mgrid[:24, :40, :40].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    tissue = np.zeros(z.shape, np.float32)
+    for k in range(6):
+        centre, radii = rng.uniform([6, 10, 10], [18, 30, 30]), rng.uniform([3, 4, 4], [7, 10, 10])
+        tissue += (k + 1) * ((((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
+                              + ((x - centre[2]) / radii[2]) ** 2) < 1)
+    tissue = ndimage.gaussian_filter(tissue, 1.0)
+    t1 = 20 + 15 * tissue + rng.normal(0, 2, tissue.shape)
+    ct = np.roll(200 - 30 * tissue**1.5, 1, axis=2)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    name = folder.name
+    write(folder / f"{name}_t1.nii.gz", t1.astype(np.float32), affine)
+    write(folder / f"{name}_ct.nii.gz", ct.astype(np.float32), affine)
+    write(folder / f"{name}_truth.nii.gz", (tissue > 1.0).astype(np.uint8), affine, labels=True)

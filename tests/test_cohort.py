@@ -7,8 +7,9 @@ import yaml
 from napari_mmfuse.cli import main
 from napari_mmfuse.cohort import RecipeError, load_recipe
 from napari_mmfuse.cohort.table import read_table
-from napari_mmfuse.io import write
 from napari_mmfuse.provenance import Provenance, sidecar_path
+
+from conftest import write_phantom_subject
 
 RECIPE = {
     "recipe": 1,
@@ -27,33 +28,10 @@ RECIPE = {
 SHIFT_MM = 2.0
 
 
-def _subject(folder, seed: int):
-    """Overlapping smooth ellipsoids (2 mm voxels) as a T1-like image, a CT-like image of the same
-    anatomy (another contrast) shifted by one voxel (2 mm) along x, and the true foreground mask."""
-    from scipy import ndimage
-
-    folder.mkdir(parents=True)
-    z, y, x = np.mgrid[:24, :40, :40].astype(np.float32)
-    rng = np.random.default_rng(seed)
-    tissue = np.zeros(z.shape, np.float32)
-    for k in range(6):
-        centre, radii = rng.uniform([6, 10, 10], [18, 30, 30]), rng.uniform([3, 4, 4], [7, 10, 10])
-        tissue += (k + 1) * ((((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
-                              + ((x - centre[2]) / radii[2]) ** 2) < 1)
-    tissue = ndimage.gaussian_filter(tissue, 1.0)
-    t1 = 20 + 15 * tissue + rng.normal(0, 2, tissue.shape)
-    ct = np.roll(200 - 30 * tissue**1.5, 1, axis=2)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    name = folder.name
-    write(folder / f"{name}_t1.nii.gz", t1.astype(np.float32), affine)
-    write(folder / f"{name}_ct.nii.gz", ct.astype(np.float32), affine)
-    write(folder / f"{name}_truth.nii.gz", (tissue > 1.0).astype(np.uint8), affine, labels=True)
-
-
 @pytest.fixture
 def cohort(tmp_path):
     for index in range(3):
-        _subject(tmp_path / "study" / f"sub-0{index + 1}", index)
+        write_phantom_subject(tmp_path / "study" / f"sub-0{index + 1}", index)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
     return tmp_path, recipe
@@ -76,7 +54,7 @@ def test_a_bad_recipe_is_refused_before_any_subject_runs_naming_the_line(tmp_pat
         load_recipe(path)
 
 
-def test_run_resume_and_a_failing_subject(cohort, capsys):
+def test_run_resume_and_a_failingwrite_phantom_subject(cohort, capsys):
     root, recipe = cohort
     (root / "study" / "sub-03" / "sub-03_ct.nii.gz").write_bytes(b"not a nifti")  # corrupt: that subject fails
     out = root / "results"
@@ -124,7 +102,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_subject_finishes_once(tmp
     from napari_mmfuse.cohort import find_subjects, run_cohort, start_client
 
     for index in range(4):
-        _subject(tmp_path / "study" / f"sub-0{index + 1}", index)
+        write_phantom_subject(tmp_path / "study" / f"sub-0{index + 1}", index)
     recipe = load_recipe_from(RECIPE, tmp_path)
     subjects = find_subjects(recipe, str(tmp_path / "study" / "sub-*"))
     client = start_client(workers=2)
@@ -163,7 +141,7 @@ def test_a_recipe_from_one_subjects_results_runs_the_same_steps(tmp_path):
     from napari_mmfuse import pipeline
     from napari_mmfuse.cohort.from_provenance import guess_pattern, recipe_from_provenance
 
-    _subject(tmp_path / "study" / "sub-01", 0)
+    write_phantom_subject(tmp_path / "study" / "sub-01", 0)
     folder = tmp_path / "study" / "sub-01"
     t1 = pipeline.read_image(folder / "sub-01_t1.nii.gz")
     ct = pipeline.read_image(folder / "sub-01_ct.nii.gz")

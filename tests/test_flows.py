@@ -331,3 +331,61 @@ def test_open_and_fuse_flow(make_napari_viewer, qtbot, shots_dir, steps):
     for layer in (t1, t2):
         layer.visible = False
     shot(viewer, qtbot, shots_dir, "flow_fuse_2_t1_t2")
+
+
+# ------------------------------------------------------------------------------- one subject by hand, then the cohort
+def test_click_through_one_subject_then_run_the_cohort_flow(make_napari_viewer, qtbot, shots_dir, steps, tmp_path):
+    """Denoise and fuse one phantom subject in the viewer, save the chain as a recipe, run it on the
+    cohort with a local Dask cluster, and open another subject's outputs from the Cohort widget."""
+    from conftest import write_phantom_subject
+
+    from napari_mmfuse.cli import main
+
+    study = tmp_path / "study"
+    for index in range(3):
+        write_phantom_subject(study / f"sub-0{index + 1}", index)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    t1, ct = (viewer.open(str(study / "sub-01" / f"sub-01_{kind}.nii.gz"), plugin="napari-mmfuse")[0]
+              for kind in ("t1", "ct"))
+    denoise = dock(viewer, "Denoise & prepare")
+    with steps.step("denoise T1 (click to result)"):
+        denoise.set_layer(t1)
+        denoise.set_method("gaussian")
+        denoise.forms["gaussian"].set_values({"sigma": 1.5})
+        qtbot.mouseClick(denoise.run_button, Qt.LeftButton)
+        wait_idle(qtbot, denoise)
+    clean = viewer.layers["sub-01_t1 gaussian"]
+    fuse = dock(viewer, "Fuse")
+    fuse.preview_check.setChecked(False)
+    fuse.set_checked([clean.name, ct.name])
+    fuse.set_reference(clean)
+    fuse.method_combo.setCurrentText("average")
+    with steps.step("fuse denoised T1 and CT (click to result)"):
+        fused = click_fuse(viewer, fuse, qtbot)
+
+    provenance = dock(viewer, "Provenance")
+    viewer.layers.selection = {fused}
+    recipe = provenance.save_recipe(tmp_path / "clicked.yaml")
+    text = recipe.read_text()
+    assert "denoise/gaussian" in text and "fuse/average" in text and "*_t1.nii.gz" in text
+    with steps.step("mmfuse run on 3 subjects (2 workers)"):
+        assert main(["run", str(recipe), "--subjects", str(study / "sub-*"), "-o", str(tmp_path / "out")]) == 0
+
+    viewer.window.remove_dock_widget("all")  # the Cohort widget alone, as a user checking a batch
+    cohort = dock(viewer, "Cohort")
+    rows = cohort.load(tmp_path / "out")
+    assert [row["status"] for row in rows] == ["done"] * 3
+    # the subject clicked through is recomputed exactly by the cohort run
+    outputs = sorted(p.name for p in cohort.outputs_of("sub-01"))
+    assert outputs == ["average.nii.gz", "gaussian.nii.gz"], outputs
+    layers = cohort.open_subject("sub-01")
+    again = next(layer for layer in layers if layer.name == "sub-01 average")
+    np.testing.assert_allclose(np.asarray(again.data), np.asarray(fused.data), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(world_affine(again), world_affine(fused))
+    cohort.table.selectRow(1)
+    others = cohort.open_subject("sub-02")
+    assert len(others) == 2 and all(np.allclose(world_affine(layer), world_affine(t1)) for layer in others)
+    for layer in viewer.layers:
+        layer.visible = layer in others[-1:]
+    shot(viewer, qtbot, shots_dir, "flow_cohort_opened")

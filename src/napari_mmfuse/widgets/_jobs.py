@@ -68,7 +68,8 @@ class JobPanel(QWidget):
         return self.worker is not None
 
     def start(self, steps_function: Callable, *args, title: str, on_result: Callable,
-              on_progress: Callable[[Progress], None] | None = None, **kwargs):
+              on_progress: Callable[[Progress], None] | None = None,
+              on_finished: Callable[[], None] | None = None, **kwargs):
         """Run ``steps_function(*args, **kwargs)`` (a generator function) in a worker.
 
         Parameters
@@ -81,6 +82,9 @@ class JobPanel(QWidget):
             Called with the result on the main thread.
         on_progress : callable, optional
             Called with each :class:`Progress` on the main thread (plots, live values).
+        on_finished : callable, optional
+            Called on the main thread when the job ends, whatever the outcome (after the
+            panel is ready for the next job).
 
         Returns
         -------
@@ -88,13 +92,16 @@ class JobPanel(QWidget):
         """
         if self.busy:
             return None
-        worker = thread_worker(steps_function, start_thread=False)(*args, **kwargs)
+        # errors are reported by the panel (a notification and the status line), not raised again by Qt
+        worker = thread_worker(steps_function, start_thread=False, ignore_errors=True)(*args, **kwargs)
         started = time.perf_counter()
         worker.yielded.connect(lambda progress: self._show(progress, title, on_progress))
         worker.returned.connect(lambda result: self._done(result, title, started, on_result))
         worker.errored.connect(lambda error: self._failed(error, title))
         worker.aborted.connect(lambda: self._set_status(f"{title}: cancelled", notify=True))
         worker.finished.connect(self._finished)
+        if on_finished is not None:
+            worker.finished.connect(on_finished)
         self.worker = worker
         self.progress.setValue(0)
         self._set_status(f"{title}: running…")

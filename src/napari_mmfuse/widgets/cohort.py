@@ -56,12 +56,12 @@ class CohortWidget(QWidget):
         top.addWidget(self.folder_edit)
         top.addWidget(browse)
         top.addWidget(self.refresh_button)
-        layout = QVBoxLayout()
+        layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.summary)
         layout.addWidget(self.table)
         layout.addWidget(self.open_button)
-        scroll_contents(self, layout)
+        scroll_contents(self)
 
     def load(self, folder) -> list[dict]:
         """Read ``folder/cohort.csv`` and list its subjects."""
@@ -94,13 +94,17 @@ class CohortWidget(QWidget):
                       and not p.name.endswith((".pt", ".json", ".tfm", ".txt")))
 
     def open_subject(self, subject: str) -> list:
-        """Open every image output of ``subject`` as layers in physical space; return the new layers."""
+        """Open every image output of ``subject`` as layers in physical space (named ``<subject> <step>``)."""
         layers = []
         for path in self.outputs_of(subject):
             try:
-                layers += self.viewer.open(str(path), plugin="napari-mmfuse")
+                opened = self.viewer.open(str(path), plugin="napari-mmfuse")
             except (ValueError, OSError) as error:
                 show_error(f"Cohort: cannot open {path.name}: {error}")
+                continue
+            for layer in opened:
+                layer.name = f"{subject} {layer.name}"
+            layers += opened
         if not layers:
             show_error(f"Cohort: {subject} has no image outputs in {self.folder_edit.text()}")
         return layers
