@@ -79,6 +79,7 @@ class _Subject:
         self.values: dict = {}
         self.hashes: dict = {}
         self.pending: dict = {}  # name -> step whose reused output is read (or recomputed) on demand
+        self.first_ports = {step.id: step.operation.outputs[0].name for step in recipe.steps}
 
     def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -99,8 +100,14 @@ class _Subject:
         return {port.name: (step.id if i == 0 else f"{step.id}.{port.name}")
                 for i, port in enumerate(step.operation.outputs)}
 
+    def _canonical(self, name: str) -> str:
+        """``reg`` for ``reg.transform`` when ``transform`` is that step's first output (two names, one value)."""
+        step_id, _, port = name.partition(".")
+        return step_id if port and self.first_ports.get(step_id) == port else name
+
     def _value(self, name: str):
         """The value of a recipe name, read back (or recomputed) when its step was reused."""
+        name = self._canonical(name)
         if name in self.pending:
             step, port = self.pending.pop(name)
             first = port == step.operation.outputs[0].name
@@ -123,7 +130,7 @@ class _Subject:
         return {k: v for k, v in inputs.items() if v is not None and v != [None]}
 
     def _input_hashes(self, step: Step) -> dict:
-        return {port: [self.hashes.get(n) for n in (source if isinstance(source, list) else [source])]
+        return {port: [self.hashes.get(self._canonical(n)) for n in (source if isinstance(source, list) else [source])]
                 for port, source in step.inputs.items()}
 
     def _compute(self, step: Step) -> None:
