@@ -151,11 +151,17 @@ def registration_level(source: SourceImage, max_size: int) -> int:
 
 
 def level_image(source: SourceImage, index: int, name: str):
-    """One pyramid level of ``source`` as an :class:`~napari_mmfuse.operations.Image` (pixels read)."""
-    from ..operations import Image
+    """One pyramid level of ``source`` as a grey :class:`~napari_mmfuse.operations.Image` (RGB as luminance).
 
-    return Image(np.asarray(source.levels[index]), source.level_affine(index), name=name, rgb=source.rgb,
-                 kind="labels" if source.labels else "image", units=source.units)
+    Registration sees only the luminance; keeping the colours would only make the operation's
+    (discarded) resampled output of that level three times larger.
+    """
+    from ..operations import Image
+    from ..operations.register.intensity import gray
+
+    level = Image(np.asarray(source.levels[index]), source.level_affine(index), name=name, rgb=source.rgb,
+                  units=source.units)
+    return level.like(gray(level), rgb=False)
 
 
 def save_image(path, data, affine: np.ndarray, *, source: SourceImage, units: str, overwrite: bool) -> None:
@@ -286,6 +292,7 @@ def run_register(args) -> int:
     if args.init is not None:
         inputs["init"] = Transform.read(args.init)
     outputs, record = run("register", args.method, inputs, params)
+    del inputs  # a pyramid's OUT is written block by block: hold nothing the size of an image meanwhile
     transform = outputs["transform"]
     stats = transform.metadata["registration"]
     for note in stats["notes"]:
@@ -294,6 +301,7 @@ def run_register(args) -> int:
     if "folding_fraction" in stats:
         print(f"folding voxels (Jacobian <= 0): {100 * stats['folding_fraction']:.4f} %")
     if pyramid:
+        del outputs
         out = _lazy_output(moving, transform.matrix, fixed, transform.displacement, transform.displacement_affine)
         save_image(args.output, out, fixed.affine, source=moving, units=fixed.units, overwrite=args.overwrite)
     else:
