@@ -160,3 +160,15 @@ def test_a_recipe_from_one_subjects_results_runs_the_same_steps(tmp_path):
                  "--workers", "1"]) == 0
     again = pipeline.read_image(tmp_path / "out" / "sub-01" / f"{recipe.steps[1].id}.nii.gz")
     np.testing.assert_allclose(again.data, fused["image"].data, rtol=1e-6)
+
+
+def test_the_readme_recipe_is_valid():
+    from pathlib import Path
+
+    from napari_mmfuse.cohort import parse_recipe
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Cohorts", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    recipe = parse_recipe(yaml.safe_load(block))
+    assert [step.operation.key for step in recipe.steps] == [
+        "denoise/nlm", "register/rigid", "transform/apply", "fuse/laplacian"]
