@@ -15,8 +15,8 @@ from napari_mmfuse.operations import CAPABILITIES, all_operations, operations
 OPERATIONS = all_operations()
 IDS = [op.key for op in OPERATIONS]
 #: The dock widgets, by their display name in napari.yaml, and the capabilities whose forms they hold.
-WIDGETS = {"Denoise & prepare": ("denoise", "normalize"), "Register": ("register",), "Fuse": ("fuse",),
-           "Segment": ("segment",), "Explain": ("explain",)}
+WIDGETS = {"Denoise & prepare": ("denoise", "normalize"), "Register": ("register",),
+           "Manual correction": ("register",), "Fuse": ("fuse",), "Segment": ("segment",), "Explain": ("explain",)}
 
 
 def test_every_capability_declares_operations():

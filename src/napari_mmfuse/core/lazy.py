@@ -14,10 +14,14 @@ fixed (reference) world point to a moving world point, as in
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .space import _check_affine, resample
+from .space import check_affine, resample
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 #: Largest side (pixels) of the pyramid level that registration runs on.
 MAX_REGISTRATION_SIZE = 2048
@@ -96,7 +100,7 @@ def level_affine(affine, full_shape, level_shape) -> np.ndarray:
     ndarray, shape (n + 1, n + 1)
     """
     n = len(full_shape)
-    affine = _check_affine(affine, n)
+    affine = check_affine(affine, n)
     factors = downsampling_factors(full_shape, level_shape)
     level_to_full = np.diag(np.append(factors, 1.0))
     level_to_full[:n, n] = (factors - 1) / 2
@@ -234,16 +238,16 @@ def lazy_apply_transform(
     reference_shape = tuple(int(s) for s in reference_shape)
     if len(reference_shape) != n:
         raise ValueError(f"the image has {n} spatial axes but the reference grid {len(reference_shape)}")
-    image_affine = _check_affine(image_affine, n)
-    reference_affine = _check_affine(reference_affine, n)
-    transform = _check_affine(transform, n)
+    image_affine = check_affine(image_affine, n)
+    reference_affine = check_affine(reference_affine, n)
+    transform = check_affine(transform, n)
     if displacement is not None:
         if displacement_affine is None:
             raise ValueError("a displacement field needs its index -> world affine (displacement_affine)")
         displacement = np.asarray(displacement, np.float32)
         if displacement.ndim != n + 1 or displacement.shape[-1] != n:
             raise ValueError(f"the displacement field must have shape (*grid, {n}), got {displacement.shape}")
-        displacement_affine = _check_affine(displacement_affine, n)
+        displacement_affine = check_affine(displacement_affine, n)
         reach = np.abs(displacement).reshape(-1, n).max(axis=0)
     else:
         reach = np.zeros(n)

@@ -52,10 +52,6 @@ def check_affine(affine: np.ndarray, ndim: int | None = None) -> np.ndarray:
     return affine
 
 
-#: Old private name, still imported by io/transforms.py, core/lazy.py and core/register/checks.py (to be switched).
-_check_affine = check_affine
-
-
 def affine_from_itk(spacing, origin, direction=None) -> np.ndarray:
     """Build a napari-order affine from ITK-style geometry.
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..core.space import _check_affine, itk_from_affine
+from ..core.space import check_affine, itk_from_affine
 
 ITK_TEXT_SUFFIXES = (".tfm", ".txt")
 FIELD_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
@@ -50,7 +50,7 @@ def _check_transform(transform) -> np.ndarray:
         raise ValueError(f"a transform must be a 3x3 (2D) or 4x4 (3D) matrix, got shape {transform.shape}")
     if not np.allclose(transform[-1], np.eye(transform.shape[0])[-1]):
         raise ValueError(f"the last row of a transform must be {np.eye(transform.shape[0])[-1].tolist()}")
-    return _check_affine(transform)
+    return check_affine(transform)
 
 
 def write_itk_transform(path, transform, *, overwrite: bool = False) -> Path:
@@ -281,7 +281,7 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
     n = displacement.ndim - 1
     if n not in (2, 3) or displacement.shape[-1] != n:
         raise ValueError(f"displacement must have shape (*shape, n) with n = 2 or 3, got {displacement.shape}")
-    affine = _check_affine(affine, n)
+    affine = check_affine(affine, n)
     spacing, origin, direction = itk_from_affine(affine)
     if not np.allclose(direction.T @ direction, np.eye(n), atol=1e-6):
         raise ValueError("the field's grid affine has shear; ITK images need orthogonal directions")

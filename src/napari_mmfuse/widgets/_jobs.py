@@ -69,6 +69,8 @@ class JobPanel(QWidget):
 
     def start(self, steps_function: Callable, *args, title: str, on_result: Callable,
               on_progress: Callable[[Progress], None] | None = None,
+              on_error: Callable[[BaseException], None] | None = None,
+              on_abort: Callable[[], None] | None = None,
               on_finished: Callable[[], None] | None = None, **kwargs):
         """Run ``steps_function(*args, **kwargs)`` (a generator function) in a worker.
 
@@ -82,9 +84,15 @@ class JobPanel(QWidget):
             Called with the result on the main thread.
         on_progress : callable, optional
             Called with each :class:`Progress` on the main thread (plots, live values).
+        on_error, on_abort : callable, optional
+            Called on the main thread after the panel reported a failure (with the error) or
+            a cancellation.
         on_finished : callable, optional
             Called on the main thread when the job ends, whatever the outcome (after the
             panel is ready for the next job).
+
+        Every callback is connected before the work starts, so a job that ends at once
+        reaches them too.
 
         Returns
         -------
@@ -99,6 +107,10 @@ class JobPanel(QWidget):
         worker.returned.connect(lambda result: self._done(result, title, started, on_result))
         worker.errored.connect(lambda error: self._failed(error, title))
         worker.aborted.connect(lambda: self._set_status(f"{title}: cancelled", notify=True))
+        if on_error is not None:
+            worker.errored.connect(on_error)
+        if on_abort is not None:
+            worker.aborted.connect(on_abort)
         worker.finished.connect(self._finished)
         if on_finished is not None:
             worker.finished.connect(on_finished)

@@ -76,7 +76,7 @@ from ._layers import spatial_affine
 from ._pickers import LayerPicker
 from ._session import same
 from ._slider import SliderSpin
-from .register import registration_pair, start_wired
+from .register import registration_pair
 
 #: The linear registration methods Refine offers (the registry's, deformable aside).
 LINEAR_MODELS = ("rigid", "similarity", "affine")
@@ -563,13 +563,11 @@ class ManualCorrectionWidget(QWidget):
                   "init": Transform(init, name="present placement")}
         self._steps = 0
 
-        def wire(worker):
-            worker.errored.connect(lambda error: self.status.setText(f"refine failed: {error}"))
-            worker.aborted.connect(lambda: self.status.setText(f"refine cancelled; {moving.name} unchanged"))
-
-        return start_wired(self.jobs, wire, "register", self.refine_model.currentText(), inputs, params,
-                           title="Refine", on_result=lambda result: self._on_refined(*result, moving),
-                           on_progress=self._on_step)
+        return self.jobs.start(pipeline.run_steps, "register", self.refine_model.currentText(), inputs, params,
+                               title="Refine", on_result=lambda result: self._on_refined(*result, moving),
+                               on_error=lambda error: self.status.setText(f"refine failed: {error}"),
+                               on_abort=lambda: self.status.setText(f"refine cancelled; {moving.name} unchanged"),
+                               on_progress=self._on_step)
 
     def cancel(self) -> None:
         """Stop a running refine; the moving layer is left as it was."""

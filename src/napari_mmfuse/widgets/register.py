@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-import threading
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -138,27 +137,6 @@ def mask_data(layer, reference) -> np.ndarray | None:
     if data.shape != reference_shape:
         raise ValueError(f"mask {layer.name} has shape {data.shape} but {reference.name} {reference_shape}")
     return data > 0
-
-
-def start_wired(jobs: JobPanel, wire, *args, **kwargs):
-    """Start :func:`napari_mmfuse.pipeline.run_steps` on ``jobs``; ``wire(worker)`` runs before the work begins.
-
-    The work waits until ``wire`` has connected its handlers (errors, cancel), so a job that
-    fails at once cannot finish before they are connected; its errors are reported by the
-    panel, not re-raised in Qt's event loop. ``args`` and ``kwargs`` go to
-    :meth:`JobPanel.start`. Returns the worker, or None when a job is already running.
-    """
-    ready = threading.Event()
-
-    def steps(*arguments, **options):
-        ready.wait()
-        return (yield from pipeline.run_steps(*arguments, **options))
-
-    worker = jobs.start(steps, *args, _ignore_errors=True, **kwargs)
-    if worker is not None:
-        wire(worker)
-    ready.set()
-    return worker
 
 
 def layer_picture(layer, *, name: str | None = None) -> Picture:
@@ -326,13 +304,11 @@ class RegisterWidget(QWidget):
         self.curve.clear()
         self.result_label.setText(f"registering {moving.name} onto {fixed.name}…")
 
-        def wire(worker):
-            worker.errored.connect(lambda error: self.result_label.setText(f"registration failed: {error}"))
-            worker.aborted.connect(lambda: self.result_label.setText(f"registration cancelled; {moving.name} is unchanged"))
-            worker.finished.connect(self._refresh_history)
-
-        return start_wired(self.jobs, wire, "register", method, inputs, params, title="Register",
-                           on_result=lambda result: self._on_result(*result, context), on_progress=self._on_step)
+        return self.jobs.start(
+            pipeline.run_steps, "register", method, inputs, params, title="Register",
+            on_error=lambda error: self.result_label.setText(f"registration failed: {error}"),
+            on_abort=lambda: self.result_label.setText(f"registration cancelled; {moving.name} is unchanged"),
+            on_finished=self._refresh_history, on_result=lambda result: self._on_result(*result, context), on_progress=self._on_step)
 
     def cancel(self) -> None:
         """Ask the running registration to stop; the moving layer is left untouched."""
@@ -521,5 +497,5 @@ class RegisterWidget(QWidget):
         def added(result):
             add_image_layer(self.viewer, result[0]["transformed"], like=fixed, name=f"{layer.name} transformed", **extra)
 
-        return start_wired(self.jobs, lambda worker: None, "transform", "apply", inputs, {}, title="Apply transform",
-                           on_result=added)
+        return self.jobs.start(pipeline.run_steps, "transform", "apply", inputs, {}, title="Apply transform",
+                               on_result=added)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..space import _check_affine as check_affine
+from ..space import check_affine
 
 
 def check_image(image, affine, name: str) -> tuple[np.ndarray, np.ndarray]:
