@@ -469,8 +469,6 @@ def test_cli_trains_a_unetr_and_explains_its_attention(tmp_path):
     assert attention.shape == (1,) + image.shape and attention.min() >= 0 and attention.max() == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="mmfuse replay cannot read a model input yet: pipeline.read_source reads "
-                   "images only, and a model's recorded source is the stem given (no such file); see the issue-12 note")
 @pytest.mark.parametrize("method", ["gradcam", "ig"])
 def test_cli_output_replays_identically(setting, tmp_path, method):
     """``mmfuse explain`` writes a sidecar; ``mmfuse replay`` recomputes the identical map (deterministic methods)."""
