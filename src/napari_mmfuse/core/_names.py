@@ -1,9 +1,8 @@
-"""Method names of the core steps, importable without torch, SciPy or dask.
+"""The default fusion method, importable without torch, SciPy or dask.
 
-``mmfuse`` builds its subcommand parsers (``--method`` choices) from these, so that
-``mmfuse --help`` does not import the modules that compute. The core modules take their
-names from here (fusion's come from its operation registry, :mod:`napari_mmfuse.operations.fuse`,
-which, like :mod:`napari_mmfuse.core.fuse`, takes its default method from here).
+Method names and parameters are declared by the operation registry
+(:mod:`napari_mmfuse.operations`); the default fusion method lives here because both
+:mod:`napari_mmfuse.core.fuse` and the fusion operations need it and neither may import the other.
 """
 
 from __future__ import annotations
