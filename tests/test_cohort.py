@@ -75,6 +75,7 @@ def test_run_resume_and_a_failingwrite_phantom_subject(cohort, capsys):
         record = Provenance.load(sidecar_path(out / name / "fused.nii.gz"))
         assert record.operation == "fuse/average"
         # the known misalignment is found: 2 mm along x (napari's last axis)
+        assert row["ct_on_t1.metric_after"] > row["ct_on_t1.metric_before"]  # MI rose
         transform = Provenance.load(sidecar_path(out / name / "ct_on_t1.tfm")).outputs["transform"]
         np.testing.assert_allclose(np.abs(np.asarray(transform["matrix"])[:3, 3]), [0, 0, SHIFT_MM], atol=0.5)  # a quarter voxel
     assert len(read_table(out / "cohort.csv")) == 3

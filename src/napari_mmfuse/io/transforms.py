@@ -412,7 +412,8 @@ class Transform:
         return written
 
     def describe(self) -> dict:
-        """A JSON-able summary for provenance: kind, matrix, hashes, source."""
+        """A JSON-able summary for provenance: kind, matrix, hashes, source, and the registration's
+        numbers when registration made it (metric before and after, folding fraction)."""
         from ..provenance import content_hash
 
         entry = {"kind": self.kind, "name": self.name, "matrix": self.matrix.tolist(), "hash": content_hash(self.matrix)}
@@ -420,4 +421,7 @@ class Transform:
             entry["displacement_hash"] = content_hash(np.asarray(self.displacement))
         if self.metadata.get("source"):
             entry["source"] = dict(self.metadata["source"])
+        registration = self.metadata.get("registration", {})
+        entry.update({key: float(registration[key]) for key in ("metric_before", "metric_after", "folding_fraction")
+                      if registration.get(key) is not None})
         return entry
