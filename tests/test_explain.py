@@ -354,7 +354,7 @@ def test_explain_widget_attention_overlay(make_napari_viewer, qtbot, monkeypatch
 
     from napari_mmfuse.widgets import explain as explain_widget
     from napari_mmfuse.widgets._layers import world_affine
-    from napari_mmfuse.widgets.segment import remember_model
+    from napari_mmfuse.widgets._session import remember_model
 
     errors = []
     monkeypatch.setattr(explain_widget, "show_error", errors.append)
@@ -407,7 +407,7 @@ def test_explain_widget_attention_3d(make_napari_viewer, qtbot, shots_dir):
 
     from napari_mmfuse.widgets._layers import world_affine
     from napari_mmfuse.widgets.explain import ExplainWidget
-    from napari_mmfuse.widgets.segment import remember_model
+    from napari_mmfuse.widgets._session import remember_model
 
     model = untrained_unetr(spatial_dims=3, size=32)
     volume = np.random.default_rng(2).normal(size=(24, 32, 32)).astype(np.float32)

@@ -30,7 +30,7 @@ from napari_mmfuse.io import tiff as tiff_io
 from napari_mmfuse.io.tiff import write_ome_tiff
 from napari_mmfuse.io.transforms import read_itk_transform, write_transform
 import napari_mmfuse.core.register as core_register
-from napari_mmfuse.widgets import register as register_module
+from napari_mmfuse.widgets import _registration as registration_module
 from napari_mmfuse.history import history_for, layer_affine
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets.manual import ManualCorrectionWidget
@@ -344,7 +344,7 @@ def save_shot(viewer, widget, name, tmp_path, qtbot):
 
 
 def test_manual_correction_moves_every_level_and_refines_on_the_coarse_level(make_napari_viewer, qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr(register_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
+    monkeypatch.setattr(registration_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
     registered_shapes = []
     register_steps = core_register.register_steps
 
@@ -367,7 +367,7 @@ def test_manual_correction_moves_every_level_and_refines_on_the_coarse_level(mak
     widget.translation[1].slider.setValue(25)
     np.testing.assert_allclose(layer_affine(moving) - start, [[0, 0, 0], [0, 0, 2.5], [0, 0, 0]], atol=1e-12)
     assert history_for(moving).labels[-1] == "manual"
-    coarse, coarse_affine = register_module.layer_image(moving)
+    coarse, coarse_affine = registration_module.layer_image(moving)
     assert coarse.shape == (48, 48)
     np.testing.assert_allclose(coarse_affine, lazy.level_affine(world_affine(moving), (96, 96), (48, 48)))
     # a rotation turns the slide about its level-0 centre
@@ -392,7 +392,7 @@ def test_manual_correction_moves_every_level_and_refines_on_the_coarse_level(mak
 
 
 def test_quality_views_of_pyramids_on_the_coarse_fixed_grid(make_napari_viewer, qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr(register_module, "MAX_REGISTRATION_SIZE", 64)
+    monkeypatch.setattr(registration_module, "MAX_REGISTRATION_SIZE", 64)
     viewer = make_napari_viewer(show=True)
     shift = np.array([6.0, -4.0])
     fixed, moving = pyramid_pair(viewer, shift)

@@ -16,6 +16,7 @@ import torch._dynamo  # noqa: F401
 
 from napari_mmfuse.widgets import manual as manual_module
 from napari_mmfuse.widgets import quality as quality_module
+from napari_mmfuse.widgets import _registration as registration_module
 from napari_mmfuse.widgets import register as register_module
 from napari_mmfuse.widgets import _jobs as jobs_module
 from napari_mmfuse.history import history_for, layer_affine
@@ -458,7 +459,7 @@ def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors
     qtbot.waitUntil(lambda: not widget.workers, timeout=WAIT_MS)
     assert peak == [1]
     assert len(viewer.layers) == n_layers  # replaced, not accumulated
-    fixed_data, fixed_affine, moving_data, moving_affine = register_module.registration_pair(fixed, moving)
+    fixed_data, fixed_affine, moving_data, moving_affine = registration_module.registration_pair(fixed, moving)
     expected = view_images("difference", fixed_data, fixed_affine, moving_data, moving_affine)
     np.testing.assert_allclose(viewer.layers["quality: difference"].data, expected, atol=1e-6)
 
@@ -490,13 +491,13 @@ def test_quality_views_on_fixed_grid(make_napari_viewer, qtbot, tmp_path, errors
 
 def test_register_multiscale_slides_on_a_coarse_level(make_napari_viewer, qtbot, monkeypatch):
     """A pyramid registers on its coarse level; the affine found there moves every level."""
-    monkeypatch.setattr(register_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
+    monkeypatch.setattr(registration_module, "MAX_REGISTRATION_SIZE", 64)  # level 0 (96 px) is "too large"
     viewer = make_napari_viewer()
     shift = np.array([6.0, -4.0])  # level-0 pixels
     fixed_full, moving_full = blobs((96, 96)), blobs((96, 96), shift)
     fixed = viewer.add_image([fixed_full, fixed_full[::2, ::2]], multiscale=True, scale=(0.5, 0.5), name="fixed")
     moving = viewer.add_image([moving_full, moving_full[::2, ::2]], multiscale=True, scale=(0.5, 0.5), name="moving")
-    data, affine = register_module.layer_image(moving)
+    data, affine = registration_module.layer_image(moving)
     assert data.shape == (48, 48)
     np.testing.assert_allclose(np.diag(affine)[:2], [1.0, 1.0])  # 2 level-0 pixels of 0.5 um
     widget = RegisterWidget(viewer)

@@ -16,7 +16,8 @@ from napari_mmfuse.widgets import explain as explain_widget
 from napari_mmfuse.widgets._layers import world_affine
 from napari_mmfuse.widgets import segment as segment_widget
 from napari_mmfuse.widgets.explain import ExplainWidget
-from napari_mmfuse.widgets.segment import SegmentWidget, remember_model, session_model
+from napari_mmfuse.widgets._session import remember_model, session_model
+from napari_mmfuse.widgets.segment import SegmentWidget
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from napari.layers import Image
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QComboBox, QFileDialog, QListWidget, QListWidgetItem
 
 from ._session import index_of, same, unwrap
 
@@ -161,3 +161,11 @@ class LayerChecklist(QListWidget):
             self._add(layer, index_of(layer, wanted) >= 0)
         self.blockSignals(False)
         self.user_chose = True
+
+
+def choose_model_file(parent) -> str:
+    """Ask for a model file (a MONAI bundle is picked by its ``models/model.pt``); "" if cancelled."""
+    path, _ = QFileDialog.getOpenFileName(
+        parent, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
+    )
+    return path

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
+
 import wrapt
 
 
@@ -112,3 +114,31 @@ def session_of(viewer) -> Session:
     if session is None:
         session = _SESSIONS[real] = Session()
     return session
+
+
+def session_model(viewer):
+    """The last model trained or loaded in this viewer's session, or None.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer, or any widget's proxy of it.
+
+    Returns
+    -------
+    (SegmentationNet, list of str) or None
+        The model and the names of the layers it was trained on, in channel order.
+    """
+    return session_of(viewer).model
+
+
+def remember_model(viewer, model, layer_names, labels=None) -> None:
+    """Make ``model`` the session's current model (see :func:`session_model`).
+
+    ``labels``, the model's segmentation of its inputs, tells Explain how large each class is.
+    """
+    counts = {}
+    if labels is not None:
+        values, sizes = np.unique(np.asarray(labels), return_counts=True)
+        counts = {int(v): int(n) for v, n in zip(values, sizes) if v != 0}
+    session_of(viewer).set_model(model, layer_names, counts)

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLabel, QPushButto
 
 from .. import operations as registry
 from .. import pipeline
-from ..operations.denoise.inputs import check_input
+from ..operations.inputs import check_input
 from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel

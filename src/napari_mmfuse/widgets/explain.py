@@ -39,9 +39,8 @@ from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel
 from ._layers import add_image_layer, image_of, world_affine
-from ._pickers import LayerChecklist, LayerPicker
-from ._session import same, session_of
-from .segment import choose_model_file, session_model
+from ._pickers import LayerChecklist, LayerPicker, choose_model_file
+from ._session import same, session_model, session_of
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")

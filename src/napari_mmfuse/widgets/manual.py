@@ -76,7 +76,7 @@ from ._layers import spatial_affine
 from ._pickers import LayerPicker
 from ._session import same
 from ._slider import SliderSpin
-from .register import registration_pair
+from ._registration import registration_pair
 
 #: The linear registration methods Refine offers (the registry's, deformable aside).
 LINEAR_MODELS = ("rigid", "similarity", "affine")

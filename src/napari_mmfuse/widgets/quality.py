@@ -8,7 +8,7 @@ moving layer itself and creates nothing.
 
 Multiscale (pyramid) layers are compared on their coarse registration level (the finest
 of at most ``MAX_REGISTRATION_SIZE`` px a side, see
-:func:`napari_mmfuse.widgets.register.layer_image`); the view then lies on the fixed
+:func:`napari_mmfuse.widgets._registration.layer_image`); the view then lies on the fixed
 layer's coarse grid and is placed with that level's affine, over the pyramid.
 
 Intensities of both images are rescaled to [0, 1] between their 1st and 99th
@@ -53,7 +53,7 @@ from ._dock import scroll_contents
 from ._jobs import JobPanel
 from ._layers import geometry_of
 from ._pickers import LayerPicker
-from .register import registration_pair
+from ._registration import registration_pair
 
 PREFIX = "quality: "
 #: Milliseconds between tries to start a queued job while the panel finishes the previous one.

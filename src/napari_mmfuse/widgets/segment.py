@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
@@ -39,48 +38,12 @@ from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel
 from ._layers import add_image_layer, image_of
-from ._pickers import LayerChecklist, LayerPicker, is_result
+from ._pickers import LayerChecklist, LayerPicker, choose_model_file, is_result
 from ._plots import CurvePlot
-from ._session import session_of
+from ._session import remember_model, session_model
 
 #: Methods that read the painted strokes.
 NEEDS_STROKES = ("unet", "watershed")
-
-
-def choose_model_file(parent) -> str:
-    """Ask for a model file (a MONAI bundle is picked by its ``models/model.pt``); "" if cancelled."""
-    path, _ = QFileDialog.getOpenFileName(
-        parent, "Load model (a MONAI bundle: its models/model.pt)", "", "Model (*.pt *.pth *.ts)"
-    )
-    return path
-
-
-def session_model(viewer):
-    """The last model trained or loaded in this viewer's session, or None.
-
-    Parameters
-    ----------
-    viewer : napari.Viewer
-        The viewer, or any widget's proxy of it.
-
-    Returns
-    -------
-    (SegmentationNet, list of str) or None
-        The model and the names of the layers it was trained on, in channel order.
-    """
-    return session_of(viewer).model
-
-
-def remember_model(viewer, model, layer_names, labels=None) -> None:
-    """Make ``model`` the session's current model (see :func:`session_model`).
-
-    ``labels``, the model's segmentation of its inputs, tells Explain how large each class is.
-    """
-    counts = {}
-    if labels is not None:
-        values, sizes = np.unique(np.asarray(labels), return_counts=True)
-        counts = {int(v): int(n) for v, n in zip(values, sizes) if v != 0}
-    session_of(viewer).set_model(model, layer_names, counts)
 
 
 def strokes_layer(layers):

@@ -8,7 +8,7 @@ image's noise level (:func:`napari_mmfuse.core.denoise.estimated_parameters`).
 from __future__ import annotations
 
 from .. import Image, Operation, Param, Port
-from .inputs import fractions, grey_input
+from ..inputs import fractions, grey_input
 
 IMAGE = Port("image", "image", "grey 2D or 3D image (a single slice of a volume is filtered as 2D)")
 RESULT = Port("image", "image", "denoised image, float32, on the input's grid")

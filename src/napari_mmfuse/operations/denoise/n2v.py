@@ -8,7 +8,7 @@ the seed, and on the CPU the same seed gives the same result. Each step's loss g
 from __future__ import annotations
 
 from .. import Image, Operation, Param, Port, Progress
-from .inputs import grey_input
+from ..inputs import grey_input
 
 
 def run_n2v(image: Image, model=None, *, steps: int | None, patch: int | None, device=None, seed=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import Image, Operation, Param, Port, Progress
-from ..denoise.inputs import grey_input
+from ..inputs import grey_input
 
 
 def run_poly_bias(image: Image, *, degree: int, device=None, seed=None):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import Image, Operation, Param, Port, Progress
-from ..denoise.inputs import grey_input
+from ..inputs import grey_input
 
 IMAGE = Port("image", "image", "grey 2D or 3D image")
 RESULT = Port("image", "image", "normalised image, float32, on the input's grid")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import Image, Operation, Param, Port, Progress
-from ..denoise.inputs import rgb_input
+from ..inputs import rgb_input
 
 SLIDE = Port("image", "image", "RGB uint8 H&E slide (a coarse pyramid level for the tissue mask)")
 TARGET = Port("reference", "image", "RGB target slide; default the published H&E reference", optional=True)

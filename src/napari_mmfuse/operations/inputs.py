@@ -11,10 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import Image, Progress
-
-#: An entry module of the registry; this one declares no operation.
-OPERATIONS: tuple = ()
+from . import Image, Progress
 
 #: Normalize methods that take RGB H&E slides; every other denoise/normalize method takes grey images.
 RGB_METHODS = ("macenko", "reinhard", "tissue")
@@ -72,7 +69,7 @@ def check_input(capability: str, method: str, image: Image, title: str | None = 
         return
     data, _, _ = grey_input(image, title)
     if capability == "denoise":
-        from ...core.denoise import check_image
+        from ..core.denoise import check_image
 
         check_image(data)
 
