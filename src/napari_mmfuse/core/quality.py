@@ -21,8 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .kernels import gaussian_kernel, separable
+from scipy import ndimage
 
 # Xydeas-Petrovic constants (edge strength g, orientation alpha), L = 1.
 QABF_CONSTANTS = {
@@ -178,6 +177,13 @@ def fusion_qabf(fused, sources) -> float:
     return numerator / denominator
 
 
+def _separable_filter(x: np.ndarray, kernel: np.ndarray, axes: Sequence[int] | None = None) -> np.ndarray:
+    """Correlate ``x`` with the odd 1D ``kernel`` along ``axes`` (default: all; mirror padding)."""
+    for axis in range(x.ndim) if axes is None else axes:
+        x = ndimage.correlate1d(x, kernel, axis=axis, mode="reflect")
+    return x
+
+
 def ssim(a, b, *, data_range: float = 255.0, win_size: int = 7, gaussian: bool = False) -> float:
     """Mean structural similarity: ``skimage.metrics.structural_similarity`` of two grey images.
 
@@ -236,10 +242,18 @@ def fusion_scd(fused, sources) -> float:
     return float(sum(_correlation(fused - (total - s), s) for s in sources))
 
 
-def _valid_filter(planes: np.ndarray, kernel: torch.Tensor) -> np.ndarray:
+def _gaussian_kernel(size: int) -> np.ndarray:
+    """1D factor of VIF's size x size Gaussian window (sigma = size / 5), normalised."""
+    sigma = size / 5.0
+    t = np.arange(size) - (size - 1) / 2
+    kernel = np.exp(-(t * t) / (2 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+def _valid_filter(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Filter each plane of (P, H, W) with the separable window; keep the 'valid' part."""
-    cut = kernel.numel() // 2
-    filtered = separable(torch.from_numpy(planes), kernel, 2).numpy()
+    cut = kernel.size // 2
+    filtered = _separable_filter(planes, kernel, axes=(1, 2))
     return filtered[:, cut : filtered.shape[1] - cut, cut : filtered.shape[2] - cut]
 
 
@@ -249,7 +263,7 @@ def _vif_terms(ref: np.ndarray, dist: np.ndarray, sigma_nsq: float) -> tuple[flo
     numerator = denominator = 0.0
     for scale in range(1, 5):
         size = 2 ** (4 - scale + 1) + 1
-        window = gaussian_kernel(size / 5.0, radius=size // 2, dtype=torch.float64)  # size x size, sigma = size / 5
+        window = _gaussian_kernel(size)
         if scale > 1:
             ref = _valid_filter(ref, window)[:, ::2, ::2]
             dist = _valid_filter(dist, window)[:, ::2, ::2]
