@@ -358,6 +358,7 @@ def test_click_through_one_subject_then_run_the_cohort_flow(make_napari_viewer, 
     clean = viewer.layers["sub-01_t1 gaussian"]
     fuse = dock(viewer, "Fuse")
     fuse.preview_check.setChecked(False)
+    assert fuse.checked_layers() and "sub-01_t1 preview" not in [layer.name for layer in fuse.checked_layers()]
     fuse.set_checked([clean.name, ct.name])
     fuse.set_reference(clean)
     fuse.method_combo.setCurrentText("average")

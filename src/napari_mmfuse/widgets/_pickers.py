@@ -14,8 +14,9 @@ from ._session import index_of, same, unwrap
 
 
 def is_result(layer) -> bool:
-    """Whether a layer was produced by one of the plugin's widgets (a result, not an input)."""
-    return isinstance(getattr(layer, "metadata", None), dict) and "mmfuse" in layer.metadata
+    """Whether a layer was produced by one of the plugin's widgets (a result or a live preview, not an input)."""
+    metadata = getattr(layer, "metadata", None)
+    return isinstance(metadata, dict) and ("mmfuse" in metadata or "preview_of" in metadata)
 
 
 class LayerPicker(QComboBox):

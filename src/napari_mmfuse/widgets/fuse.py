@@ -75,8 +75,10 @@ def metric_note(name: str, n_sources: int) -> str:
 
 
 def _made_here(layer) -> bool:
-    """Whether a layer is a fusion result, contribution map or the preview: listed, but not checked by default."""
-    return layer.metadata.get("step") == PREVIEW_STEP or (layer.metadata.get("mmfuse") or {}).get("step") == "fuse"
+    """Whether a layer is a fusion result, contribution map or a live preview (ours or another widget's):
+    listed, but not checked by default."""
+    return (layer.metadata.get("step") == PREVIEW_STEP or "preview_of" in layer.metadata
+            or (layer.metadata.get("mmfuse") or {}).get("step") == "fuse")
 
 
 def _raw(layer):
