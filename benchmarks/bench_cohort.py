@@ -156,7 +156,7 @@ def _rows(out: Path) -> int:
 
 def peak_worker_memory(recipe: Path, study: Path, out: Path) -> tuple[float, list[float]]:
     """Run on 2 workers in this process's client and read each worker's peak RSS (MiB)."""
-    from napari_mmfuse.cohort import find_subjects, load_recipe, run_cohort, start_client
+    from napari_mmfuse.cohort import close_client, find_subjects, load_recipe, run_cohort, start_client
 
     def peak():
         import resource
@@ -170,15 +170,13 @@ def peak_worker_memory(recipe: Path, study: Path, out: Path) -> tuple[float, lis
         run_cohort(loaded, find_subjects(loaded, str(study / "sub-*")), out, client=client)
         peaks = list(client.run(peak).values())
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        close_client(client)
     return time.perf_counter() - started, peaks
 
 
 def fault_run(recipe: Path, study: Path, out: Path) -> tuple[bool, str]:
     """Kill one busy worker after the first subject; the run must complete, each subject once."""
-    from napari_mmfuse.cohort import find_subjects, load_recipe, run_cohort, start_client
+    from napari_mmfuse.cohort import close_client, find_subjects, load_recipe, run_cohort, start_client
     from napari_mmfuse.cohort.table import read_table
 
     loaded = load_recipe(recipe)
@@ -195,9 +193,7 @@ def fault_run(recipe: Path, study: Path, out: Path) -> tuple[bool, str]:
     try:
         rows = run_cohort(loaded, subjects, out, client=client, on_row=kill)
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        close_client(client)
     names = [row["subject"] for row in read_table(out / "cohort.csv")]
     ok = bool(killed) and sorted(names) == sorted(s.id for s in subjects) and all(r["status"] == "done" for r in rows)
     return ok, f"killed {len(killed)} worker(s); {len(names)} rows, {len(set(names))} distinct, " \

@@ -100,7 +100,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_subject_finishes_once(tmp
     import os
     import signal
 
-    from napari_mmfuse.cohort import find_subjects, run_cohort, start_client
+    from napari_mmfuse.cohort import close_client, find_subjects, run_cohort, start_client
 
     for index in range(4):
         write_phantom_subject(tmp_path / "study" / f"sub-0{index + 1}", index)
@@ -121,9 +121,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_subject_finishes_once(tmp
     try:
         rows = run_cohort(recipe, subjects, tmp_path / "out", client=client, on_row=kill_a_busy_worker)
     finally:
-        cluster = client.cluster
-        client.close()
-        cluster.close()
+        close_client(client)
     assert killed, "no worker was busy when the first subject finished"
     assert [row["subject"] for row in rows] == ["sub-01", "sub-02", "sub-03", "sub-04"]
     assert all(row["status"] == "done" for row in rows), [row.get("error") for row in rows]

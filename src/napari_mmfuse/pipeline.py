@@ -71,7 +71,7 @@ def run_steps(
         operation=operation.key,
         params=checked,
         inputs={name: _describe(value) for name, value in inputs.items() if value is not None},
-        transforms=[_describe_transform(v) for v in inputs.values() if _is_transform(v)],
+        transforms=[_describe_other(v) for v in inputs.values() if _is_transform(v)],
         seed=seed,
         device=_device_name(device),
     )
@@ -197,10 +197,6 @@ def _describe_other(value) -> dict:
 
 def _is_transform(value) -> bool:
     return getattr(value, "kind", None) == "transform"
-
-
-def _describe_transform(value) -> dict:
-    return _describe_other(value)
 
 
 def _device_name(device) -> str | None:

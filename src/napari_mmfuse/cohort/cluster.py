@@ -52,6 +52,14 @@ def start_client(scheduler: str = "local", *, workers: int = 2, memory_limit: st
     return client
 
 
+def close_client(client) -> None:
+    """Close a client and, when it started one, its local cluster (its worker processes end)."""
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def run_cohort(recipe: Recipe, subjects: list[Subject], outdir, *, client=None, resume: bool = False,
                device: str | None = None, on_row: Callable[[dict], None] | None = None,
                retries: int = 1) -> list[dict]:
@@ -106,10 +114,7 @@ def run_cohort(recipe: Recipe, subjects: list[Subject], outdir, *, client=None, 
     finally:
         log.close()
         if own_client:
-            cluster = client.cluster
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            close_client(client)
     return [rows[s.id] for s in subjects]
 
 

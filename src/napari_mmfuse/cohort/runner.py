@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import pipeline
+from ..io import file_suffix
 from ..operations import Image
 from ..provenance import SIDECAR_SUFFIX, Provenance, content_hash, sidecar_path
 from .recipe import Recipe, Step, parse_recipe
@@ -186,8 +187,8 @@ class _Subject:
         """The file holding a step's output, when it is there with its sidecar."""
         stem = step.id if first else f"{step.id}.{port}"
         for candidate in sorted(self.folder.glob(f"{stem}.*")):
-            if not candidate.name.endswith(SIDECAR_SUFFIX) and _stem_of(candidate) == stem \
-                    and sidecar_path(candidate).exists():
+            own_stem = candidate.name[: len(candidate.name) - len(file_suffix(candidate))]
+            if not candidate.name.endswith(SIDECAR_SUFFIX) and own_stem == stem and sidecar_path(candidate).exists():
                 return candidate
         return None
 
@@ -243,13 +244,3 @@ def _identity(value) -> str | None:
 def _savable(value) -> bool:
     """Outputs written to files: images, labels and maps, and objects that save themselves."""
     return isinstance(value, Image) or callable(getattr(value, "save", None))
-
-
-def _stem_of(path: Path) -> str:
-    """``t1_clean`` of ``t1_clean.nii.gz``, ``reg.resampled`` of ``reg.resampled.nii.gz``."""
-    name = path.name
-    for suffix in (".nii.gz", ".ome.tif", ".ome.tiff", ".ome.zarr", ".tfm", ".json", ".nii", ".tif", ".pt", ".txt",
-                   ".h5", ".mha", ".nrrd", ".png"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..operations import Operation, operations
+from ..operations import BOOLEAN_WORDS, Operation, operations
 
 
 def add_method_options(parser: argparse.ArgumentParser, capability: str, *, methods=None,
@@ -86,9 +86,6 @@ def _dest(flag: str) -> str:
 
 
 def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1", "on"):
-        return True
-    if lowered in ("false", "no", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    if text.lower() not in BOOLEAN_WORDS:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return BOOLEAN_WORDS[text.lower()]

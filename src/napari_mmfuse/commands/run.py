@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 def run_cohort_command(args) -> int:
     from ..cohort import find_subjects, load_recipe, print_summary, run_cohort, start_client
-    from ..cohort.cluster import TABLE_STEM, dashboard_of
+    from ..cohort.cluster import TABLE_STEM, close_client, dashboard_of
 
     recipe = load_recipe(args.recipe)
     subjects = find_subjects(recipe, args.subjects)
@@ -64,9 +64,6 @@ def run_cohort_command(args) -> int:
             rows = run_cohort(recipe, subjects, outdir, client=client, resume=args.resume, device=args.device,
                               on_row=advance)
     finally:
-        cluster = client.cluster
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close_client(client)
     print_summary(rows, outdir)
     return 0 if all(row["status"] == "done" for row in rows) else 1

@@ -32,6 +32,9 @@ CAPABILITIES = ("denoise", "normalize", "register", "transform", "fuse", "segmen
 #: an intensity (the image's values), a percentage, or none.
 UNITS = ("", "px", "world", "intensity", "%")
 
+#: How a boolean parameter may be written (CLI flags, recipes), lower case.
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
 #: Kinds of data an operation takes or gives.
 KINDS = ("image", "images", "labels", "transform", "model", "map", "table")
 
@@ -158,8 +161,8 @@ class Param:
         if value is None:
             return None
         if self.type is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+                return BOOLEAN_WORDS[value.lower()]
             if isinstance(value, (bool, int)) and value in (0, 1):
                 return bool(value)
             raise ValueError(f"{shown} must be true or false, got {value!r}")
@@ -319,6 +322,20 @@ def drive(steps, *, on_progress: Callable[[Progress], None] | None = None, cance
         if cancelled is not None and cancelled():
             steps.close()
             raise Cancelled("cancelled")
+
+
+def relay(steps, to_progress: Callable[[Any], Progress]):
+    """Re-yield each item a core generator yields as ``to_progress(item)``; return the generator's result.
+
+    How a run function turns a core loop's own progress (fractions, registration steps,
+    training steps) into :class:`Progress`: ``result = yield from relay(steps, convert)``.
+    """
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as done:
+            return done.value
+        yield to_progress(item)
 
 
 _REGISTRY: dict[str, dict[str, Operation]] = {}

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import Image, Progress
+from . import Image, Progress, relay
 
 #: Normalize methods that take RGB H&E slides; every other denoise/normalize method takes grey images.
 RGB_METHODS = ("macenko", "reinhard", "tissue")
@@ -76,9 +76,4 @@ def check_input(capability: str, method: str, image: Image, title: str | None = 
 
 def fractions(steps, message: str):
     """Turn a core generator that yields fractions done into one that yields :class:`Progress`."""
-    while True:
-        try:
-            fraction = next(steps)
-        except StopIteration as done:
-            return done.value
-        yield Progress(fraction, 1.0, message)
+    return (yield from relay(steps, lambda fraction: Progress(fraction, 1.0, message)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...operations import Image, Progress
+from ...operations import Image, Progress, relay
 from .run import explain_steps, modality_attribution_steps
 
 #: Share of the progress taken by the map when the per-modality attribution follows it.
@@ -101,9 +101,5 @@ def explain_images(images, model, region: Image | None = None, *, method: str, a
 
 def _rescaled(steps, start: float, share: float, message: str):
     """Run ``steps`` to its end, its progress mapped onto ``start .. start + share`` of the whole."""
-    while True:
-        try:
-            progress = next(steps)
-        except StopIteration as done:
-            return done.value
-        yield Progress(start + share * progress.fraction, 1.0, f"{message}: {progress.done:g} of {progress.total:g}")
+    return (yield from relay(steps, lambda progress: Progress(
+        start + share * progress.fraction, 1.0, f"{message}: {progress.done:g} of {progress.total:g}")))

@@ -7,7 +7,7 @@ the seed, and on the CPU the same seed gives the same result. Each step's loss g
 
 from __future__ import annotations
 
-from .. import Image, Operation, Param, Port, Progress
+from .. import Image, Operation, Param, Port, Progress, relay
 from ..inputs import grey_input
 
 
@@ -18,14 +18,8 @@ def run_n2v(image: Image, model=None, *, steps: int | None, patch: int | None, d
     data, _, restore = grey_input(image, "Noise2Void")
     if model is None:
         training = n2v_train(data, steps=steps, patch=patch, seed=0 if seed is None else seed, device=device)
-        while True:
-            try:
-                step = next(training)
-            except StopIteration as done:
-                model = done.value
-                break
-            yield Progress(step.step, step.total + 1, f"training step {step.step}/{step.total}",
-                           values={"loss": step.loss})
+        model = yield from relay(training, lambda step: Progress(
+            step.step, step.total + 1, f"training step {step.step}/{step.total}", values={"loss": step.loss}))
     total = model.config.steps_trained + 1
     yield Progress(total - 1, total, "predicting")
     result = model.predict(data, device=device)

@@ -10,7 +10,9 @@ Jacobian determinant on the fixed grid.
 
 from __future__ import annotations
 
-from .. import Operation, Param, Port, Progress
+import itertools
+
+from .. import Operation, Param, Port, Progress, relay
 
 #: Similarity measures (``--metric`` choices), with their names for menus.
 METRIC_NAMES = {"mi": "mutual information", "nmi": "normalised MI", "lncc": "local NCC", "mse": "mean squared error"}
@@ -65,15 +67,10 @@ def _mask(mask, image, name: str):
 
 def as_progress(steps, total: int):
     """Each :class:`~napari_mmfuse.core.register.RegStep` of ``steps`` as a :class:`Progress`; returns the result."""
-    done = 0
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        done += 1
-        yield Progress(min(done, total), total, f"{step.stage}, level {step.level + 1}",
-                       {"metric": step.metric, "level": step.level})
+    done = itertools.count(1)
+    return (yield from relay(steps, lambda step: Progress(
+        min(next(done), total), total, f"{step.stage}, level {step.level + 1}",
+        {"metric": step.metric, "level": step.level})))
 
 
 def _run(fixed, moving, *, model, fixed_mask, moving_mask, init, device, seed, metric, levels, iterations, sampling,
