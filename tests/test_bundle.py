@@ -105,11 +105,12 @@ def test_bundle_predicts_as_monai_would(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"network": {**NETWORK, "channels": "$[8, 16]"}}, "expression or reference"),
-    ({"network": {**NETWORK, "_target_": "os.system"}}, "only networks of monai.networks.nets"),
+    ({"network": {**NETWORK, "_target_": "os.system"}}, "outside torch and MONAI"),
+    ({"network": {**NETWORK, "_target_": "torch.nn.Identity"}}, "only networks of monai.networks.nets"),
+    ({"preprocessing": [{"_target_": "my_scripts.Transformd", "keys": "image"}]}, "outside torch and MONAI"),
     ({"network": {**NETWORK, "_target_": "NoSuchNet"}}, "not a network class"),
     ({"network": {**NETWORK, "no_such_argument": 1}}, "do not fit"),
     ({"preprocessing": [{"_target_": "RandGaussianNoised", "keys": "image"}]}, "does not apply"),
-    ({"postprocessing": [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}]}, "sigmoid"),
 ])
 def test_bundle_refusals_are_clear(tmp_path, change, message):
     make_bundle(tmp_path / "b", **change)

@@ -16,6 +16,9 @@ TRAINABLE = ("unet", "basicunet", "unetr")
 INTENSITY_TRANSFORMS = ("NormalizeIntensity", "ScaleIntensity", "ScaleIntensityRange", "ScaleIntensityRangePercentiles")
 FUSIONS = ("early", "late")
 LATE_COMBINE = ("average", "vote")
+#: output heads: one softmax over exclusive classes, or one sigmoid per (possibly overlapping) label
+ACTIVATIONS = ("softmax", "sigmoid")
+_AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
 CONFIG_SUFFIX = ".json"
 WEIGHTS_SUFFIX = ".pt"
 
@@ -31,7 +34,8 @@ class ModelConfig:
     in_channels : int
         Number of modalities (input channels).
     label_values : list of int
-        Label value of each output class, in output order (the first is usually 0).
+        Label value of each output class, in output order (the first is usually 0); for a
+        "sigmoid" head the value each output channel's mask is given (1, 2, ...).
     architecture : {"unet", "basicunet", "unetr", "torchscript", "monai"}
         "unetr" is MONAI's UNETR: a 12-block vision transformer on 16-voxel tokens with a
         convolutional decoder; it takes inputs of exactly ``patch_size``. "monai" is any
@@ -61,6 +65,18 @@ class ModelConfig:
         MONAI intensity transforms ``{"name": ..., "args": {...}}`` (one of
         :data:`INTENSITY_TRANSFORMS`) applied in order to the (C, *S) input instead of
         ``channel_mean`` / ``channel_std``, e.g. a bundle's per-image ``NormalizeIntensity``.
+    activation : {"softmax", "sigmoid"}
+        The output head: exclusive classes, or one independent (overlapping) label per channel.
+    class_names : list of str
+        Name of each output channel (a bundle's ``channel_def``), or empty.
+    orientation : str
+        Axis codes the network's input axes run along (a bundle's ``Orientationd``, e.g.
+        "RAS": axis 0 towards the patient's right), "" to use the input's own axes; the
+        ``spacing`` and ``patch_size`` entries follow these axes.
+    modality_dropout : float
+        Probability with which training removed each modality of a patch (early fusion;
+        removed = the channel's mean, 0 after normalisation). A model trained with it
+        (> 0) accepts cases that lack modalities (see :func:`.train.fill_missing`).
     """
 
     spatial_dims: int
@@ -79,6 +95,10 @@ class ModelConfig:
     attention_heads: int = 4
     network: dict = field(default_factory=dict)
     intensity: list[dict] = field(default_factory=list)
+    activation: str = "softmax"
+    class_names: list[str] = field(default_factory=list)
+    orientation: str = ""
+    modality_dropout: float = 0.0
 
     def __post_init__(self):
         if self.spatial_dims not in (2, 3):
@@ -89,8 +109,17 @@ class ModelConfig:
             raise ValueError(f"fusion must be 'early' or 'late', got {self.fusion!r}")
         if self.combine not in LATE_COMBINE:
             raise ValueError(f"combine must be 'average' or 'vote', got {self.combine!r}")
-        if len(self.label_values) < 2 or len(set(self.label_values)) != len(self.label_values):
-            raise ValueError(f"label_values must hold at least two distinct values, got {self.label_values}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        least = 2 if self.activation == "softmax" else 1
+        if len(self.label_values) < least or len(set(self.label_values)) != len(self.label_values):
+            raise ValueError(f"label_values must hold at least {least} distinct values, got {self.label_values}")
+        if self.class_names and len(self.class_names) != len(self.label_values):
+            raise ValueError(f"class_names has {len(self.class_names)} entries for {len(self.label_values)} outputs")
+        if self.orientation and (self.spatial_dims != 3
+                                 or sorted(_AXIS.get(c, -1) for c in self.orientation.upper()) != [0, 1, 2]):
+            raise ValueError(f"orientation must be 3 axis codes like 'RAS' of a 3D model, got {self.orientation!r}")
+        self.orientation = self.orientation.upper()
         if self.architecture == "basicunet" and len(self.features) != 6:
             raise ValueError(f"basicunet needs 6 feature sizes, got {self.features}")
         if self.architecture == "unet" and len(self.features) < 2:
@@ -103,6 +132,9 @@ class ModelConfig:
         if self.architecture == "unetr" and (len(self.features) != 3 or self.features[1] % self.attention_heads):
             raise ValueError(f"unetr needs features [feature_size, hidden_size, mlp_dim] with hidden_size divisible "
                              f"by attention_heads={self.attention_heads}, got {self.features}")
+        self.modality_dropout = float(self.modality_dropout)
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {self.modality_dropout}")
         self.label_values = [int(v) for v in self.label_values]
         n = self.in_channels
         self.channel_mean = [float(v) for v in self.channel_mean] or [0.0] * n

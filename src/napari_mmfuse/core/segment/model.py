@@ -161,7 +161,8 @@ def save_model(model: SegmentationNet, path, *, overwrite: bool = False) -> tupl
     return weights, config
 
 
-def load_model(path, *, config: ModelConfig | dict | None = None) -> SegmentationNet:
+def load_model(path, *, config: ModelConfig | dict | None = None,
+               networks: list[nn.Module] | None = None) -> SegmentationNet:
     """Load a model saved by :func:`save_model`, a TorchScript file or a MONAI bundle.
 
     Parameters
@@ -173,6 +174,8 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
     config : ModelConfig or dict, optional
         Configuration to use instead of the JSON file. A TorchScript model without one
         needs at least ``spatial_dims``, ``in_channels`` and ``label_values``.
+    networks : list of nn.Module, optional
+        Prebuilt networks the weights are loaded into (a trusted bundle's own network).
 
     Returns
     -------
@@ -191,8 +194,8 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
     weights, config_path = _paths(path)
     bundle = bundle_of(path)
     if bundle is not None:
-        bundle_config, weights = read_bundle(bundle)
-        config = config or bundle_config
+        weights = bundle / "models" / "model.pt"
+        config = config or read_bundle(bundle)[0]
         config_path = bundle / "configs"
     if not weights.exists():
         weights = Path(path)
@@ -236,7 +239,7 @@ def load_model(path, *, config: ModelConfig | dict | None = None) -> Segmentatio
         state = state["model"]  # a checkpoint that keeps the network's weights under "model"
     if not isinstance(state, dict):
         raise ValueError(f"{weights} does not hold a state dict")
-    model = SegmentationNet(config)
+    model = SegmentationNet(config, networks)
     try:
         if bundle is not None:  # a bundle's weights are the bare network's
             model.networks[0].load_state_dict(state)
