@@ -1,10 +1,23 @@
-"""npe2 reader contribution: every supported format opens as layers placed in world space (LPS)."""
+"""npe2 reader contribution: every supported format opens as layers placed in world space (LPS).
+
+Images open with a clinical display for their modality (see
+:func:`napari_mmfuse.core.display.clinical_display`): CT in a preset window, MR on robust
+percentiles, PET and SPECT in a hot colormap.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from .core.display import clinical_display
 from .io import read, reader_for
+
+#: Note on PET/SPECT images that are not DICOM PET (NIfTI, MetaImage, DICOM NM): no SUV.
+STORED_UNITS_NOTE = (
+    "values as stored: SUV needs a DICOM PET series' injected dose, patient weight and injection time tags"
+)
 
 
 def get_reader(path):
@@ -22,7 +35,8 @@ def read_layers(path) -> list[tuple]:
     """Read one or several paths into napari layer data tuples.
 
     Each layer's metadata keeps ``source_path`` and ``series`` (the record's index in its
-    file), so that results computed from it name their source and can be replayed.
+    file), so that results computed from it name their source and can be replayed, and
+    ``display_window`` (how its contrast limits were chosen).
 
     Raises
     ------
@@ -34,5 +48,21 @@ def read_layers(path) -> list[tuple]:
     for p in paths:
         for series, record in enumerate(read(Path(p))):
             record.metadata["series"] = series
-            layers.append(record.to_layer_data())
+            display = _clinical_settings(record)
+            data, kwargs, layer_type = record.to_layer_data()
+            layers.append((data, kwargs | display, layer_type))
     return layers
+
+
+def _clinical_settings(record) -> dict:
+    """Layer settings for a single-channel in-memory image by its modality; notes go to its metadata."""
+    if (record.layer_type != "image" or record.rgb or record.channel_axis is not None
+            or not isinstance(record.data, np.ndarray)):
+        return {}
+    meta = record.metadata
+    region = " ".join(str(meta.get(key) or "") for key in ("body_part", "series_description", "source_path"))
+    settings, notes = clinical_display(record.data, meta.get("modality"), region=region)
+    meta.update(notes)
+    if meta.get("modality") in ("PET", "SPECT") and "value_units" not in meta:
+        meta.update(value_units="as stored", suv_note=STORED_UNITS_NOTE)
+    return settings

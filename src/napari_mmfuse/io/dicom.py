@@ -5,7 +5,7 @@ ImageOrientationPatient (or the per-frame functional groups of enhanced multi-fr
 files): slices are ordered by their position along the slice normal, never by file
 name or InstanceNumber, and the slice spacing comes from those positions. Whole-slide
 images (VL Whole Slide Microscopy) are assembled from their tiles into one 2D slide in
-micrometres.
+micrometres. PET series in Bq/ml are converted to body-weight SUV (see :func:`pet_suv`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import math
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from pydicom.uid import UID
+from pydicom.valuerep import DA, DT, TM
 
+from ..core.display import suv_bw_factor
 from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
 from ._common import ImageRecord, ReadError, check_budget
 from .dicom_frames import (
@@ -151,6 +154,8 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
         raise FileNotFoundError(f"no such file or folder: {path}")
 
     series: dict[str, SeriesInfo] = {}
+    headers: dict[str, object] = {}  # the first header of each series: its series-level tags
+    acquired: dict[str, datetime] = {}  # the earliest AcquisitionDate/Time of each series
     stacks: dict[tuple, list[_Slice]] = defaultdict(list)
     slides: list[tuple[str, Path]] = []
     for file in files:
@@ -159,6 +164,10 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
             continue
         uid = str(header.get("SeriesInstanceUID", ""))
         series.setdefault(uid, _series_of(header))
+        headers.setdefault(uid, header)
+        when = _when(header.get("AcquisitionDate") or header.get("SeriesDate"), header.get("AcquisitionTime"))
+        if when is not None and (uid not in acquired or when < acquired[uid]):
+            acquired[uid] = when
         if _is_slide(header):
             slides.append((uid, file))
             continue
@@ -187,7 +196,7 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
             )
         for part, items in enumerate(groups, start=1):
             name = info.name if len(groups) == 1 else f"{info.name} [{part}]"
-            records.append(_build_volume(info, items, name, path))
+            records.append(_build_volume(info, items, name, path, headers[uid], acquired.get(uid)))
     for uid, file in slides:
         records.append(build_slide(series[uid], file, path, several=slides_per_series[uid] > 1))
     records.sort(key=lambda r: (_number_key(r.metadata.get("series_number")), r.name))
@@ -370,7 +379,8 @@ def _stack_geometry(items: list[_Slice], label: str):
     return [items[k] for k in kept], affine, step, bool(problems)
 
 
-def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path) -> ImageRecord:
+def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path, header,
+                  acquired: datetime | None) -> ImageRecord:
     label = f"DICOM series {name!r} ({info.uid})"
     if all(item.position is not None and item.orientation is not None for item in items):
         ordered, affine, step, irregular = _stack_geometry(items, label)
@@ -408,9 +418,16 @@ def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path
         "rescale_slope": slopes.pop() if len(slopes) == 1 else "per slice",
         "rescale_intercept": intercepts.pop() if len(intercepts) == 1 else "per slice",
         "irregular_spacing": irregular,
+        "body_part": str(header.get("BodyPartExamined", "") or ""),
     }
     if info.modality == "CT" and not rgb:
         metadata["value_units"] = "HU"
+    if info.modality == "PT" and not rgb:
+        factor, notes = pet_suv(header, acquired)
+        metadata.update(notes)
+        if factor is not None:
+            data = data.astype(np.float32, copy=False)
+            data *= np.float32(factor)
     return ImageRecord(data=data, affine=affine, name=name, units="mm", metadata=metadata, rgb=rgb)
 
 
@@ -439,3 +456,91 @@ def _read_stack(ordered: list[_Slice]) -> tuple[np.ndarray, bool]:
             else:
                 out[index] = frame
     return out, bool(rescale and out.ndim == 3)
+
+
+def _when(date, time) -> datetime | None:
+    """A DICOM date (DA) and time (TM) as a naive datetime, None when either is absent or invalid."""
+    if date in (None, "") or time in (None, ""):
+        return None
+    try:
+        return datetime.combine(DA(str(date).strip()), TM(str(time).strip()))
+    except (TypeError, ValueError):
+        return None
+
+
+def _injection(drug, header) -> tuple[datetime | None, bool]:
+    """Injection time: RadiopharmaceuticalStartDateTime, else the series' (or study's) date with
+    RadiopharmaceuticalStartTime; the flag tells that only the time of day was given."""
+    stamp = drug.get("RadiopharmaceuticalStartDateTime")
+    if stamp not in (None, ""):
+        try:
+            return DT(str(stamp).strip()).replace(tzinfo=None), False
+        except (TypeError, ValueError):
+            pass
+    date = header.get("SeriesDate") or header.get("StudyDate")
+    return _when(date, drug.get("RadiopharmaceuticalStartTime")), True
+
+
+def pet_suv(header, acquired: datetime | None = None) -> tuple[float | None, dict]:
+    """Body-weight SUV factor of a PET series from its DICOM tags, and metadata saying how.
+
+    ``SUVbw [g/ml] = C [Bq/ml] * PatientWeight [kg] * 1000 / (dose [Bq] * 2 ** (-dt / T_half))``
+    with C the rescaled pixel value, dose = RadionuclideTotalDose and T_half =
+    RadionuclideHalfLife (both in the first item of RadiopharmaceuticalInformationSequence),
+    and dt the seconds from the injection (RadiopharmaceuticalStartDateTime, else
+    SeriesDate + RadiopharmaceuticalStartTime, a day added when that time is after the
+    reference) to the decay-correction reference: for DecayCorrection START the series start
+    (SeriesDate + SeriesTime, or the earliest AcquisitionDate + AcquisitionTime of the series
+    when that is earlier, as QIBA's vendor-neutral SUV calculation does); for ADMIN dt = 0.
+    Units must be BQML; with Units GML the values already are SUVbw.
+
+    Parameters
+    ----------
+    header : pydicom.Dataset
+        A header of the series.
+    acquired : datetime, optional
+        The earliest acquisition date and time of the series.
+
+    Returns
+    -------
+    (float or None, dict)
+        The factor (None when the values stay as stored) and metadata: ``value_units``
+        ("g/ml" for SUVbw), ``suv_type`` "SUVbw", ``suv_factor``, ``suv_elapsed_s`` when
+        computed; ``suv_note`` naming the missing or unsupported tags when not.
+    """
+    units = str(header.get("Units", "") or "").strip().upper()
+    if units == "GML":
+        return None, {"value_units": "g/ml", "suv_type": "SUVbw", "suv_factor": 1.0,
+                      "suv_note": "stored as SUVbw (Units GML)"}
+    stored = {"value_units": "Bq/ml" if units == "BQML" else units or "unknown"}
+    drug = first_item(header, "RadiopharmaceuticalInformationSequence") or {}
+    weight = header.get("PatientWeight")
+    dose, half_life = drug.get("RadionuclideTotalDose"), drug.get("RadionuclideHalfLife")
+    injected, time_only = _injection(drug, header) if drug else (None, False)
+    correction = str(header.get("DecayCorrection", "") or "").strip().upper()
+    reference = None
+    if correction == "ADMIN":
+        reference = injected
+    elif correction == "START":
+        reference = _when(header.get("SeriesDate") or header.get("StudyDate"), header.get("SeriesTime"))
+        if acquired is not None and (reference is None or acquired < reference):
+            reference = acquired
+    missing = [name for name, value in (
+        ("Units BQML", units == "BQML" or None), ("PatientWeight", weight), ("RadionuclideTotalDose", dose),
+        ("RadionuclideHalfLife", half_life),
+        ("RadiopharmaceuticalStartDateTime or RadiopharmaceuticalStartTime", injected),
+        ("DecayCorrection START or ADMIN", correction in ("START", "ADMIN") or None),
+        ("SeriesTime or AcquisitionTime", reference if correction == "START" else True)) if value in (None, "")]
+    if missing:
+        return None, stored | {"suv_note": "SUVbw not computed, values as stored: missing or unsupported "
+                                            + ", ".join(missing)}
+    elapsed = (reference - injected).total_seconds()
+    if elapsed < 0 and time_only:  # injected before midnight, scanned after
+        elapsed += timedelta(days=1).total_seconds()
+    try:
+        factor = suv_bw_factor(weight_kg=float(weight), dose_bq=float(dose), half_life_s=float(half_life),
+                               elapsed_s=elapsed)
+    except ValueError as error:
+        return None, stored | {"suv_note": f"SUVbw not computed, values as stored: {error}"}
+    return factor, {"value_units": "g/ml", "suv_type": "SUVbw", "suv_factor": factor, "suv_elapsed_s": elapsed,
+                    "suv_decay_correction": correction}
