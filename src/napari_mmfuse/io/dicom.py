@@ -3,9 +3,10 @@
 Volumes are placed in the LPS patient frame from each slice's ImagePositionPatient and
 ImageOrientationPatient (or the per-frame functional groups of enhanced multi-frame
 files): slices are ordered by their position along the slice normal, never by file
-name or InstanceNumber, and the slice spacing comes from those positions. Whole-slide
-images (VL Whole Slide Microscopy) are assembled from their tiles into one 2D slide in
-micrometres. PET series in Bq/ml are converted to body-weight SUV (see :func:`pet_suv`).
+name or InstanceNumber, and the slice spacing comes from those positions. The
+whole-slide images (VL Whole Slide Microscopy) of a series open as one lazy multiscale
+slide in micrometres (see :mod:`.dicom_slide`). PET series in Bq/ml are converted to
+body-weight SUV (see :func:`pet_suv`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .dicom_frames import (
     first_item,
     floats,
 )
-from .dicom_slide import build_slide
+from .dicom_slide import build_slides
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 _DUPLICATE_MM = 1e-3  # slices closer than this along the normal share a position
@@ -181,9 +182,6 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
     by_series: dict[str, list[list[_Slice]]] = defaultdict(list)
     for (uid, *_), items in stacks.items():
         by_series[uid].append(items)
-    slides_per_series = defaultdict(int)
-    for uid, _ in slides:
-        slides_per_series[uid] += 1
 
     records = []
     for uid, groups in by_series.items():
@@ -197,8 +195,8 @@ def _read_dicom(path: Path) -> list[ImageRecord]:
         for part, items in enumerate(groups, start=1):
             name = info.name if len(groups) == 1 else f"{info.name} [{part}]"
             records.append(_build_volume(info, items, name, path, headers[uid], acquired.get(uid)))
-    for uid, file in slides:
-        records.append(build_slide(series[uid], file, path, several=slides_per_series[uid] > 1))
+    for uid in dict.fromkeys(uid for uid, _ in slides):
+        records.extend(build_slides(series[uid], [file for other, file in slides if other == uid], path))
     records.sort(key=lambda r: (_number_key(r.metadata.get("series_number")), r.name))
     return records
 

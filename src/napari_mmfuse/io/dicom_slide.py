@@ -1,121 +1,152 @@
-"""DICOM whole-slide images (VL Whole Slide Microscopy): tiles assembled into one 2D slide in micrometres."""
+"""DICOM whole-slide images (VL Whole Slide Microscopy): one series' pyramid as one lazy multiscale slide.
+
+The instances of a series whose ImageType says VOLUME are the pyramid's levels (instances
+of one size, e.g. one per optical path or a concatenation, form one level); LABEL,
+OVERVIEW and THUMBNAIL images are left out and named in the metadata. Each level is a
+dask array whose chunks are the DICOM tiles: opening reads the headers and locates every
+frame in its file (:class:`~napari_mmfuse.io.dicom_frames.FrameTable`), and a tile is read
+and decoded only when a view or a computation asks for its pixels. TILED_FULL (frame
+order) and TILED_SPARSE (per-frame PlanePositionSlideSequence) layouts are both read.
+"""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
-from ..core.space import affine_from_itk
 from ._common import ImageRecord, ReadError, check_budget, format_bytes
 from .dicom_frames import (
     MODALITIES,
+    FrameTable,
     SeriesInfo,
     as_list,
-    dcmread,
     declared_frame_bytes,
-    decode_frames,
+    decode_frame,
     find_value,
     first_item,
     floats,
+    read_frame_table,
 )
 
+#: ImageType value 3 of the instances that make the pyramid.
+PYRAMID_FLAVOUR = "VOLUME"
+#: A slide whose tiles cover less than this fraction of its declared matrix is refused ...
+MIN_SLIDE_COVERAGE = 0.01
+#: ... when the matrix holds more than this many bytes (a small sparse slide is filled in).
+SPARSE_SLIDE_BYTES = 64 * 2**20
+#: Relative difference of the row and column pixel sizes that ImagedVolumeWidth/Height may
+#: give before they are taken as no calibration at all.
+MAX_PIXEL_ASPECT_ERROR = 0.01
 
-def build_slide(info: SeriesInfo, file: Path, source: Path, *, several: bool) -> ImageRecord:
-    """Assemble the tiles of a whole-slide image instance into one 2D slide.
+
+@dataclass
+class _Instance:
+    """One file of a slide series: header, frame table and where each frame sits."""
+
+    file: Path
+    dataset: object
+    table: FrameTable
+    tile: tuple[int, int]
+    total: tuple[int, int]
+    flavour: str
+    path_ids: list[str]
+    path_names: list[str]
+    rows: np.ndarray  # 0-based pixel row of each frame's first pixel
+    cols: np.ndarray
+    paths: list[str]  # optical path of each frame
+    planes: np.ndarray  # focal plane (z offset, or plane index) of each frame
+
+
+def build_slides(info: SeriesInfo, files: list[Path], source: Path) -> list[ImageRecord]:
+    """Open the whole-slide instances of one series as lazy slides.
 
     Parameters
     ----------
     info : SeriesInfo
-        The series the instance belongs to.
-    file : Path
-        The instance file.
+        The series.
+    files : list of Path
+        Its whole-slide instance files.
     source : Path
         What the user opened (file or folder), recorded as ``source_path``.
-    several : bool
-        The series holds several instances (pyramid levels, labels): the name tells which.
 
     Returns
     -------
-    ImageRecord
-        2D slide (RGB, or one channel per optical path) in micrometres (pixels without PixelSpacing).
+    list of ImageRecord
+        One multiscale record (one level per instance size, largest first) for the
+        VOLUME instances; only when the series has none, one record per other instance.
+        Slides are 2D, RGB or with a channel axis per optical path, in micrometres.
     """
-    try:
-        dataset = dcmread(file)
-    except Exception as error:  # pydicom raises many types on corrupt files
-        raise ReadError(file, f"invalid DICOM file ({type(error).__name__}: {error})") from error
+    instances = [_open_instance(file) for file in files]
+    pyramid = [i for i in instances if i.flavour == PYRAMID_FLAVOUR]
+    if pyramid:
+        others = [i for i in instances if i.flavour != PYRAMID_FLAVOUR]
+        return [_slide_record(info, pyramid, source, info.name, others)]
+    return [
+        _slide_record(info, [i], source, f"{info.name} {i.flavour.lower()} {i.total[1]}x{i.total[0]}", [])
+        if len(instances) > 1 else _slide_record(info, [i], source, info.name, [])
+        for i in instances
+    ]
+
+
+def _open_instance(file: Path) -> _Instance:
+    """Header, frame table and frame positions of one file; no tile is decoded unless the order is undeclared."""
+    dataset, table = read_frame_table(file)
     tile = (int(dataset.Rows), int(dataset.Columns))
     total = (
         int(dataset.get("TotalPixelMatrixRows") or tile[0]),
         int(dataset.get("TotalPixelMatrixColumns") or tile[1]),
     )
-    n_frames = int(dataset.get("NumberOfFrames") or 1)
-    samples = int(dataset.get("SamplesPerPixel") or 1)
-    shared = first_item(dataset, "SharedFunctionalGroupsSequence")
-    optical_paths = list(dataset.get("OpticalPathSequence") or [])
-    path_ids = [str(p.get("OpticalPathIdentifier") or i + 1) for i, p in enumerate(optical_paths)]
-    path_names = [str(p.get("OpticalPathDescription") or path_ids[i]) for i, p in enumerate(optical_paths)]
-
+    if min(total) <= 0 or min(tile) <= 0:
+        raise ReadError(file, f"invalid slide size: {total[1]}x{total[0]} matrix of {tile[1]}x{tile[0]} tiles")
+    check_budget(file, declared_frame_bytes(dataset), f"one decoded {tile[1]}x{tile[0]} tile")
+    image_type = [str(v).upper() for v in as_list(dataset.get("ImageType"))]
+    optical = list(dataset.get("OpticalPathSequence") or [])
+    path_ids = [str(p.get("OpticalPathIdentifier") or i + 1) for i, p in enumerate(optical)]
+    path_names = [str(p.get("OpticalPathDescription") or path_ids[i]) for i, p in enumerate(optical)]
+    instance = _Instance(
+        file, dataset, table, tile, total, image_type[2] if len(image_type) > 2 else PYRAMID_FLAVOUR,
+        path_ids, path_names, *_tile_layout(dataset, table.n_frames, tile, total, path_ids, column_major=False),
+    )
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
-    declared = (per_frame is not None and len(per_frame) == n_frames) or dataset.get("DimensionOrganizationType")
-    layout = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=False)
-    for identifier in dict.fromkeys(p for _, _, p, _ in layout):
+    declared = (per_frame is not None and len(per_frame) == table.n_frames) or dataset.get("DimensionOrganizationType")
+    if not declared:
+        _choose_frame_order(instance)
+    for identifier in dict.fromkeys(instance.paths):
         if identifier not in path_ids:
             path_ids.append(identifier)
             path_names.append(identifier)
-    planes = sorted({z for _, _, _, z in layout})
-    if len(planes) > 1:
-        warnings.warn(f"{file.name}: {len(planes)} focal planes; only the first is read", stacklevel=4)
-    wanted = [f for f, (_, _, _, z) in enumerate(layout) if z == planes[0]]
-    _check_slide_size(file, dataset, layout, wanted, tile, total, len(path_ids))
-    frames = dict(zip(wanted, decode_frames(file, wanted)))
+    return instance
 
-    if not declared:
-        # no per-frame positions and no declared organisation: TILED_FULL order is only
-        # a convention, and some writers stored tiles column by column; keep the order
-        # whose tiles join without seams
-        column_major = _tile_layout(dataset, tile, total, n_frames, shared, path_ids, column_major=True)
-        if _seam_cost(frames, column_major, tile, total) < _seam_cost(frames, layout, tile, total):
-            warnings.warn(
-                f"{file.name}: frame order not declared (no DimensionOrganizationType); the tiles join up "
-                "when placed column by column rather than row by row, so they are placed that way",
-                stacklevel=4,
-            )
-            layout = column_major
 
-    first = next(iter(frames.values()))
-    fill = np.iinfo(first.dtype).max if samples == 3 and first.dtype.kind == "u" else 0
-    out = np.full((len(path_ids),) + total + first.shape[2:], fill, dtype=first.dtype)
-    for frame_index, frame in frames.items():
-        row, col, identifier, _ = layout[frame_index]
-        height = min(tile[0], total[0] - row)
-        width = min(tile[1], total[1] - col)
-        if height > 0 and width > 0:
-            out[path_ids.index(identifier), row : row + height, col : col + width] = frame[:height, :width]
-    del frames
-
-    pixel_spacing = floats(find_value((shared,), (dataset,), "PixelMeasuresSequence", "PixelSpacing"))
-    if pixel_spacing is None:
-        warnings.warn(f"{file.name}: no PixelSpacing; the slide is placed in pixels", stacklevel=4)
-        spacing_um = (1.0, 1.0)
-        units = "pixel"
-    else:
-        spacing_um = (float(pixel_spacing[0]) * 1000.0, float(pixel_spacing[1]) * 1000.0)
-        units = "um"
-    affine = affine_from_itk([spacing_um[1], spacing_um[0]], [0.0, 0.0])
-
-    multichannel = out.shape[0] > 1
-    data = out if multichannel else out[0]
-    image_type = [str(v) for v in as_list(dataset.get("ImageType"))]
-    name = info.name
-    if several:
-        flavour = image_type[2].lower() if len(image_type) > 2 else "image"
-        name = f"{name} {flavour} {total[1]}x{total[0]}"
-    origin = first_item(dataset, "TotalPixelMatrixOriginSequence")
+def _slide_record(info: SeriesInfo, instances: list[_Instance], source: Path, name: str, others) -> ImageRecord:
+    """One record: levels (instances grouped by matrix size, largest first) as dask arrays."""
+    sizes = sorted({i.total for i in instances}, key=lambda s: (-s[1], -s[0]))
+    levels = [[i for i in instances if i.total == size] for size in sizes]
+    base = levels[0][0]
+    path_ids, path_names = [], []
+    for instance in levels[0]:
+        for identifier, label in zip(instance.path_ids, instance.path_names, strict=True):
+            if identifier not in path_ids:
+                path_ids.append(identifier)
+                path_names.append(label)
+    samples = int(base.dataset.get("SamplesPerPixel") or 1)
+    options = base.table.options
+    dtype = np.dtype(f"{'i' if options.get('pixel_representation') else 'u'}{max(1, int(options['bits_allocated']) // 8)}")
+    fill = np.iinfo(dtype).max if samples == 3 else 0
+    n_planes = max(len(np.unique(i.planes)) for i in levels[0])
+    if n_planes > 1:
+        warnings.warn(f"{base.file.name}: {n_planes} focal planes; only the first is read", stacklevel=5)
+    arrays = [_level_array(level, path_ids, samples, dtype, fill) for level in levels]
+    spacing_um, units = _pixel_spacing(base)
+    affine = np.diag([spacing_um[0], spacing_um[1], 1.0])
     metadata = {
         "source_path": str(source),
-        "file": str(file),
+        "file": str(base.file),
         "modality": MODALITIES.get(info.modality, info.modality),
         "dicom_modality": info.modality,
         "series_description": info.description,
@@ -123,127 +154,205 @@ def build_slide(info: SeriesInfo, file: Path, source: Path, *, several: bool) ->
         "series_number": info.number,
         "patient_id": info.patient_id,
         "spacing": spacing_um,
-        "image_type": image_type,
-        "total_pixel_matrix": total,
-        "tile_size": tile,
-        "n_frames": n_frames,
-        "focal_planes": len(planes),
+        "image_type": [str(v) for v in as_list(base.dataset.get("ImageType"))],
+        "total_pixel_matrix": base.total,
+        "tile_size": base.tile,
+        "n_frames": base.table.n_frames,
+        "focal_planes": n_planes,
+        "level_shapes": [tuple(int(s) for s in a.shape) for a in arrays],
+        "level_files": [[str(i.file) for i in level] for level in levels],
     }
+    if others:
+        metadata["associated_images"] = {f"{i.flavour.lower()} {i.total[1]}x{i.total[0]}": str(i.file) for i in others}
+    origin = first_item(base.dataset, "TotalPixelMatrixOriginSequence")
+    orientation = floats(base.dataset.get("ImageOrientationSlide"))
     if origin is not None:
         metadata["slide_origin_mm"] = (
-            float(origin.get("XOffsetInSlideCoordinateSystem", 0.0)),
-            float(origin.get("YOffsetInSlideCoordinateSystem", 0.0)),
+            float(origin.get("XOffsetInSlideCoordinateSystem") or 0.0),
+            float(origin.get("YOffsetInSlideCoordinateSystem") or 0.0),
         )
-    if dataset.get("ImageOrientationSlide") is not None:
-        metadata["slide_orientation"] = [float(v) for v in dataset.ImageOrientationSlide]
+    if orientation is not None:
+        metadata["slide_orientation"] = orientation.tolist()
+    if units == "um" and origin is not None and orientation is not None and len(orientation) == 6:
+        # slide point = origin + column * dx * row_cosines + row * dy * column_cosines: projected
+        # onto the column and row directions, the first pixel sits at (c . origin, r . origin)
+        position = np.array([*metadata["slide_origin_mm"], 0.0]) * 1000.0
+        affine[:2, 2] = [orientation[3:] @ position, orientation[:3] @ position]
+    multichannel = len(path_ids) > 1
     return ImageRecord(
-        data=data,
+        data=arrays if len(arrays) > 1 else arrays[0],
         affine=affine,
         name=name,
         units=units,
         metadata=metadata,
         channel_axis=0 if multichannel else None,
-        channel_names=path_names[: out.shape[0]] if multichannel else None,
+        channel_names=path_names if multichannel else None,
         rgb=samples == 3,
     )
 
 
-#: A slide whose tiles cover less than this fraction of its declared matrix is not assembled ...
-MIN_SLIDE_COVERAGE = 0.5
-#: ... when the assembled matrix would exceed this many bytes (a small sparse slide is filled in).
-SPARSE_SLIDE_BYTES = 64 * 2**20
+def _pixel_spacing(instance: _Instance) -> tuple[tuple[float, float], str]:
+    """(row, column) pixel size in um and the units: PixelSpacing, else ImagedVolumeHeight/Width, else pixels."""
+    dataset = instance.dataset
+    shared = first_item(dataset, "SharedFunctionalGroupsSequence")
+    spacing = floats(find_value((shared,), (dataset,), "PixelMeasuresSequence", "PixelSpacing"))
+    if spacing is not None and len(spacing) == 2 and np.all(spacing > 0):
+        return (float(spacing[0]) * 1000.0, float(spacing[1]) * 1000.0), "um"
+    width, height = dataset.get("ImagedVolumeWidth"), dataset.get("ImagedVolumeHeight")
+    note = ""
+    if width and height and float(width) > 0 and float(height) > 0:
+        row_um = float(height) * 1000.0 / instance.total[0]
+        col_um = float(width) * 1000.0 / instance.total[1]
+        if abs(row_um - col_um) <= MAX_PIXEL_ASPECT_ERROR * max(row_um, col_um):
+            return (row_um, col_um), "um"
+        note = f" and ImagedVolumeWidth/Height give {col_um:.3g} x {row_um:.3g} um pixels, not square"
+    warnings.warn(f"{instance.file.name}: no PixelSpacing{note}; the slide is placed in pixels", stacklevel=5)
+    return (1.0, 1.0), "pixel"
 
 
-def _check_slide_size(file: Path, dataset, layout, wanted, tile, total, n_paths: int) -> None:
-    """Compare the declared total pixel matrix with the tiles actually present, before allocating it.
+def _level_array(level: list[_Instance], path_ids: list[str], samples: int, dtype, fill) -> da.Array:
+    """A dask array of one pyramid level; a chunk per tile, decoded when computed.
 
-    Every tile must start inside the matrix; the matrix must fit the memory budget; and a
-    matrix over :data:`SPARSE_SLIDE_BYTES` whose tiles cover under :data:`MIN_SLIDE_COVERAGE`
-    of it is refused as a lying (or very sparse) header rather than filled with blank pixels.
+    Tiles are indexed by the tile-grid cell of their first pixel; a chunk looks in its own
+    cell and the three before it, so tiles off the grid (allowed in TILED_SPARSE) are
+    pasted too. Where no tile lies, the chunk holds ``fill`` (white for RGB).
     """
-    if min(total) <= 0 or min(tile) <= 0:
-        raise ReadError(file, f"invalid slide size: {total[1]}x{total[0]} matrix of {tile[1]}x{tile[0]} tiles")
-    frame_bytes = declared_frame_bytes(dataset)
-    pixel_bytes = frame_bytes / (tile[0] * tile[1])
-    covered: set = set()
-    area = 0
-    for index in wanted:
-        row, col, identifier, _ = layout[index]
-        if not (0 <= row < total[0] and 0 <= col < total[1]):
-            raise ReadError(
-                file, f"corrupt: frame {index + 1} sits at row {row + 1}, column {col + 1}, outside the "
-                f"{total[1]}x{total[0]} matrix"
-            )
-        if (row, col, identifier) not in covered:
-            covered.add((row, col, identifier))
-            area += min(tile[0], total[0] - row) * min(tile[1], total[1] - col)
-    matrix = float(total[0]) * total[1] * n_paths
-    assembled = matrix * pixel_bytes
-    check_budget(file, assembled + len(wanted) * frame_bytes, f"the {total[1]}x{total[0]} slide")
-    if assembled > SPARSE_SLIDE_BYTES and area < MIN_SLIDE_COVERAGE * matrix:
+    base = level[0]
+    th, tw = base.tile
+    rows, cols = base.total
+    tiles: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
+    covered = 0.0
+    for number, instance in enumerate(level):
+        if instance.tile != base.tile:
+            raise ReadError(instance.file, f"{instance.tile} tiles where {base.file.name} of the same level has {base.tile}")
+        plane = instance.planes.min() if len(instance.planes) else 0.0
+        for frame in np.flatnonzero(instance.planes == plane):
+            row, col, identifier = int(instance.rows[frame]), int(instance.cols[frame]), instance.paths[frame]
+            if not (0 <= row < rows and 0 <= col < cols):
+                raise ReadError(
+                    instance.file, f"corrupt: frame {frame + 1} sits at row {row + 1}, column {col + 1}, outside "
+                    f"the {cols}x{rows} matrix"
+                )
+            if identifier not in path_ids:
+                continue
+            tiles.setdefault((path_ids.index(identifier), row // th, col // tw), []).append((row, col, number, int(frame)))
+            covered += min(th, rows - row) * min(tw, cols - col)
+    _check_coverage(base, covered, len(path_ids), samples, dtype)
+    multichannel = len(path_ids) > 1
+    chunks = da.core.normalize_chunks((th, tw), (rows, cols))
+    chunks = ((1,) * len(path_ids),) * multichannel + chunks + ((samples,),) * (samples > 1)
+
+    def block(block_info=None):
+        location = block_info[None]["array-location"][int(multichannel) :][:2]
+        path = block_info[None]["chunk-location"][0] if multichannel else 0
+        (r0, r1), (c0, c1) = location
+        out = np.full((r1 - r0, c1 - c0) + ((samples,) if samples > 1 else ()), fill, dtype)
+        i, j = r0 // th, c0 // tw
+        for cell in ((path, i - 1, j - 1), (path, i - 1, j), (path, i, j - 1), (path, i, j)):
+            for row, col, number, frame in tiles.get(cell, ()):
+                top, bottom = max(r0, row), min(r1, row + th, rows)
+                left, right = max(c0, col), min(c1, col + tw, cols)
+                if top < bottom and left < right:
+                    pixels = decode_frame(level[number].table, frame)
+                    out[top - r0 : bottom - r0, left - c0 : right - c0] = pixels[top - row : bottom - row, left - col : right - col]
+        return out[None] if multichannel else out
+
+    name = "dicom-slide-" + tokenize([(str(i.file), i.file.stat().st_mtime_ns) for i in level], path_ids)
+    meta = np.empty((0,) * len(chunks), dtype)
+    return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=meta, name=name)
+
+
+def _check_coverage(base: _Instance, covered: float, n_paths: int, samples: int, dtype) -> None:
+    """Refuse a large matrix that its tiles barely cover: a lying header (or a truncated sparse file)."""
+    matrix = float(base.total[0]) * base.total[1] * n_paths
+    nbytes = matrix * samples * np.dtype(dtype).itemsize
+    if nbytes > SPARSE_SLIDE_BYTES and covered < MIN_SLIDE_COVERAGE * matrix:
         raise ReadError(
-            file,
-            f"the header declares a {total[1]}x{total[0]} pixel matrix ({format_bytes(assembled)}) but its "
-            f"{len(covered)} tile(s) of {tile[1]}x{tile[0]} cover {100 * area / matrix:.2g} % of it; not assembled "
+            base.file,
+            f"the header declares a {base.total[1]}x{base.total[0]} pixel matrix ({format_bytes(nbytes)}) but its "
+            f"tiles of {base.tile[1]}x{base.tile[0]} cover {100 * covered / matrix:.2g} % of it "
             "(truncated file or lying header)",
         )
 
 
-def _tile_layout(
-    dataset, tile, total, n_frames, shared, path_ids, *, column_major
-) -> list[tuple[int, int, str, float]]:
-    """(row, column, optical path, focal plane) of each frame; 0-based pixel offsets.
+def _tile_layout(dataset, n_frames, tile, total, path_ids, *, column_major):
+    """(rows, columns, optical paths, focal planes) of the frames; 0-based pixel offsets.
 
     Per-frame PlanePositionSlideSequence when present, else TILED_FULL order: tiles row
     by row (column by column when ``column_major``), then focal planes, then optical paths.
     """
     per_frame = dataset.get("PerFrameFunctionalGroupsSequence")
+    shared = first_item(dataset, "SharedFunctionalGroupsSequence")
     if per_frame is not None and len(per_frame) == n_frames:
-        layout = []
+        rows, cols, paths, planes = np.empty(n_frames, np.int64), np.empty(n_frames, np.int64), [], np.empty(n_frames)
         for frame, group in enumerate(per_frame):
             position = first_item(group, "PlanePositionSlideSequence")
             if position is None:
                 raise ReadError(dataset.filename, f"frame {frame + 1} has no PlanePositionSlideSequence")
             identifier = find_value((group, shared), (), "OpticalPathIdentificationSequence", "OpticalPathIdentifier")
-            layout.append(
-                (
-                    int(position.RowPositionInTotalImagePixelMatrix) - 1,
-                    int(position.ColumnPositionInTotalImagePixelMatrix) - 1,
-                    str(identifier) if identifier is not None else (path_ids[0] if path_ids else "1"),
-                    float(position.get("ZOffsetInSlideCoordinateSystem") or 0.0),
-                )
-            )
-        return layout
+            rows[frame] = int(position.RowPositionInTotalImagePixelMatrix) - 1
+            cols[frame] = int(position.ColumnPositionInTotalImagePixelMatrix) - 1
+            paths.append(str(identifier) if identifier is not None else (path_ids[0] if path_ids else "1"))
+            planes[frame] = float(position.get("ZOffsetInSlideCoordinateSystem") or 0.0)
+        return rows, cols, paths, planes
     across = -(-total[1] // tile[1])
     down = -(-total[0] // tile[0])
-    planes = int(dataset.get("TotalPixelMatrixFocalPlanes") or 1)
-    paths = path_ids or [str(i + 1) for i in range(int(dataset.get("NumberOfOpticalPaths") or 1))]
-    if across * down * planes * len(paths) != n_frames:
+    n_planes = int(dataset.get("TotalPixelMatrixFocalPlanes") or 1)
+    names = path_ids or [str(i + 1) for i in range(int(dataset.get("NumberOfOpticalPaths") or 1))]
+    if across * down * n_planes * len(names) != n_frames:
         raise ReadError(
             dataset.filename,
             f"{n_frames} frames do not tile a {total[1]}x{total[0]} matrix with {tile[1]}x{tile[0]} tiles "
-            f"({planes} focal plane(s), {len(paths)} optical path(s))",
+            f"({n_planes} focal plane(s), {len(names)} optical path(s))",
         )
-    layout = []
-    for frame in range(n_frames):
-        position, plane_path = frame % (across * down), frame // (across * down)
-        row, col = (position % down, position // down) if column_major else divmod(position, across)
-        layout.append((row * tile[0], col * tile[1], paths[plane_path // planes], float(plane_path % planes)))
-    return layout
+    frame = np.arange(n_frames, dtype=np.int64)
+    position, plane_path = frame % (across * down), frame // (across * down)
+    row, col = (position % down, position // down) if column_major else np.divmod(position, across)
+    paths = [names[k] for k in (plane_path // n_planes).tolist()]
+    return row * tile[0], col * tile[1], paths, (plane_path % n_planes).astype(np.float64)
 
 
-def _seam_cost(frames: dict, layout, tile, total) -> float:
-    """Mean absolute step across the borders of neighbouring tiles of one plane and path."""
-    first_path = layout[next(iter(frames))][2]
-    grid = {layout[f][:2]: frame for f, frame in frames.items() if layout[f][2] == first_path}
+def _choose_frame_order(instance: _Instance) -> None:
+    """Place the frames column by column when their tiles join up better that way than row by row.
+
+    Without per-frame positions and a declared organisation, TILED_FULL order is only a
+    convention, and some writers stored tiles column by column. The edges of the first
+    frames (two rows or columns of tiles) decide; only their edges are kept.
+    """
+    dataset, tile, total = instance.dataset, instance.tile, instance.total
+    column_major = _tile_layout(dataset, instance.table.n_frames, tile, total, instance.path_ids, column_major=True)
+    across, down = -(-total[1] // tile[1]), -(-total[0] // tile[0])
+    count = min(instance.table.n_frames, 2 * max(across, down) + 2)
+    edges = {}
+    for frame in range(count):
+        pixels = decode_frame(instance.table, frame).astype(np.float64)
+        edges[frame] = (pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1])
+    row_major = (instance.rows, instance.cols, instance.paths)
+    if _seam_cost(edges, column_major[:3], tile, total) < _seam_cost(edges, row_major, tile, total):
+        warnings.warn(
+            f"{instance.file.name}: frame order not declared (no DimensionOrganizationType); the tiles join up "
+            "when placed column by column rather than row by row, so they are placed that way",
+            stacklevel=6,
+        )
+        instance.rows, instance.cols, instance.paths, instance.planes = column_major
+
+
+def _seam_cost(edges: dict, layout, tile, total) -> float:
+    """Mean absolute step across the borders of neighbouring tiles of the first optical path.
+
+    ``edges`` maps a frame to its (top row, bottom row, left column, right column).
+    """
+    rows, cols, paths = layout
+    first_path = paths[0]
+    grid = {(int(rows[f]), int(cols[f])): edge for f, edge in edges.items() if paths[f] == first_path}
     steps = []
-    for (row, col), frame in grid.items():
+    for (row, col), (_, bottom, _, right_edge) in grid.items():
         height = min(tile[0], total[0] - row)
         width = min(tile[1], total[1] - col)
         right = grid.get((row, col + tile[1]))
         below = grid.get((row + tile[0], col))
         if right is not None:
-            steps.append(np.abs(frame[:height, -1].astype(np.float64) - right[:height, 0]).mean())
+            steps.append(np.abs(right_edge[:height] - right[2][:height]).mean())
         if below is not None:
-            steps.append(np.abs(frame[-1, :width].astype(np.float64) - below[0, :width]).mean())
+            steps.append(np.abs(bottom[:width] - below[0][:width]).mean())
     return float(np.mean(steps)) if steps else 0.0

@@ -1,0 +1,272 @@
+"""Lazy DICOM whole-slide pyramids: one multiscale layer whose tiles are decoded only when read."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import iter_pixels
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from napari_mmfuse import _reader
+from napari_mmfuse.core.lazy import level_affine
+from napari_mmfuse.io import dicom_slide
+from napari_mmfuse.io._common import ReadError
+from napari_mmfuse.io.dicom import WSI_SOP_CLASS, read_dicom
+
+SERIES_UID = "1.2.826.0.1.3680043.8.498.77"
+TILE = (256, 256)
+SHAPE = (700, 1000)  # rows, columns of level 0: edge tiles are partial
+SPACING_UM = 0.25
+ORIGIN_MM = (20.0, 40.0)
+ORIENTATION = [0, -1, 0, -1, 0, 0]  # rows run along -Y of the slide, columns along -X
+
+
+def slide_pixels(shape=SHAPE, seed: int = 0) -> np.ndarray:
+    """A smooth RGB uint8 test pattern (JPEG keeps it close) with some texture."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    rng = np.random.default_rng(seed)
+    red = 128 + 100 * np.sin(rows / 37.0) * np.cos(cols / 53.0)
+    green = 255 * cols / shape[1]
+    blue = 255 * rows / shape[0]
+    rgb = np.stack([red, green, blue], axis=-1) + rng.normal(0, 4, shape + (3,))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def downsample(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks (edges cropped), uint8."""
+    rows, cols = pixels.shape[0] // factor, pixels.shape[1] // factor
+    blocks = pixels[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor, -1)
+    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def _tiles(pixels: np.ndarray, tile) -> list[tuple[int, int, np.ndarray]]:
+    """(row, column, tile padded with zeros) row by row."""
+    out = []
+    for r0 in range(0, pixels.shape[0], tile[0]):
+        for c0 in range(0, pixels.shape[1], tile[1]):
+            frame = np.zeros(tile + pixels.shape[2:], pixels.dtype)
+            block = pixels[r0 : r0 + tile[0], c0 : c0 + tile[1]]
+            frame[: block.shape[0], : block.shape[1]] = block
+            out.append((r0, c0, frame))
+    return out
+
+
+def write_instance(
+    path: Path, pixels: np.ndarray, *, spacing_um: float, flavour: str = "VOLUME", jpeg: bool = False,
+    sparse: bool = False, tile=TILE, seed: int = 1,
+) -> None:
+    """One VL whole-slide instance of RGB ``pixels``: TILED_FULL, or TILED_SPARSE with shuffled frames."""
+    tiles = _tiles(pixels, tile)
+    if sparse:
+        tiles = [tiles[i] for i in np.random.default_rng(seed).permutation(len(tiles))]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = WSI_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.76", SERIES_UID
+    ds.Modality, ds.SeriesNumber, ds.SeriesDescription = "SM", 4, "synthetic pyramid"
+    ds.ImageType = ["DERIVED" if spacing_um > SPACING_UM else "ORIGINAL", "PRIMARY", flavour, "NONE"]
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = pixels.shape[:2]
+    ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = pixels.shape[1] * spacing_um / 1000, pixels.shape[0] * spacing_um / 1000
+    origin = Dataset()
+    origin.XOffsetInSlideCoordinateSystem, origin.YOffsetInSlideCoordinateSystem = ORIGIN_MM
+    ds.TotalPixelMatrixOriginSequence = Sequence([origin])
+    ds.ImageOrientationSlide = ORIENTATION
+    shared, measures = Dataset(), Dataset()
+    measures.PixelSpacing = [spacing_um / 1000, spacing_um / 1000]
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.DimensionOrganizationType = "TILED_SPARSE" if sparse else "TILED_FULL"
+    if sparse:
+        groups = []
+        for r0, c0, _ in tiles:
+            group, position = Dataset(), Dataset()
+            position.RowPositionInTotalImagePixelMatrix, position.ColumnPositionInTotalImagePixelMatrix = r0 + 1, c0 + 1
+            group.PlanePositionSlideSequence = Sequence([position])
+            groups.append(group)
+        ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.NumberOfFrames = len(tiles)
+    ds.Rows, ds.Columns = tile
+    ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if jpeg:
+        encoded = []
+        for _, _, frame in tiles:
+            buffer = io.BytesIO()
+            Image.fromarray(frame).save(buffer, "JPEG", quality=95)
+            encoded.append(buffer.getvalue())
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+    else:
+        ds.PhotometricInterpretation = "RGB"
+        ds.PixelData = np.stack([t[2] for t in tiles]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_pyramid(folder: Path, *, jpeg: bool = False, sparse: bool = False) -> list[np.ndarray]:
+    """Three levels (1, 1/2, 1/4), a label and a thumbnail in ``folder``; the levels' pixels."""
+    folder.mkdir()
+    levels = [slide_pixels()]
+    levels += [downsample(levels[0], 2), downsample(levels[0], 4)]
+    for k, pixels in enumerate(levels):
+        write_instance(folder / f"level{k}.dcm", pixels, spacing_um=SPACING_UM * 2**k, jpeg=jpeg, sparse=sparse)
+    write_instance(folder / "label.dcm", slide_pixels((120, 200), seed=5), spacing_um=1.0, flavour="LABEL", tile=(120, 200))
+    write_instance(folder / "thumbnail.dcm", downsample(levels[0], 8), spacing_um=2.0, flavour="THUMBNAIL", tile=(87, 125))
+    return levels
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    folder = tmp_path_factory.mktemp("wsi") / "native"
+    return folder, write_pyramid(folder)
+
+
+@pytest.fixture(scope="module")
+def jpeg_sparse(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    folder = tmp_path_factory.mktemp("wsi") / "jpeg"
+    return folder, write_pyramid(folder, jpeg=True, sparse=True)
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[tuple[str, int]]:
+    """Every tile decode as (file name, frame index)."""
+    calls: list[tuple[str, int]] = []
+    decode = dicom_slide.decode_frame
+
+    def counting(table, index):
+        calls.append((table.file.name, index))
+        return decode(table, index)
+
+    monkeypatch.setattr(dicom_slide, "decode_frame", counting)
+    return calls
+
+
+def test_pyramid_opens_as_one_lazy_multiscale_layer(native, decodes):
+    folder, levels = native
+    layers = _reader.get_reader(str(folder))(str(folder))
+    assert len(layers) == 1  # label and thumbnail are left out
+    data, kwargs, layer_type = layers[0]
+    assert layer_type == "image" and kwargs["multiscale"] and kwargs["rgb"]
+    assert [level.shape for level in data] == [(700, 1000, 3), (350, 500, 3), (175, 250, 3)]
+    assert data[0].chunksize == (256, 256, 3)
+    assert decodes == []  # opening decodes no tile
+    meta = kwargs["metadata"]
+    assert sorted(meta["associated_images"]) == ["label 200x120", "thumbnail 125x87"]
+    assert meta["units"] == "um" and meta["modality"] == "microscopy"
+
+    # rows run along -Y of the slide, columns along -X: the first pixel sits at (-X0, -Y0)
+    affine = np.array([[SPACING_UM, 0, -ORIGIN_MM[0] * 1000], [0, SPACING_UM, -ORIGIN_MM[1] * 1000], [0, 0, 1]])
+    np.testing.assert_allclose(kwargs["affine"], affine)
+    for k, level in enumerate(data):
+        # each level's pixels are where its own PixelSpacing puts them (corner-aligned)
+        spacing = SPACING_UM * 2**k
+        expected = np.array([[spacing, 0, affine[0, 2] + (spacing - SPACING_UM) / 2],
+                             [0, spacing, affine[1, 2] + (spacing - SPACING_UM) / 2], [0, 0, 1]])
+        np.testing.assert_allclose(level_affine(affine, data[0].shape[:2], level.shape[:2]), expected)
+
+    region = np.asarray(data[0][300:400, 600:700])  # inside tile (1, 2)
+    np.testing.assert_array_equal(region, levels[0][300:400, 600:700])
+    assert decodes == [("level0.dcm", 6)]
+    np.testing.assert_array_equal(np.asarray(data[0][250:260, 250:260]), levels[0][250:260, 250:260])
+    assert len(decodes) == 5  # the four tiles around a corner
+    for k in (1, 2):
+        np.testing.assert_array_equal(np.asarray(data[k]), levels[k])
+
+
+def test_jpeg_sparse_pyramid_reads_the_source_tiles(jpeg_sparse, decodes):
+    folder, levels = jpeg_sparse
+    (record,) = read_dicom(folder / "level1.dcm")  # one file opens its whole series
+    assert record.multiscale and len(record.data) == 3 and decodes == []
+    source = pydicom.dcmread(folder / "level0.dcm")
+    frames = list(iter_pixels(source))
+    expected = np.full(SHAPE + (3,), 255, np.uint8)
+    for frame, group in zip(frames, source.PerFrameFunctionalGroupsSequence, strict=True):
+        position = group.PlanePositionSlideSequence[0]
+        r0, c0 = position.RowPositionInTotalImagePixelMatrix - 1, position.ColumnPositionInTotalImagePixelMatrix - 1
+        block = expected[r0 : r0 + TILE[0], c0 : c0 + TILE[1]]
+        block[:] = frame[: block.shape[0], : block.shape[1]]
+    level0 = np.asarray(record.data[0])
+    np.testing.assert_array_equal(level0, expected)  # exactly pydicom's decoding of each tile
+    assert len(decodes) == len(frames)
+    assert np.abs(level0.astype(float) - levels[0]).mean() < 6  # and close to the pixels encoded
+    np.testing.assert_array_equal(np.asarray(record.data[2][100:150, 200:250]), _decoded(folder / "level2.dcm")[100:150, 200:250])
+
+
+def _decoded(file: Path) -> np.ndarray:
+    (frame,) = iter_pixels(pydicom.dcmread(file))
+    return frame[:175, :250]
+
+
+def test_opening_and_one_tile_stay_far_below_the_slide(native, tmp_path):
+    folder, _ = native
+    read_dicom(folder)  # imports and first-use caches outside the measurement
+    np.asarray(read_dicom(folder)[0].data[0][:10, :10])
+    pixels = np.random.default_rng(3).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    write_instance(tmp_path / "big.dcm", pixels, spacing_um=SPACING_UM)
+    tracemalloc.start()
+    try:
+        (record,) = read_dicom(tmp_path / "big.dcm")
+        opened = tracemalloc.get_traced_memory()[1]
+        tile = np.asarray(record.data[1024:1280, 512:768])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(tile, pixels[1024:1280, 512:768])
+    assert opened < tile.nbytes, f"opening took {opened / 2**10:.0f} KB"
+    assert peak < pixels.nbytes / 10, f"peak {peak / 2**20:.2f} MB for a {pixels.nbytes / 2**20:.1f} MB slide"
+
+
+def test_truncated_jpeg_slide_is_refused_when_opened(jpeg_sparse, tmp_path):
+    folder, _ = jpeg_sparse
+    raw = (folder / "level0.dcm").read_bytes()
+    cut = tmp_path / "cut" / "level0.dcm"
+    cut.parent.mkdir()
+    cut.write_bytes(raw[: len(raw) - 5000])
+    with pytest.raises(ReadError, match="level0.dcm.*(truncated|fragment)"):
+        read_dicom(cut)
+
+
+def test_optical_paths_in_separate_files_make_channels(tmp_path):
+    """Fluorescence: one monochrome instance per optical path, all of one level; no PixelSpacing."""
+    truth = np.random.default_rng(7).integers(0, 4000, (2, 300, 260), dtype=np.uint16)
+    for p in range(2):
+        _monochrome(tmp_path / f"path{p}.dcm", truth[p], str(p + 1))
+    with pytest.warns(UserWarning, match="no PixelSpacing"):
+        (record,) = read_dicom(tmp_path)
+    assert record.channel_axis == 0 and record.channel_names == ["stain1", "stain2"] and not record.multiscale
+    assert record.units == "pixel" and record.data.chunksize == (1, 128, 128)
+    np.testing.assert_array_equal(np.asarray(record.data), truth)
+
+
+def _monochrome(path: Path, pixels: np.ndarray, identifier: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = WSI_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = WSI_SOP_CLASS, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.Modality, ds.ImageType = SERIES_UID, "SM", ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = pixels.shape
+    ds.DimensionOrganizationType = "TILED_FULL"
+    path_item = Dataset()
+    path_item.OpticalPathIdentifier, path_item.OpticalPathDescription = identifier, f"stain{identifier}"
+    ds.OpticalPathSequence = Sequence([path_item])
+    tiles = _tiles(pixels, (128, 128))
+    ds.NumberOfFrames, ds.Rows, ds.Columns = len(tiles), 128, 128
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.stack([t[2] for t in tiles]).astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
