@@ -6,14 +6,18 @@ CPU the same inputs, parameters and seed give the same model and labels.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import Operation, Param, Port, Progress
 
 IMAGES = Port("images", "images", "one subject's modalities (the model's channels, in order), any grids; "
               "the outputs are on the first one's grid")
 LABELS = Port("labels", "labels", "labels (the strokes' class values) on the first image's grid; "
-              "0 outside the imaged object")
+              "0 outside the imaged object; a multi-label (sigmoid) model's: each voxel's smallest region")
 PROBABILITIES = Port("probabilities", "map", "class probabilities, shape (classes, *grid), in the model's class order")
 UNCERTAINTY = Port("uncertainty", "map", "normalised entropy of the class probabilities (0 certain, 1 uniform)")
+MASKS = Port("masks", "map", "multi-label (sigmoid) models only: one 0/1 mask per output channel, "
+             "shape (channels, *grid), in the model's order (its class_names)")
 
 
 def _segmented(model, channels, first, device):
@@ -21,11 +25,16 @@ def _segmented(model, channels, first, device):
     from ...core import segment
 
     labels, probabilities = segment.predict(model, channels, affine=first.affine, device=device)
-    return {
+    multilabel = model.config.activation == "sigmoid"
+    outputs = {
         "labels": first.like(labels, kind="labels", name=f"{first.name} segmentation"),
         "probabilities": probabilities,
-        "uncertainty": first.like(segment.uncertainty(probabilities), kind="map", name=f"{first.name} uncertainty"),
+        "uncertainty": first.like(segment.uncertainty(probabilities, multilabel=multilabel), kind="map",
+                                  name=f"{first.name} uncertainty"),
     }
+    if multilabel:  # overlapping labels: each channel's own mask (0 outside the imaged object)
+        outputs["masks"] = ((probabilities >= 0.5) & (labels != 0)).astype(np.uint8)
+    return outputs
 
 
 def run_train(images, strokes, model=None, *, architecture: str, fusion: str, combine: str, steps: int,
@@ -91,7 +100,7 @@ OPERATIONS = (
         doc="segment with a saved model (state dict + JSON, TorchScript or MONAI bundle) or the session's",
         params=(),
         inputs=(IMAGES, Port("model", "model", "the model; its channels are the images, in order")),
-        outputs=(LABELS, PROBABILITIES, UNCERTAINTY),
+        outputs=(LABELS, PROBABILITIES, UNCERTAINTY, MASKS),
         run=run_predict,
     ),
 )
