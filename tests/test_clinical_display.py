@@ -17,6 +17,7 @@ from napari_mmfuse.core.display import CT_PRESETS, percentile_window, preset, su
 from napari_mmfuse.io import read, write
 from napari_mmfuse.io.dicom import read_dicom
 
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOP = {"PT": PositronEmissionTomographyImageStorage, "CT": CTImageStorage, "MR": MRImageStorage}
 SHAPE = (5, 6, 7)  # slices, rows, columns
 WEIGHT_KG, DOSE_BQ, HALF_LIFE_S = 72.5, 3.7e8, 6586.2  # 370 MBq of F-18
@@ -167,6 +168,19 @@ def test_mr_opens_windowed_on_robust_percentiles_nifti_and_dicom(tmp_path):
         np.testing.assert_allclose(kwargs["contrast_limits"], np.percentile(nonzero, [0.5, 99.5]), rtol=1e-6)
         assert kwargs["colormap"] == "gray"
         assert kwargs["metadata"]["display_window"] == "percentiles 0.5-99.5 of non-zero voxels"
+
+
+def test_real_mr_and_ct_open_with_their_windows():
+    t1 = DATA / "registration" / "ixi002_t1_t2" / "hd_bet_IXI002-Guys-0828-T1.nii.gz"
+    ct = DATA / "misc" / "pip_wheel_samples" / "pydicom" / "CT_small.dcm"
+    if not (t1.exists() and ct.exists()):
+        pytest.skip("shared IXI T1 or pydicom CT sample absent")
+    ((data, kwargs, _),) = read_layers(str(t1))  # 256x256x150: percentiles of a strided sample
+    nonzero = np.asarray(data)[np.asarray(data) != 0]
+    exact = np.percentile(nonzero, [0.5, 99.5])
+    np.testing.assert_allclose(kwargs["contrast_limits"], exact, atol=0.01 * (exact[1] - exact[0]))
+    ((data, kwargs, _),) = read_layers(str(ct))  # a body CT slice in HU: soft tissue
+    assert np.min(data) < -200 and kwargs["contrast_limits"] == list(preset("soft tissue").limits)
 
 
 def ct_values() -> np.ndarray:
