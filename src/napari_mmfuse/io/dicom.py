@@ -113,8 +113,9 @@ def read_dicom(path) -> list[ImageRecord]:
         :func:`~napari_mmfuse.core.space.reorient_to_nearest`), in millimetres, with
         RescaleSlope/RescaleIntercept applied per slice (float32, e.g. HU for CT, when
         they are not 1 and 0); PET (Modality PT) in body-weight SUV, g/ml, when its tags
-        allow (:func:`pet_suv`), else as stored with ``metadata["suv_note"]``. Whole-slide images are 2D (RGB or with a channel axis
-        per optical path) in micrometres (in pixels when the file has no PixelSpacing).
+        allow (:func:`pet_suv`), else as stored with ``metadata["suv_note"]``. Whole-slide
+        images are 2D (RGB or with a channel axis per optical path) in micrometres (in
+        pixels when the file has no PixelSpacing).
 
     Raises
     ------
