@@ -111,7 +111,8 @@ def model_files(stem) -> list[Path]:
     return [stem.with_suffix(".pt"), stem.with_suffix(".json")]
 
 
-def save_output(path, value, *, overwrite: bool = False, provenance: dict | None = None, picture_dtype=None) -> Path:
+def save_output(path, value, *, overwrite: bool = False, provenance: dict | None = None, picture_dtype=None,
+                grid: dict | None = None) -> Path:
     """Write one operation output: images, labels and maps by the file suffix, other values by ``value.save``.
 
     Parameters
@@ -126,6 +127,10 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         The integer type a PNG/JPEG output takes (default: the input's, which the caller knows).
         Float images whose ``metadata["value_range"]`` is declared (fusion: 0..1) are spread over
         8 bits instead.
+    grid : dict, optional
+        The reference file's voxel grid (its reader's ``metadata["grid"]``): an image
+        resampled onto that reference is written exactly on it, in the reference file's array
+        order (see :func:`napari_mmfuse.io.write`).
     """
     from ..io import as_picture, is_picture, write
     from ..operations import Image
@@ -145,4 +150,4 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         else:
             data = as_picture(data, picture_dtype or "uint8")
     return write(path, data, value.affine, overwrite=overwrite, rgb=value.rgb, labels=value.kind == "labels",
-                 units=value.units, provenance=provenance)
+                 units=value.units, provenance=provenance, grid=grid)

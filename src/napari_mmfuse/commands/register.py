@@ -102,6 +102,9 @@ class SourceImage:
     rgb, labels : bool
     units : str
         World units of the affine ("mm", "um" or "pixel").
+    grid : dict, optional
+        The file's own voxel grid (its reader's ``metadata["grid"]``): outputs resampled
+        onto this image are written on it, in the file's array order.
     """
 
     levels: list
@@ -109,6 +112,7 @@ class SourceImage:
     rgb: bool
     labels: bool
     units: str
+    grid: dict | None = None
 
     @property
     def multiscale(self) -> bool:
@@ -142,7 +146,8 @@ def open_image(path) -> SourceImage:
     spatial = record.level0.ndim - int(record.rgb)
     if spatial != record.spatial_ndim:
         raise ValueError(f"{path} has shape {record.level0.shape}: only single 2D or 3D images can be registered")
-    return SourceImage(levels, record.affine, record.rgb, record.layer_type == "labels", record.units)
+    return SourceImage(levels, record.affine, record.rgb, record.layer_type == "labels", record.units,
+                       record.metadata.get("grid"))
 
 
 def registration_level(source: SourceImage, max_size: int) -> int:
@@ -164,16 +169,18 @@ def level_image(source: SourceImage, index: int, name: str):
     return level.like(gray(level), rgb=False)
 
 
-def save_image(path, data, affine: np.ndarray, *, source: SourceImage, units: str, overwrite: bool) -> None:
-    """Write ``source`` resampled (numpy, or dask that TIFF/Zarr writers stream) by suffix.
+def save_image(path, data, reference: SourceImage, *, source: SourceImage, overwrite: bool) -> None:
+    """Write ``source`` resampled onto ``reference``'s grid (numpy, or dask that TIFF/Zarr writers stream) by suffix.
 
-    RGB and labels stay what ``source`` is; PNG/JPEG get its integer dtype (rounded, clipped).
+    RGB and labels stay what ``source`` is; PNG/JPEG get its integer dtype (rounded, clipped);
+    the file takes the reference file's own grid and array order.
     """
     from ..io import as_picture, is_picture, write
 
     if is_picture(path):
         data = as_picture(np.asarray(data), source.levels[0].dtype)
-    write(path, data, affine, overwrite=overwrite, rgb=source.rgb, units=units, labels=source.labels)
+    write(path, data, reference.affine, overwrite=overwrite, rgb=source.rgb, units=reference.units,
+          labels=source.labels, grid=reference.grid)
 
 
 def _registration_input(data: np.ndarray, rgb: bool) -> np.ndarray:
@@ -303,10 +310,10 @@ def run_register(args) -> int:
     if pyramid:
         del outputs
         out = _lazy_output(moving, transform.matrix, fixed, transform.displacement, transform.displacement_affine)
-        save_image(args.output, out, fixed.affine, source=moving, units=fixed.units, overwrite=args.overwrite)
+        save_image(args.output, out, fixed, source=moving, overwrite=args.overwrite)
     else:
         save_output(args.output, outputs["resampled"], overwrite=args.overwrite, provenance=record.to_dict(),
-                    picture_dtype=moving.levels[0].dtype)
+                    picture_dtype=moving.levels[0].dtype, grid=fixed.grid)
         _sidecar(args.output, record, "resampled", overwrite=args.overwrite)
     print(f"wrote {args.output}")
     if args.transform:
@@ -385,13 +392,13 @@ def run_transform(args) -> int:
                                  name=args.moving, reference=args.reference)
         out = _lazy_output(moving, transform.matrix, reference, transform.displacement, transform.displacement_affine,
                            params["interpolation"])
-        save_image(args.output, out, reference.affine, source=moving, units=reference.units, overwrite=args.overwrite)
+        save_image(args.output, out, reference, source=moving, overwrite=args.overwrite)
     else:
         image, grid = read_image(args.moving), read_image(args.reference)
         image.name, grid.name = str(args.moving), str(args.reference)
         outputs, record = run("transform", "apply", {"image": image, "transform": transform, "reference": grid}, params)
         save_output(args.output, outputs["transformed"], overwrite=args.overwrite, provenance=record.to_dict(),
-                    picture_dtype=moving.levels[0].dtype)
+                    picture_dtype=moving.levels[0].dtype, grid=reference.grid)
         _sidecar(args.output, record, "transformed", overwrite=args.overwrite)
     print(f"wrote {args.output}")
     return 0

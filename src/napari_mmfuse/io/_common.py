@@ -118,6 +118,96 @@ class ImageRecord:
         return (self.data, kwargs, self.layer_type)
 
 
+#: A voxel-grid affine entry this close (in index units) to a whole number counts as one.
+GRID_TOLERANCE = 1e-4
+
+
+def file_grid(shape, affine, *, fastest_first: bool = False) -> dict:
+    """The voxel grid a file stores, recorded by its reader in ``metadata["grid"]``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Spatial shape of the array as the file's library gives it.
+    affine : ndarray, shape (n + 1, n + 1)
+        Its index -> world affine (LPS, napari-order world).
+    fastest_first : bool
+        Whether the array's first axis is the file's fastest-varying one (nibabel's
+        ``(i, j, k)``) rather than its slowest (ITK's and pydicom's ``(k, j, i)``).
+
+    Returns
+    -------
+    dict
+        ``{"shape": [...], "affine": [[...]]}`` in ITK array order (slowest axis first, as
+        ``SimpleITK.GetArrayFromImage`` orders it), JSON-able: what
+        :func:`on_file_grid` writes an output back onto.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    shape = [int(n) for n in shape]
+    if fastest_first:
+        n = len(shape)
+        affine = affine.copy()
+        affine[:, :n] = affine[:, :n][:, ::-1]
+        shape = shape[::-1]
+    return {"shape": shape, "affine": affine.tolist()}
+
+
+def on_file_grid(data, affine, grid: dict, *, rgb: bool = False, fastest_first: bool = False):
+    """``data`` in the array order of a file's grid, when it lies on that grid up to axis order.
+
+    A result resampled onto a reference image lies on the reference's grid as our readers
+    hold it (axes permuted and flipped to run along the world axes); this undoes that
+    reordering (transposes and reversals only, no interpolation), so the written file has
+    the reference file's shape, axis order and affine.
+
+    Parameters
+    ----------
+    data : numpy or dask array
+        Spatial axes first, then RGB when ``rgb``.
+    affine : ndarray, shape (n + 1, n + 1)
+        Index -> world affine of ``data``.
+    grid : dict
+        A :func:`file_grid` record.
+    rgb : bool
+    fastest_first : bool
+        Return the array with the file's fastest axis first (for nibabel's NIfTI writer);
+        else slowest first (ITK, TIFF, Zarr writers).
+
+    Returns
+    -------
+    (data, affine) or None
+        The reordered data and the grid's own affine (exactly the reference file's), or
+        None when ``data`` does not lie on ``grid`` (other shape, spacing, direction or origin).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    target = np.asarray(grid["affine"], dtype=np.float64)
+    shape = tuple(int(n) for n in grid["shape"])
+    n = affine.shape[0] - 1
+    if target.shape != affine.shape or len(shape) != n or data.ndim != n + int(rgb):
+        return None
+    index = np.linalg.solve(target, affine)  # our index -> the file's index
+    linear = np.rint(index[:n, :n])
+    if not (np.allclose(index[:n, :n], linear, atol=GRID_TOLERANCE)
+            and np.allclose(index[:n, n], np.rint(index[:n, n]), atol=GRID_TOLERANCE)
+            and np.array_equal(np.abs(linear).sum(axis=0), np.ones(n))
+            and np.array_equal(np.abs(linear).sum(axis=1), np.ones(n))):
+        return None
+    order = [int(np.flatnonzero(linear[axis])[0]) for axis in range(n)]  # file axis <- our axis
+    flips = [linear[axis, order[axis]] < 0 for axis in range(n)]
+    if tuple(data.shape[axis] for axis in order) != shape:
+        return None
+    offsets = np.rint(index[:n, n])
+    if any(offsets[axis] != (shape[axis] - 1 if flips[axis] else 0) for axis in range(n)):
+        return None
+    data = data.transpose(order + list(range(n, data.ndim)))
+    data = data[tuple(slice(None, None, -1) if flip else slice(None) for flip in flips)]
+    if fastest_first:
+        data = data.transpose(list(range(n))[::-1] + list(range(n, data.ndim)))
+        target = target.copy()
+        target[:, :n] = target[:, :n][:, ::-1]
+    return data, target
+
+
 def report_non_finite(data, path) -> int:
     """Count NaN/Inf voxels of an in-memory float array and warn about them (they are kept)."""
     if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.floating):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import ImageRecord, ReadError, refuse_overwrite
+from ._common import ImageRecord, ReadError, on_file_grid, refuse_overwrite
 from .formats import FORMATS, file_suffix, get_format, writable_suffixes, write_format
 
 
@@ -93,6 +93,7 @@ def write(
     labels: bool = False,
     units: str = "mm",
     provenance: dict | None = None,
+    grid: dict | None = None,
 ) -> Path:
     """Write an image with its world affine, choosing the format by the file suffix.
 
@@ -112,6 +113,12 @@ def write(
         "mm", "um" or "pixel" (TIFF and Zarr record it).
     provenance : dict, optional
         What produced the image (step, method, ...); stored where the format allows.
+    grid : dict, optional
+        The voxel grid of the file the image was resampled onto (its reader's
+        ``metadata["grid"]``). When ``data`` lies on it, the file gets exactly that grid:
+        the reference file's array order, shape and affine (a NIfTI the same sform and
+        data shape, an ITK image the same size, spacing, origin and direction), as
+        SimpleITK/ANTs write resampled images. Ignored when ``data`` lies elsewhere.
 
     Returns
     -------
@@ -124,6 +131,10 @@ def write(
     fmt = write_format(path)
     if not (isinstance(data, da.Array) and fmt.streamed):
         data = np.asarray(data)
+    if grid is not None:
+        placed = on_file_grid(data, affine, grid, rgb=rgb, fastest_first=fmt.name == "nifti")
+        if placed is not None:
+            data, affine = placed
     units = units if units in ("mm", "um", "pixel") else "pixel"
     if fmt.name == "nifti":
         from .nifti import write_nifti

@@ -13,7 +13,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.space import affine_from_itk, itk_from_affine, orientation_code, reorient_to_nearest, spacing_of
-from ._common import ImageRecord, ReadError, check_budget, check_data_size, refuse_overwrite, report_non_finite
+from ._common import (
+    ImageRecord,
+    ReadError,
+    check_budget,
+    check_data_size,
+    file_grid,
+    refuse_overwrite,
+    report_non_finite,
+)
 from .formats import file_suffix, get_format, stem
 from .nifti import guess_modality, is_label_map
 
@@ -276,9 +284,11 @@ def read_itk_image(path) -> list[ImageRecord]:
     if components > 1 and not rgb:
         data = np.moveaxis(data, -1, 0)
         channel_axis = 0
+    first = int(channel_axis is not None)
+    grid = file_grid(data.shape[first : first + ndim], affine)
     try:
         original_orientation = orientation_code(affine)
-        data, affine = reorient_to_nearest(data, affine, first_axis=int(channel_axis is not None))
+        data, affine = reorient_to_nearest(data, affine, first_axis=first)
     except ValueError as exc:
         raise ReadError(path, f"invalid geometry ({exc})") from exc
     data = np.ascontiguousarray(data)
@@ -294,6 +304,7 @@ def read_itk_image(path) -> list[ImageRecord]:
         "spacing": tuple(float(s) for s in spacing_of(affine)),
         "orientation": orientation_code(affine),
         "original_orientation": original_orientation,
+        "grid": grid,
         "itk_metadata": _metadata(image),
         "non_finite_voxels": report_non_finite(data, path),
     }

@@ -21,7 +21,15 @@ from ..core.space import (
     reorient_to_nearest,
     spacing_of,
 )
-from ._common import ImageRecord, ReadError, check_budget, check_data_size, refuse_overwrite, report_non_finite
+from ._common import (
+    ImageRecord,
+    ReadError,
+    check_budget,
+    check_data_size,
+    file_grid,
+    refuse_overwrite,
+    report_non_finite,
+)
 from .formats import get_format, stem
 
 SUFFIXES = get_format("nifti").suffixes
@@ -388,6 +396,7 @@ def read_nifti(path) -> list[ImageRecord]:
         data = np.moveaxis(data, 3, 0)
 
     affine = affine_from_nifti(nifti_affine)
+    grid = file_grid(data.shape[leading:], affine, fastest_first=True)
     try:
         original_orientation = orientation_code(affine)
         data, affine = reorient_to_nearest(data, affine, first_axis=leading)
@@ -408,6 +417,7 @@ def read_nifti(path) -> list[ImageRecord]:
         "spacing": tuple(float(s) for s in spacing_of(affine)),
         "orientation": orientation_code(affine),
         "original_orientation": original_orientation,
+        "grid": grid,
         "affine_source": affine_source,
         "sform_code": int(header["sform_code"]),
         "qform_code": int(header["qform_code"]),

@@ -1,0 +1,251 @@
+"""Outputs resampled for a reference lie on exactly the reference FILE's grid, as SimpleITK writes them.
+
+An oblique, anisotropic NIfTI reference (array axes far from the world axes, so our reader
+reorders them) and a synthetic oblique DICOM series; ``mmfuse transform``, ``register -o``
+(rigid and deformable) and label transfer are compared voxel by voxel with
+``SimpleITK.Resample(moving, fixed, T)``, and the .tfm files with ``SimpleITK.ReadTransform``.
+"""
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from napari_mmfuse.cli import main
+from napari_mmfuse.io.transforms import read_itk_transform, to_physical
+
+SHAPE = (40, 32, 24)  # nibabel (i, j, k)
+SPACING = (1.2, 1.5, 2.0)
+CENTER_RAS = np.array([3.0, -5.0, 10.0])
+#: the rigid truth, fixed -> moving (LPS, physical x, y, z), ITK's resampling convention
+ANGLES, SHIFT = (0.06, -0.04, 0.08), (3.0, -2.0, 4.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rotation(axis: int, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    i, j = [a for a in range(3) if a != axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def _fixed_affine() -> np.ndarray:
+    """RAS affine: i runs inferior, j right-to-left, k anterior, all tilted by 10 and 7 degrees."""
+    axes = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])  # columns: i, j, k directions
+    direction = _rotation(0, 10) @ _rotation(1, -7) @ axes
+    affine = np.eye(4)
+    affine[:3, :3] = direction * SPACING
+    affine[:3, 3] = CENTER_RAS - affine[:3, :3] @ ((np.array(SHAPE) - 1) / 2)
+    return affine
+
+
+def _lps_points(ras_affine, shape) -> np.ndarray:
+    """LPS (x, y, z) of every voxel of a NIfTI grid, shape (*shape, 3)."""
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    ras = ras_affine[:3, :3] @ index + ras_affine[:3, 3:]
+    return (ras * np.array([[-1.0], [-1.0], [1.0]])).T.reshape(*shape, 3)
+
+
+def _scene(lps: np.ndarray) -> np.ndarray:
+    """A smooth, asymmetric world-space intensity (LPS mm)."""
+    centre = np.array([-3.0, 5.0, 10.0])  # the fixed volume's centre in LPS
+    value = np.zeros(lps.shape[:-1])
+    for offset, width, height in (((0, 0, 0), 14.0, 600.0), ((9, -6, 5), 6.0, 400.0), ((-8, 7, -6), 8.0, -250.0)):
+        value += height * np.exp(-np.sum((lps - centre - offset) ** 2, axis=-1) / (2 * width**2))
+    return (value + 300 + 4 * (lps[..., 0] - centre[0])).astype(np.float32)
+
+
+def _truth() -> sitk.Euler3DTransform:
+    centre = CENTER_RAS * np.array([-1.0, -1.0, 1.0])
+    return sitk.Euler3DTransform(centre.tolist(), *ANGLES, SHIFT)
+
+
+def _matrix(transform) -> np.ndarray:
+    """4x4 physical matrix of a linear SimpleITK transform."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.reshape(transform.GetMatrix(), (3, 3))
+    matrix[:3, 3] = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    return matrix
+
+
+def _save_nifti(path, data, ras_affine, **kwargs):
+    image = nib.Nifti1Image(data, ras_affine)
+    image.header.set_sform(ras_affine, code=1)
+    image.header.set_qform(ras_affine, code=1)
+    for key, value in kwargs.items():
+        image.header[key] = value
+    nib.save(image, str(path))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """fixed.nii.gz (oblique), moving.nii.gz and moving_seg.nii.gz (axis-aligned) with
+    ``moving(T(p)) == fixed(p)``, and the truth T as an ITK file."""
+    folder = tmp_path_factory.mktemp("grid")
+    fixed_affine = _fixed_affine()
+    _save_nifti(folder / "fixed.nii.gz", _scene(_lps_points(fixed_affine, SHAPE)), fixed_affine)
+    moving_shape = (56, 56, 56)
+    moving_affine = np.diag([1.25, 1.25, 1.25, 1.0])
+    moving_affine[:3, 3] = CENTER_RAS - 1.25 * 27.5
+    lps = _lps_points(moving_affine, moving_shape).reshape(-1, 3)
+    inverse = np.linalg.inv(_matrix(_truth()))
+    values = _scene((lps @ inverse[:3, :3].T + inverse[:3, 3]).reshape(*moving_shape, 3))
+    _save_nifti(folder / "moving.nii.gz", values, moving_affine)
+    labels = np.digitize(values, [400, 600, 800]).astype(np.uint8)
+    _save_nifti(folder / "moving_seg.nii.gz", labels, moving_affine)
+    sitk.WriteTransform(_truth(), str(folder / "truth.tfm"))
+    return folder
+
+
+def _sitk_resample(moving, reference, transform, interpolator=sitk.sitkLinear) -> np.ndarray:
+    """SimpleITK's result as nibabel orders a NIfTI written from it: (i, j, k)."""
+    return sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform, interpolator, 0.0)).T
+
+
+def _check_on_fixed_grid(out, fixed) -> np.ndarray:
+    written, reference = nib.load(str(out)), nib.load(str(fixed))
+    assert written.shape == reference.shape == SHAPE
+    np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+    np.testing.assert_allclose(written.header.get_sform(), reference.header.get_sform(), atol=1e-5)
+    np.testing.assert_allclose(written.header.get_qform(), reference.header.get_qform(), atol=1e-5)
+    return np.asarray(written.dataobj)
+
+
+def _inner(array: np.ndarray, border: int = 2) -> np.ndarray:
+    return array[(slice(border, -border),) * array.ndim]
+
+
+def test_transform_writes_the_oblique_nifti_grid_as_simpleitk(scene, tmp_path):
+    out = tmp_path / "out.nii.gz"
+    args = ["transform", str(scene / "moving.nii.gz"), "--transform", str(scene / "truth.tfm"),
+            "--reference", str(scene / "fixed.nii.gz"), "-o", str(out)]  # fmt: skip
+    assert main(args) == 0
+    ours = _check_on_fixed_grid(out, scene / "fixed.nii.gz")
+    theirs = _sitk_resample(sitk.ReadImage(str(scene / "moving.nii.gz")), sitk.ReadImage(str(scene / "fixed.nii.gz")),
+                            sitk.ReadTransform(str(scene / "truth.tfm")))
+    np.testing.assert_allclose(_inner(ours), _inner(theirs), atol=0.05)
+    # and both are the fixed image (the moving one was made from it through the truth), up to interpolation
+    fixed = np.asarray(nib.load(str(scene / "fixed.nii.gz")).dataobj)
+    assert np.abs(_inner(ours) - _inner(fixed)).mean() < 0.01 * np.ptp(fixed)
+
+    # an ITK-format output takes the reference's size, spacing, origin and direction too
+    mha = tmp_path / "out.mha"
+    assert main([*args[:-1], str(mha)]) == 0
+    written, reference = sitk.ReadImage(str(mha)), sitk.ReadImage(str(scene / "fixed.nii.gz"))
+    assert written.GetSize() == reference.GetSize()
+    for attribute in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, attribute)(), getattr(reference, attribute)(), atol=1e-5)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(written).T, ours, atol=1e-4)
+
+
+def test_label_transfer_on_the_reference_grid_nearest(scene, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    assert main(["transform", str(scene / "moving_seg.nii.gz"), "--transform", str(scene / "truth.tfm"),
+                 "--reference", str(scene / "fixed.nii.gz"), "-o", str(out)]) == 0  # fmt: skip
+    ours = _check_on_fixed_grid(out, scene / "fixed.nii.gz")
+    assert np.issubdtype(ours.dtype, np.integer)
+    theirs = _sitk_resample(sitk.ReadImage(str(scene / "moving_seg.nii.gz")), sitk.ReadImage(str(scene / "fixed.nii.gz")),
+                            sitk.ReadTransform(str(scene / "truth.tfm")), sitk.sitkNearestNeighbor)
+    assert set(np.unique(ours)) == set(np.unique(theirs)) == {0, 1, 2, 3}
+    assert np.mean(ours != theirs) < 2e-3  # only round-off ties between two neighbours may differ
+
+
+def test_register_writes_the_fixed_grid_and_a_tfm_simpleitk_reads(scene, tmp_path):
+    out, tfm = tmp_path / "registered.nii.gz", tmp_path / "t.tfm"
+    assert main(["register", str(scene / "fixed.nii.gz"), str(scene / "moving.nii.gz"), "-o", str(out),
+                 "--transform", str(tfm), "--iterations", "40"]) == 0  # fmt: skip
+    ours = _check_on_fixed_grid(out, scene / "fixed.nii.gz")
+    itk = sitk.ReadTransform(str(tfm))
+    theirs = _sitk_resample(sitk.ReadImage(str(scene / "moving.nii.gz")), sitk.ReadImage(str(scene / "fixed.nii.gz")), itk)
+    np.testing.assert_allclose(_inner(ours), _inner(theirs), atol=0.05)
+
+    # the .tfm maps fixed LPS points to moving LPS points, as our matrix does, and as the truth does
+    points = _lps_points(_fixed_affine(), SHAPE)[::6, ::6, ::6].reshape(-1, 3)
+    by_itk = np.array([itk.TransformPoint(tuple(p)) for p in points])
+    matrix = read_itk_transform(tfm)  # napari order (z, y, x)
+    ours_napari = points[:, ::-1] @ matrix[:3, :3].T + matrix[:3, 3]
+    np.testing.assert_allclose(by_itk, ours_napari[:, ::-1], atol=1e-6)
+    np.testing.assert_allclose(to_physical(matrix), _matrix(itk), atol=1e-9)
+    truth = np.array([_truth().TransformPoint(tuple(p)) for p in points])
+    assert np.linalg.norm(by_itk - truth, axis=1).mean() < 0.5  # mm, on voxels of 1.2-2 mm
+
+
+def test_register_deformable_on_the_fixed_grid(scene, tmp_path):
+    out, tfm, field = tmp_path / "warped.nii.gz", tmp_path / "t.tfm", tmp_path / "field.nii.gz"
+    assert main(["register", str(scene / "fixed.nii.gz"), str(scene / "moving.nii.gz"), "-o", str(out),
+                 "--model", "deformable", "--metric", "mse", "--iterations", "10", "--levels", "2", "--transform", str(tfm),
+                 "--displacement", str(field)]) == 0  # fmt: skip
+    ours = _check_on_fixed_grid(out, scene / "fixed.nii.gz")
+    composite = sitk.CompositeTransform(
+        [sitk.ReadTransform(str(tfm)), sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(field)), sitk.sitkVectorFloat64))]
+    )
+    theirs = _sitk_resample(sitk.ReadImage(str(scene / "moving.nii.gz")), sitk.ReadImage(str(scene / "fixed.nii.gz")), composite)
+    np.testing.assert_allclose(_inner(ours, 3), _inner(theirs, 3), atol=0.5)
+
+
+def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:
+    """One CT file per slice of ``values`` (slice, row, column), shuffled names; spacing (column, row, slice)."""
+    folder.mkdir()
+    normal = np.cross(rowcos, colcos)
+    series = generate_uid()
+    for k in np.random.default_rng(0).permutation(values.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"s{k * 7 % 11}_{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "GRID01", "CT", series, 1
+        ds.StudyInstanceUID, ds.InstanceNumber = "1.2.826.0.1.3680043.8.498.2", int(k) + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(origin) + k * spacing[2] * normal]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in np.concatenate([rowcos, colcos])]
+        ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+        ds.SliceThickness = f"{spacing[2]:.6f}"
+        ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+        ds.Rows, ds.Columns = values.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit, ds.PixelRepresentation = 15, 0
+        ds.PixelData = values[k].astype("<u2").tobytes()
+        ds.save_as(ds.filename, enforce_file_format=True)
+    assert len(list(folder.glob("*.dcm"))) == values.shape[0] and pydicom.dcmread(next(folder.glob("*.dcm"))).Rows
+
+
+def test_dicom_reference_output_takes_the_series_grid(scene, tmp_path):
+    """A DICOM reference: OUT (NIfTI) has the series' grid as ITK reads it (columns, rows, slices in order)."""
+    tilt = _rotation(2, 12) @ _rotation(0, -8)
+    rowcos, colcos = tilt @ [0.0, 1.0, 0.0], tilt @ [0.0, 0.0, -1.0]  # a sagittal-like, oblique acquisition
+    spacing = (1.1, 1.4, 2.0)  # column, row, slice
+    shape = (20, 36, 30)  # slices, rows, columns
+    centre = CENTER_RAS * np.array([-1.0, -1.0, 1.0])
+    direction = np.column_stack([rowcos, colcos, np.cross(rowcos, colcos)])
+    origin = centre - direction @ (np.array(spacing) * (np.array(shape[::-1]) - 1) / 2)
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)[::-1]  # column, row, slice
+    lps = (direction @ (index * np.array(spacing)[:, None]) + origin[:, None]).T.reshape(*shape, 3)
+    _write_dicom_series(tmp_path / "series", np.rint(_scene(lps) + 1024), origin, rowcos, colcos, spacing)
+
+    out = tmp_path / "on_series.nii.gz"
+    assert main(["transform", str(scene / "moving.nii.gz"), "--transform", str(scene / "truth.tfm"),
+                 "--reference", str(tmp_path / "series"), "-o", str(out)]) == 0  # fmt: skip
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
+    series = reader.Execute()
+    written = sitk.ReadImage(str(out))
+    assert written.GetSize() == series.GetSize() == shape[::-1]
+    for attribute in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, attribute)(), getattr(series, attribute)(), atol=1e-4)
+    theirs = sitk.GetArrayFromImage(sitk.Resample(sitk.ReadImage(str(scene / "moving.nii.gz")), series,
+                                                  sitk.ReadTransform(str(scene / "truth.tfm")), sitk.sitkLinear, 0.0))
+    np.testing.assert_allclose(_inner(sitk.GetArrayFromImage(written)), _inner(theirs), atol=0.05)
