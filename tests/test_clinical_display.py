@@ -247,8 +247,10 @@ def test_window_dock_sets_presets_by_button_and_key(make_napari_viewer, qtbot, t
     viewer.dims.set_point(0, float(viewer.dims.range[0].start + viewer.dims.range[0].stop) / 2)
     viewer.reset_view()
     shots = []
+    viewer.text_overlay.visible, viewer.text_overlay.font_size = True, 14
     for name in ("bone", "brain"):
         widget.buttons[name].click()
+        viewer.text_overlay.text = f"{name}  W{preset(name).width:g} L{preset(name).level:g}"
         shots.append(viewer.screenshot(canvas_only=True, flash=False))
     iio.imwrite(shots_dir / "ct_bone_brain.png", np.concatenate([shot[..., :3] for shot in shots], axis=1))
     widget.grab().save(str(shots_dir / "window_dock.png"))
