@@ -193,6 +193,9 @@ def test_register_deformable_on_the_fixed_grid(scene, tmp_path):
     )
     theirs = _sitk_resample(sitk.ReadImage(str(scene / "moving.nii.gz")), sitk.ReadImage(str(scene / "fixed.nii.gz")), composite)
     np.testing.assert_allclose(_inner(ours, 3), _inner(theirs, 3), atol=0.5)
+    # the field lies voxel for voxel on the fixed file's grid too
+    assert nib.load(str(field)).shape[:3] == SHAPE
+    np.testing.assert_allclose(nib.load(str(field)).affine, nib.load(str(scene / "fixed.nii.gz")).affine, atol=1e-5)
 
 
 def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:

@@ -322,7 +322,7 @@ def run_register(args) -> int:
         print(f"wrote {args.transform}")
     if args.displacement:
         write_displacement_field(args.displacement, transform.displacement, transform.displacement_affine,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, grid=fixed.grid)
         print(f"wrote {args.displacement}")
     return 0
 

@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..core.space import check_affine, itk_from_affine
+from ._common import on_file_grid
 
 ITK_TEXT_SUFFIXES = (".tfm", ".txt")
 FIELD_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
@@ -255,7 +256,7 @@ def _field_suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def write_displacement_field(path, displacement, affine, *, overwrite: bool = False) -> Path:
+def write_displacement_field(path, displacement, affine, *, overwrite: bool = False, grid: dict | None = None) -> Path:
     """Write a displacement field as an ITK vector image (SimpleITK DisplacementFieldTransform reads it).
 
     Parameters
@@ -267,6 +268,9 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
         to ``x + displacement(x)``.
     affine : ndarray, shape (n + 1, n + 1)
         Grid index -> world (napari order); must have no shear.
+    grid : dict, optional
+        The fixed file's own grid (its reader's ``metadata["grid"]``): a field on that grid is
+        written in the file's array order, voxel for voxel with it (the vectors are unchanged).
 
     Returns
     -------
@@ -278,6 +282,10 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
     if _field_suffix(path) not in FIELD_SUFFIXES:
         raise ValueError(f"a displacement field file must end in one of {', '.join(FIELD_SUFFIXES)}: {path}")
     displacement = np.asarray(displacement, np.float64)
+    if grid is not None:
+        placed = on_file_grid(displacement, affine, grid, rgb=True)  # components trail, like RGB
+        if placed is not None:
+            displacement, affine = placed
     n = displacement.ndim - 1
     if n not in (2, 3) or displacement.shape[-1] != n:
         raise ValueError(f"displacement must have shape (*shape, n) with n = 2 or 3, got {displacement.shape}")
