@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
                         help="attention: roll the attention out across blocks (with the skip connections)")
     parser.add_argument("-o", "--output", required=True, metavar="MAP", help="output map (.nii/.nii.gz)")
     parser.add_argument("--attribution-json", metavar="A.json",
-                        help="write the per-modality attribution (channel ablation), one number per image")
+                        help="write the per-modality answers: each image's attribution (integrated gradients) and "
+                             "the Dice and probability change when it is removed, both ranked")
     parser.add_argument("--device", default=None)
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run_explain)
@@ -73,17 +74,19 @@ def run_explain(args) -> int:
     write_sidecar(output, record, overwrite=args.overwrite)
     print(f"wrote {output}")
     if args.attribution_json:
-        attribution = outputs["attribution"]
+        attribution, removal = outputs["attribution"], outputs["removal"]
         summary = {
             "method": attribution.method,
             "target": args.target,
             "images": [str(p) for p in args.images],
             "attribution": [float(v) for v in attribution.scores],
             "raw": [float(v) for v in attribution.raw],
+            "attribution_ranking": attribution.ranking(),
+            "removal": removal.describe(),
         }
         attribution_path = Path(args.attribution_json)
         write_text(attribution_path, json.dumps(summary, indent=2), overwrite=args.overwrite)
-        for path, score in zip(args.images, attribution.scores):
-            print(f"  {path}: {score:.3f}")
+        for path, score, dice in zip(args.images, attribution.scores, removal.dice):
+            print(f"  {path}: attribution {score:.3f}, Dice without it {dice:.3f}")
         print(f"wrote {attribution_path}")
     return 0

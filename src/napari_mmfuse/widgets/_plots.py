@@ -1,9 +1,9 @@
-"""A small live curve drawn with QPainter: registration metric or training loss per step."""
+"""Small plots drawn with QPainter: a live curve (registration metric, training loss) and ranked bars."""
 
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
@@ -68,4 +68,72 @@ class CurvePlot(QWidget):
         painter.drawText(
             margin + 2, self.height() - margin - 2, f"{low:.4g}  (step {len(self.values)}, last {self.values[-1]:.4g})"
         )
+        painter.end()
+
+
+class RankedBars(QWidget):
+    """Columns of horizontal bars, one row per name, each bar with its value and its rank in its column.
+
+    Shows two rankings of the same names side by side (e.g. the per-modality attribution
+    and what removing each modality does), so a reader sees at once whether they agree.
+
+    Parameters
+    ----------
+    placeholder : str
+        Text shown until the first scores arrive.
+    """
+
+    ROW, TITLE = 22, 20
+
+    def __init__(self, placeholder: str):
+        super().__init__()
+        self.placeholder = placeholder
+        self.names: list[str] = []
+        self.columns: list[tuple[str, list[float]]] = []
+        self.setMinimumHeight(80)
+
+    @property
+    def scores(self) -> list[float]:
+        """The first column's values."""
+        return self.columns[0][1] if self.columns else []
+
+    def set_columns(self, names, columns) -> None:
+        """Show ``columns``: ``(title, values)`` pairs, one value per name (bars scaled to each column's maximum)."""
+        self.names = [str(name) for name in names]
+        self.columns = [(str(title), [float(v) for v in values]) for title, values in columns]
+        self.setMinimumHeight(self.TITLE + 16 + self.ROW * max(len(self.names), 1))
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 (Qt API)
+        """Draw the names, then each column's title and its bars with value and rank."""
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        painter.fillRect(self.rect(), QColor("#262930"))
+        painter.setPen(QColor("#888888"))
+        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
+        if not self.columns:
+            painter.drawText(self.rect(), Qt.AlignCenter, self.placeholder)
+            painter.end()
+            return
+        label_width = min(90, self.width() // 4)
+        column_width = (self.width() - label_width - 8) / len(self.columns)
+        top = 6 + self.TITLE
+        painter.setPen(QColor("#dddddd"))
+        for row, name in enumerate(self.names):
+            painter.drawText(QRectF(6, top + self.ROW * row, label_width - 8, 18), Qt.AlignVCenter | Qt.AlignLeft,
+                             name)
+        for index, (title, values) in enumerate(self.columns):
+            left = label_width + index * column_width
+            painter.setPen(QColor("#dddddd"))
+            painter.drawText(QRectF(left, 4, column_width - 4, self.TITLE), Qt.AlignVCenter | Qt.AlignLeft, title)
+            scale = max(max(values, default=0.0), 1e-12)
+            ranks = {i: rank for rank, i in enumerate(np.argsort([-v for v in values], kind="stable"), start=1)}
+            bar_space = column_width - 70
+            for row, value in enumerate(values):
+                y = top + self.ROW * row
+                width = max(bar_space * max(value, 0.0) / scale, 1.0)
+                painter.fillRect(QRectF(left, y + 2, width, 14), QColor(COLORS[row % len(COLORS)]))
+                painter.setPen(QColor("#dddddd"))
+                painter.drawText(QRectF(left + width + 4, y, 66, 18), Qt.AlignVCenter | Qt.AlignLeft,
+                                 f"{value:.2f} #{ranks[row]}")
         painter.end()

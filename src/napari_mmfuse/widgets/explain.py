@@ -4,8 +4,10 @@ The model is the last one trained (or loaded) in the session's "Segment" widget,
 model file. The checked image layers are its inputs in channel order, resampled onto the
 first one's grid. Results are overlays with the first layer's placement (perceptual
 colormaps, additive blending; one map per modality hidden until toggled in the legend)
-and a bar chart of the per-modality attribution (channel ablation). Transformer models
-(UNETR) also give attention maps, at one block or rolled out across blocks.
+and the per-modality answers ranked side by side: each modality's attribution (integrated
+gradients) beside what removing it does to the segmentation (1 - Dice of the class, and
+the drop of its mean probability). Transformer models (UNETR) also give attention maps,
+at one block or rolled out across blocks.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ if TYPE_CHECKING:
 import numpy as np
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QRectF, Qt
-from qtpy.QtGui import QColor, QPainter
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -40,52 +41,14 @@ from ._dock import scroll_contents
 from ._jobs import JobPanel
 from ._layers import add_image_layer, image_of, world_affine
 from ._pickers import LayerChecklist, LayerPicker, choose_model_file
+from ._plots import RankedBars
 from ._session import same, session_model, session_of
 
 SESSION = "last model of this session"
 REGIONS = ("whole image", "selected label of a Labels layer", "box: first shape of a Shapes layer")
 #: Parameters the widget sets from its own model-dependent controls (target class, layer list) or always
-#: asks for (the per-modality attribution bars): hidden in the generated forms.
+#: asks for (the per-modality answers): hidden in the generated forms.
 OWN_CONTROLS = ("target", "layer", "attribution")
-
-
-class AttributionBars(QWidget):
-    """Per-modality attribution as horizontal bars, drawn with QPainter."""
-
-    COLORS = ("#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8")
-
-    def __init__(self):
-        super().__init__()
-        self.setMinimumHeight(80)
-        self.names: list[str] = []
-        self.scores: list[float] = []
-
-    def set_scores(self, names, scores) -> None:
-        self.names, self.scores = list(names), [float(s) for s in scores]
-        self.setMinimumHeight(20 + 22 * max(len(self.names), 1))
-        self.update()
-
-    def paintEvent(self, event):  # noqa: N802 (Qt API)
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.fillRect(self.rect(), QColor("#262930"))
-        painter.setPen(QColor("#888888"))
-        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        if not self.scores:
-            painter.drawText(self.rect(), Qt.AlignCenter, "per-modality attribution")
-            painter.end()
-            return
-        label_width = min(140, self.width() // 3)
-        bar_space = self.width() - label_width - 60
-        for row, (name, score) in enumerate(zip(self.names, self.scores)):
-            top = 10 + 22 * row
-            painter.setPen(QColor("#dddddd"))
-            painter.drawText(QRectF(6, top, label_width - 8, 18), Qt.AlignVCenter | Qt.AlignLeft, name)
-            painter.fillRect(QRectF(label_width, top + 2, max(bar_space * score, 1.0), 14),
-                             QColor(self.COLORS[row % len(self.COLORS)]))
-            painter.drawText(QRectF(label_width + bar_space * score + 4, top, 56, 18),
-                             Qt.AlignVCenter | Qt.AlignLeft, f"{score:.2f}")
-        painter.end()
 
 
 def box_from_shape(shapes_layer, shape, affine) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -151,7 +114,7 @@ class ExplainWidget(QWidget):
         self.jobs = JobPanel("Explain", self.run)
         self.run_button, self.cancel_button, self.progress = self.jobs.run_button, self.jobs.cancel_button, \
             self.jobs.progress
-        self.bars = AttributionBars()
+        self.bars = RankedBars("per-modality answers: attribution beside removal")
         self.legend = QListWidget()
         self.legend.setMaximumHeight(120)
 
@@ -173,7 +136,10 @@ class ExplainWidget(QWidget):
         for parameters in self.forms.values():
             layout.addWidget(parameters.native)
         layout.addWidget(self.jobs)
-        layout.addWidget(QLabel("per-modality attribution (channel ablation)"))
+        answers = QLabel("per-modality answers: attribution (integrated gradients) | removing it: "
+                         "1 - Dice of the class | drop of its mean probability")
+        answers.setWordWrap(True)
+        layout.addWidget(answers)
         layout.addWidget(self.bars)
         layout.addWidget(QLabel("overlays (check to show)"))
         layout.addWidget(self.legend)
@@ -340,23 +306,27 @@ class ExplainWidget(QWidget):
         first = context["layers"][0]
         names = [layer.name for layer in context["layers"]]
         label = context["label"]
-        result, attribution = outputs["map"], outputs["attribution"]
+        result, attribution, removal = outputs["map"], outputs["attribution"], outputs["removal"]
         shown = result.metadata["provenance"] | {
             "target": record.params["target"], "region": context["region"], "layer": result.metadata["layer"],
-            "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores)))}
+            "attribution": dict(zip(names, (round(float(s), 4) for s in attribution.scores))),
+            "attribution_ranking": [names[attribution.names.index(n)] for n in attribution.ranking()],
+            "removal_dice": dict(zip(names, (round(float(d), 4) for d in removal.dice))),
+            "removal_ranking": [names[removal.names.index(n)] for n in removal.ranking()]}
         # attention is a share of the most attended token's: shown on its own 0..1 scale, not stretched
         limits = {"contrast_limits": (0.0, 1.0)} if record.method == "attention" else {}
         result.metadata["provenance"] = shown
         added = [add_image_layer(self.viewer, result, like=first, name=f"{label} class {shown['target']}",
                                  colormap="inferno", blending="additive", opacity=0.8, **limits)]
         channel_maps = outputs.get("channel_maps")
-        kind = label if channel_maps is not None else "ablation drop"
+        kind = label if channel_maps is not None else "attribution"
         maps = [image.data for image in channel_maps] if channel_maps is not None else attribution.maps
         for name, values in zip(names, maps):
             image = result.like(np.abs(values), metadata={"provenance": shown | {"modality": name, "map": kind}})
             added.append(add_image_layer(self.viewer, image, like=first, name=f"{kind} of {name}", colormap="magma",
                                          blending="additive", opacity=0.8, visible=False))
-        self.bars.set_scores(names, attribution.scores)
+        self.bars.set_columns(names, [("attribution", attribution.scores), ("1 - Dice", removal.scores),
+                                      ("prob. drop", np.clip(removal.probability_change, 0, None))])
         for layer in added:
             meta = layer.metadata["mmfuse"]
             text = f"{layer.name} — {meta['method']}, class {meta['target']}, {meta['region']}"

@@ -18,7 +18,16 @@ for a classification network that class's logit. Methods:
   on the voxels each token covers;
 * **per-modality attribution**: each channel replaced by its mean (ablation) or the
   integrated gradients summed per channel, giving one number per modality (normalised
-  to sum to 1) and one map per modality.
+  to sum to 1) and one map per modality;
+* **modality removal** (the check beside the attribution): the Dice of the class's
+  segmentation and the change of its mean probability when each modality is replaced
+  by its reference (early fusion) or its network left out (late fusion).
+
+Every method runs on the windows of sliding-window inference, at most
+:data:`~.windows.PASS_VOXELS` voxels through the network at once, so the memory beyond
+a few copies of the image is bounded by the window, not the image. Integrated gradients
+are Captum's; Grad-CAM++ (the paper's weights), region-weighted targets, the global
+occlusion grid across windows and attention rollout are ours.
 
 The low-level functions take any ``torch.nn.Module`` and a normalised input tensor of
 shape ``(1, C, *S)``; :func:`explain` and :func:`modality_attribution` take a
@@ -36,21 +45,22 @@ from .attention import (
     record_attention,
 )
 from .run import (
-    ATTRIBUTIONS, METHODS, default_target, explain, explain_steps, modality_attribution, modality_attribution_steps,
-    randomized_copy,
+    ATTRIBUTIONS, METHODS, default_target, explain, explain_steps, maps_attribution, modality_attribution,
+    modality_attribution_steps, modality_removal_steps, randomized_copy,
 )
 from .tensors import (
     channel_ablation, conv_layers, default_layer, gradcam, integrated_gradients, occlusion, saliency, target_score,
 )
 from .windows import (
-    BACKGROUND_FRACTION, OVERLAP, Attribution, Explanation, Tiling, box_region, destripe, saliency_steps,
-    stride_period,
+    BACKGROUND_FRACTION, OVERLAP, PASS_VOXELS, Attribution, Explanation, Removal, Tiling, box_region,
+    copies_per_pass, destripe, saliency_steps, stride_period,
 )
 
 __all__ = [
     "ATTRIBUTIONS", "Attribution", "BACKGROUND_FRACTION", "Explanation", "METHODS", "NO_ATTENTION", "OVERLAP",
-    "Tiling", "TokenAttention", "attention_blocks", "attention_map", "attention_rollout", "box_region",
-    "channel_ablation", "conv_layers", "default_layer", "default_target", "destripe", "explain", "explain_steps", "gradcam",
-    "integrated_gradients", "modality_attribution", "modality_attribution_steps", "occlusion", "query_attention",
+    "PASS_VOXELS", "Removal", "Tiling", "TokenAttention", "attention_blocks", "attention_map", "attention_rollout", "box_region",
+    "channel_ablation", "conv_layers", "copies_per_pass", "default_layer", "default_target", "destripe", "explain", "explain_steps", "gradcam",
+    "integrated_gradients", "maps_attribution", "modality_attribution", "modality_attribution_steps",
+    "modality_removal_steps", "occlusion", "query_attention",
     "randomized_copy", "record_attention", "saliency", "saliency_steps", "stride_period", "target_score",
 ]

@@ -2,8 +2,10 @@
 
 What the Explain widget and ``mmfuse explain`` both did before they ran a method: the
 modalities resampled onto the first image's grid through their world affines, the region
-(a label image, voxels > 0) resampled (nearest) onto that grid, and the per-modality
-attribution (channel ablation) after the map when asked for.
+(a label image, voxels > 0) resampled (nearest) onto that grid, and, when asked for, the
+per-modality answers after the map: the attribution (integrated gradients summed per
+modality) and, beside it, the check of what removing each modality does to the
+segmentation (:func:`~.run.modality_removal_steps`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...operations import Image, Progress, relay
-from .run import explain_steps, modality_attribution_steps
+from .run import explain_steps, maps_attribution, modality_attribution_steps, modality_removal_steps
 
-#: Share of the progress taken by the map when the per-modality attribution follows it.
-MAP_SHARE = 0.9
+#: Shares of the progress taken by the map and the per-modality attribution when the per-modality
+#: answers follow the map (the removal check takes the rest).
+MAP_SHARE, ATTRIBUTION_SHARE = 0.7, 0.2
+#: Integrated-gradients path points of the per-modality attribution (one network pass of 8 copies per
+#: 48^3 window): enough to rank a few modalities, cheap beside a full-size map.
+ATTRIBUTION_STEPS = 8
 
 
 def modalities_on_grid(images, device=None) -> np.ndarray:
@@ -65,7 +71,9 @@ def explain_images(images, model, region: Image | None = None, *, method: str, a
         Labels whose voxels > 0 are the region (see :func:`~.run.explain_steps`).
     method : str
     attribution : bool
-        Also measure each modality's share (channel ablation).
+        Also measure each modality's share (the "ig" map's channels for "ig", else
+        integrated gradients with :data:`ATTRIBUTION_STEPS` points) and what removing it
+        does (:func:`~.run.modality_removal_steps`).
     device : str, optional
     **options
         Parameters of :func:`~.run.explain_steps` (``target``, ``layer``, ...).
@@ -79,7 +87,8 @@ def explain_images(images, model, region: Image | None = None, *, method: str, a
     dict
         ``map``: Image on the first image's grid (its metadata's ``layer``: the layer or
         attention blocks explained); ``channel_maps``: one Image per modality (gradient
-        methods); ``attribution``: the :class:`~.windows.Attribution` (when asked for).
+        methods); with ``attribution``: ``attribution``, the :class:`~.windows.Attribution`,
+        and ``removal``, the :class:`~.windows.Removal`.
     """
     images = list(images)
     stack = modalities_on_grid(images, device)
@@ -94,8 +103,16 @@ def explain_images(images, model, region: Image | None = None, *, method: str, a
         outputs["channel_maps"] = [first.like(values, kind="map", name=f"{name} of {image.name}")
                                    for values, image in zip(result.channel_maps, images)]
     if attribution:
-        steps = modality_attribution_steps(model, stack, target=result.target, region=mask, device=device)
-        outputs["attribution"] = yield from _rescaled(steps, share, 1.0 - share, "per-modality attribution")
+        names = model.config.channel_names
+        if method == "ig":
+            outputs["attribution"] = maps_attribution(result.channel_maps, names, method)
+        else:
+            steps = modality_attribution_steps(model, stack, target=result.target, region=mask, method="ig",
+                                               steps=ATTRIBUTION_STEPS, device=device)
+            outputs["attribution"] = yield from _rescaled(steps, share, ATTRIBUTION_SHARE, "per-modality attribution")
+        steps = modality_removal_steps(model, stack, target=result.target, region=mask, device=device)
+        outputs["removal"] = yield from _rescaled(steps, share + ATTRIBUTION_SHARE, 1.0 - share - ATTRIBUTION_SHARE,
+                                                  "removing each modality")
     return outputs
 
 

@@ -13,8 +13,8 @@ from ..device import get_device
 from ..segment import SegmentationNet
 from .attention import attention_map, block_names, vision_transformers
 from .windows import (
-    Attribution, Explanation, Tiling, ablation_steps, class_index_of, destripe, gradcam_steps, ig_steps,
-    occlusion_steps, paste, prepare, saliency_steps, stride_period,
+    Attribution, Explanation, Removal, Tiling, ablation_steps, class_index_of, destripe, gradcam_steps, ig_steps,
+    occlusion_steps, paste, prepare, removal_of, removal_steps, saliency_steps, stride_period,
 )
 
 #: The attribution methods (the explain operations' names, :mod:`napari_mmfuse.operations.explain`).
@@ -244,6 +244,61 @@ def modality_attribution(model: SegmentationNet, images, **options) -> Attributi
     Attribution
     """
     return drive(modality_attribution_steps(model, images, **options))
+
+
+def modality_removal_steps(
+    model: SegmentationNet,
+    images,
+    *,
+    target: int,
+    region=None,
+    margin: int | Sequence[int] | None = None,
+    device=None,
+) -> Generator[Progress, None, Removal]:
+    """What removing each modality does to the segmentation of the target class; yields progress.
+
+    The check beside an attribution: sliding-window prediction (the windows and blending
+    of :func:`explain_steps`) with all modalities and with each one removed (early
+    fusion: replaced by the reference the attribution's baseline uses; late fusion: its
+    network left out), compared in the region (the imaged object without one).
+
+    Parameters
+    ----------
+    model : SegmentationNet
+    images : ndarray, shape (C, *S)
+    target : int
+        Label value of the class.
+    region, margin, device
+        As in :func:`explain_steps`.
+
+    Yields
+    ------
+    Progress
+        One step per window, ``done == 0`` first.
+
+    Returns
+    -------
+    Removal
+    """
+    device = get_device(device)
+    model = model.to(device).eval()
+    class_index = class_index_of(model, target)
+    x, region_tensor, crop, _, reference = prepare(model, images, region, margin)
+    tiling = Tiling(x.shape[2:], model.config.patch_size, region_tensor)
+    blended = yield from removal_steps(model, x, tiling, reference, device)
+    if region_tensor is None:  # the crop without its padding
+        region_tensor = torch.zeros(x.shape[2:], dtype=torch.bool)
+        region_tensor[tuple(slice(0, s.stop - s.start) for s in crop)] = True
+    how = "its network left out" if model.config.fusion == "late" else "replaced by its reference"
+    return removal_of(blended, class_index, region_tensor, model.config.channel_names, how,
+                      sigmoid=model.config.activation == "sigmoid")
+
+
+def maps_attribution(maps: np.ndarray, names, method: str) -> Attribution:
+    """Per-modality attribution from one map per modality (C, *S): each one's share of the summed magnitudes."""
+    raw = np.abs(maps).reshape(maps.shape[0], -1).sum(axis=1).astype(np.float64)
+    total = raw.sum()
+    return Attribution(raw / total if total > 0 else np.zeros_like(raw), raw, np.abs(maps), list(names), method)
 
 
 def randomized_copy(model: SegmentationNet, *, seed: int = 0) -> SegmentationNet:

@@ -278,14 +278,18 @@ def saliency(module: nn.Module, x: torch.Tensor, *, class_index: int, region=Non
 def integrated_gradients(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None,
                          baseline: torch.Tensor | None = None, steps: int = 32,
                          batch_size: int = 8) -> np.ndarray:
-    """Integrated gradients from a baseline (each channel's mean by default).
+    """Integrated gradients from a baseline (each channel's mean by default), by Captum.
+
+    Captum's ``IntegratedGradients`` (Riemann midpoints) on the target of
+    :func:`target_score`, so a region or a per-voxel weight (a sliding window's blending
+    weight) is explained as any other output.
 
     Parameters
     ----------
     module : nn.Module
     x : Tensor, shape (1, C, *S)
     class_index : int
-    region : Tensor of bool, shape (*S), optional
+    region : Tensor of bool or float, shape (*S), optional
     baseline : Tensor, shape (1, C, *S) or broadcastable, optional
     steps : int
         Riemann midpoints along the straight path.
@@ -296,22 +300,19 @@ def integrated_gradients(module: nn.Module, x: torch.Tensor, *, class_index: int
     -------
     ndarray, shape (C, *S), float32
         Signed attributions; they sum to about ``target(x) - target(baseline)``.
+
+    References
+    ----------
+    Sundararajan, Taly & Yan, "Axiomatic attribution for deep networks", ICML 2017.
     """
+    from captum.attr import IntegratedGradients
+
     if baseline is None:
         baseline = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
-    baseline = baseline.expand_as(x)
-    total = torch.zeros_like(x[0])
-    for gradients in path_gradients(module, x, baseline, class_index, region, steps, batch_size):
-        total += gradients
-    return ((x - baseline)[0] * total / steps).detach().cpu().numpy().astype(np.float32)
-
-
-def path_gradients(module, x, baseline, class_index, region, steps: int, batch_size: int):
-    """Yield the gradients summed over each batch of midpoints of the path from ``baseline`` to ``x``."""
-    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
-    for begin in range(0, steps, batch_size):
-        a = alphas[begin : begin + batch_size].reshape((-1,) + (1,) * (x.ndim - 1))
-        yield input_gradient(module, baseline + a * (x - baseline), class_index, region).sum(dim=0)
+    method = IntegratedGradients(lambda inputs: target_score(module(inputs), class_index, region))
+    attributions = method.attribute(x, baselines=baseline.expand_as(x).contiguous(), n_steps=steps,
+                                    method="riemann_middle", internal_batch_size=batch_size)
+    return attributions[0].detach().cpu().numpy().astype(np.float32)
 
 
 def channel_ablation(module: nn.Module, x: torch.Tensor, *, class_index: int, region=None,

@@ -17,15 +17,18 @@ from torch import nn
 from ...operations import Progress
 from ..segment import SegmentationNet, check_images, outside_view
 from .tensors import (
-    channel_ablation, default_layer, gradcam, input_gradient, occluders, occlusion_drops, paint_occlusion,
-    path_gradients, per_axis, touching,
+    channel_ablation, default_layer, gradcam, input_gradient, integrated_gradients, occluders, occlusion_drops,
+    paint_occlusion, per_axis, touching,
 )
 
 #: sliding-window overlap, as :func:`~napari_mmfuse.core.segment.predict`'s default
 OVERLAP = 0.25
 #: a channel whose minimum holds at least this fraction of the voxels has a constant background
 BACKGROUND_FRACTION = 0.1
-
+#: voxels sent through the network in one pass (copies of a window times its voxels, at most 8 copies):
+#: the activations kept for the backward pass, the memory that grows with the work, scale with this,
+#: not with the image (a 48^3 window: 8 copies; 128^3: 1)
+PASS_VOXELS = 2**20
 
 
 @dataclass
@@ -74,6 +77,56 @@ class Attribution:
     maps: np.ndarray
     names: list[str]
     method: str
+
+    def ranking(self) -> list[str]:
+        """The modalities, most attributed first."""
+        return [self.names[i] for i in np.argsort(-np.asarray(self.scores), kind="stable")]
+
+    def describe(self) -> dict:
+        """The provenance entry: method, each modality's share and the ranking."""
+        return {"name": "per-modality attribution", "kind": "table", "method": self.method,
+                "scores": dict(zip(self.names, (round(float(s), 4) for s in self.scores))),
+                "ranking": self.ranking()}
+
+
+@dataclass
+class Removal:
+    """What removing each modality does to the segmentation of the target class, in the region.
+
+    Attributes
+    ----------
+    dice : ndarray, shape (C,)
+        Dice between the class's voxels predicted with all modalities and with this one
+        removed (1: removing it changes nothing).
+    probability_change : ndarray, shape (C,)
+        Mean class probability with all modalities minus with this one removed.
+    names : list of str
+    how : str
+        "replaced by its reference" (early fusion: the value :func:`prepare`'s reference
+        gives the channel, its background or mean) or "its network left out" (late fusion).
+    """
+
+    dice: np.ndarray
+    probability_change: np.ndarray
+    names: list[str]
+    how: str
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``1 - dice``: the share of the class's voxels that change when the modality is removed."""
+        return 1.0 - np.asarray(self.dice)
+
+    def ranking(self) -> list[str]:
+        """The modalities whose removal changes the class most first (Dice, then probability)."""
+        order = np.lexsort((-np.asarray(self.probability_change), -self.scores))
+        return [self.names[i] for i in order]
+
+    def describe(self) -> dict:
+        """The provenance entry: Dice and probability change per modality and the ranking."""
+        return {"name": "modality removal", "kind": "table", "how": self.how,
+                "dice": dict(zip(self.names, (round(float(d), 4) for d in self.dice))),
+                "probability_change": dict(zip(self.names, (round(float(p), 4) for p in self.probability_change))),
+                "ranking": self.ranking()}
 
 
 def box_region(shape, box) -> np.ndarray:
@@ -238,6 +291,11 @@ class Tiling:
         return (weights if self.region is None else weights * self.region[window]).to(device)
 
 
+def copies_per_pass(tiling: Tiling) -> int:
+    """Copies of a window (path points, occluded or ablated copies) per network pass: see :data:`PASS_VOXELS`."""
+    return max(1, min(8, PASS_VOXELS // int(tiling.importance.numel())))
+
+
 def _patch(x: torch.Tensor, window, device) -> torch.Tensor:
     return x[(slice(None), slice(None), *window)].to(device)
 
@@ -265,20 +323,25 @@ def saliency_steps(model, x, tiling: Tiling, class_index: int, samples: int, dev
     return (total / rounds).numpy().astype(np.float32)
 
 
-def ig_steps(model, x, tiling: Tiling, class_index: int, baseline, steps: int, device, batch_size: int = 8):
-    """:func:`integrated_gradients` window by window; yields progress after each batch of path points."""
-    count = math.ceil(steps / batch_size) * len(tiling.windows)
+def ig_steps(model, x, tiling: Tiling, class_index: int, baseline, steps: int, device):
+    """:func:`integrated_gradients` (Captum's) window by window; yields progress after each window.
+
+    Each window's target is its share of the blended prediction's (:meth:`Tiling.target`),
+    so the windows' attributions add up to those of the whole image; at most
+    :func:`copies_per_pass` path points go through the network at once.
+    """
+    count = len(tiling.windows)
     yield Progress(0, count)
     baseline = baseline.expand_as(x)
     total = torch.zeros_like(x[0])
-    done = 0
-    for window in tiling.windows:
-        for gradients in path_gradients(model, _patch(x, window, device), _patch(baseline, window, device),
-                                         class_index, tiling.target(window, device), steps, batch_size):
-            total[(slice(None), *window)] += gradients.cpu()
-            done += 1
-            yield Progress(done, count)
-    return ((x - baseline)[0] * total / steps).numpy().astype(np.float32)
+    batch_size = copies_per_pass(tiling)
+    for done, window in enumerate(tiling.windows, start=1):
+        values = integrated_gradients(model, _patch(x, window, device), class_index=class_index,
+                                      region=tiling.target(window, device), baseline=_patch(baseline, window, device),
+                                      steps=steps, batch_size=batch_size)
+        total[(slice(None), *window)] += torch.from_numpy(values)
+        yield Progress(done, count)
+    return total.numpy()
 
 
 def gradcam_steps(model, x, tiling: Tiling, class_index: int, layer, plusplus: bool, device):
@@ -295,10 +358,10 @@ def gradcam_steps(model, x, tiling: Tiling, class_index: int, layer, plusplus: b
     return cam.numpy(), layer
 
 
-def occlusion_steps(model, x, tiling: Tiling, class_index: int, fill, window, device, batch_size: int = 8,
-                    stride=None):
+def occlusion_steps(model, x, tiling: Tiling, class_index: int, fill, window, device, stride=None):
     """:func:`occlusion` window by window: each occluder's drop summed over the windows it touches."""
     corners, edge = occluders(x.shape[2:], window, stride)
+    batch_size = copies_per_pass(tiling)
     starts = [np.array([w.start for w in window]) for window in tiling.windows]
     count = sum(math.ceil(len(touching(corners, edge, start, [w.stop - w.start for w in window])) / batch_size)
                 for start, window in zip(starts, tiling.windows))
@@ -326,6 +389,66 @@ def ablation_steps(model, x, tiling: Tiling, class_index: int, fill, device):
         maps[(slice(None), *window)] += tiling.weights(window) * torch.from_numpy(values)
         yield Progress(done, count)
     return raw, maps.numpy()
+
+
+def removal_steps(model: SegmentationNet, x, tiling: Tiling, fill, device):
+    """Blended class probabilities with all modalities and with each one removed, window by window.
+
+    Early fusion: the modality is replaced by ``fill`` (its reference); late fusion: its
+    network is left out of the weighted average. Probabilities are the softmax, or each
+    label's sigmoid for a sigmoid head. Yields progress after each window.
+
+    Returns
+    -------
+    Tensor, shape (C + 1, K, *S)
+        All modalities first, then without each modality in channel order.
+    """
+    count = len(tiling.windows)
+    yield Progress(0, count)
+    channels = x.shape[1]
+    blended = torch.zeros((channels + 1, model.config.n_classes) + tuple(x.shape[2:]))
+    for done, window in enumerate(tiling.windows, start=1):
+        with torch.no_grad():
+            probabilities = _removed(model, _patch(x, window, device), fill.to(device))
+        blended[(slice(None), slice(None), *window)] += tiling.weights(window) * probabilities.cpu()
+        yield Progress(done, count)
+    return blended
+
+
+def _removed(model: SegmentationNet, patch: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of one window (C + 1, K, *P): all modalities, then without each."""
+    channels = patch.shape[1]
+    if model.config.fusion == "late":
+        weights = model.weights.to(patch.device).reshape((-1,) + (1,) * (patch.ndim - 1))
+        members = torch.cat([torch.softmax(m, dim=1) for m in model.member_logits(patch)]) * weights
+        total = members.sum(dim=0, keepdim=True)
+        without = [(total - members[c : c + 1]) / (1 - weights[c]).clamp_min(1e-8) for c in range(channels)]
+        return torch.cat([total, *without])
+    batch = patch.repeat(channels + 1, *([1] * (patch.ndim - 1)))
+    for c in range(channels):
+        batch[c + 1, c] = fill[0, c]
+    logits = model(batch)
+    return torch.sigmoid(logits) if model.config.activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+
+def removal_of(blended: torch.Tensor, class_index: int, where: torch.Tensor, names, how: str,
+               sigmoid: bool = False) -> Removal:
+    """Dice and mean probability change of the class in ``where`` (bool, *S) from :func:`removal_steps`.
+
+    The class's voxels are those where it is the most probable class, or (``sigmoid``:
+    independent, overlapping labels) where its probability exceeds 0.5.
+    """
+    if sigmoid:
+        labels = blended[:, class_index][:, where] > 0.5
+    else:
+        labels = blended.argmax(dim=1)[:, where] == class_index
+    probability = blended[:, class_index][:, where]
+    full = labels[0]
+    overlap = (labels[1:] & full).sum(dim=1).double()
+    sizes = labels[1:].sum(dim=1).double() + full.sum().double()
+    dice = torch.where(sizes > 0, 2 * overlap / sizes.clamp_min(1), torch.ones_like(sizes))
+    change = probability[0].mean() - probability[1:].mean(dim=1)
+    return Removal(dice.numpy(), change.double().numpy(), list(names), how)
 
 
 def stride_period(model: nn.Module) -> int:

@@ -1,9 +1,15 @@
-"""Training a network on painted strokes (partial cross-entropy on patches around them)."""
+"""Training a network on painted strokes (partial cross-entropy on patches around them).
+
+With modality dropout, training removes modalities of patches at random so that the
+network still segments a case that lacks some; :func:`fill_missing` fills a missing
+modality at prediction exactly as training removed it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -55,7 +61,7 @@ def _crop(array: np.ndarray, start, size, fill=0) -> np.ndarray:
     return out
 
 
-def sample_patches(normalised, target, by_class, patch, batch, rng, fill, *, intensity=0.1):
+def sample_patches(normalised, target, by_class, patch, batch, rng, fill, *, intensity=0.1, dropout=0.0):
     """A batch of augmented training patches around painted voxels.
 
     Parameters
@@ -75,6 +81,9 @@ def sample_patches(normalised, target, by_class, patch, batch, rng, fill, *, int
     intensity : float
         Each channel of each patch is scaled by a gain in ``1 ± intensity`` and shifted
         by up to ``± intensity`` (normalised units).
+    dropout : float
+        Probability of removing each channel of a patch (set to 0, the channel's mean
+        after normalisation; at least one channel is kept).
 
     Returns
     -------
@@ -96,7 +105,13 @@ def sample_patches(normalised, target, by_class, patch, batch, rng, fill, *, int
                 x, y = np.flip(x, axis + 1), np.flip(y, axis)
         gain = rng.uniform(1 - intensity, 1 + intensity, size=(x.shape[0],) + (1,) * n).astype(np.float32)
         shift = rng.uniform(-intensity, intensity, size=gain.shape).astype(np.float32)
-        xs.append(x * gain + shift)
+        x = x * gain + shift
+        if dropout > 0 and x.shape[0] > 1:
+            removed = rng.random(x.shape[0]) < dropout
+            if removed.all():
+                removed[rng.integers(x.shape[0])] = False
+            x[removed] = 0.0
+        xs.append(x)
         ys.append(y)
     return np.stack(xs).astype(np.float32), np.stack(ys)
 
@@ -117,6 +132,7 @@ def train_steps(
     steps: int = 200,
     batch_size: int = 4,
     learning_rate: float = 2e-3,
+    modality_dropout: float = 0.0,
     seed: int = 0,
     device=None,
 ) -> Generator[TrainStep, None, SegmentationNet]:
@@ -154,6 +170,11 @@ def train_steps(
         inputs to it.
     steps, batch_size, learning_rate, seed
         Optimisation settings (Adam).
+    modality_dropout : float
+        Early fusion: probability of removing each modality of a training patch (see
+        :func:`sample_patches`), so that the model segments cases lacking modalities
+        (:func:`fill_missing`); recorded in the configuration. Late fusion ignores it
+        (each network sees one modality; a missing one is left out of the average).
     device : str or torch.device, optional
 
     Yields
@@ -190,6 +211,7 @@ def train_steps(
             features=list(features), patch_size=list(patch_size or []), channel_mean=mean, channel_std=std,
             channel_names=list(channel_names or []), fusion=fusion, combine=combine,
             fusion_weights=list(fusion_weights or []), spacing=list(spacing) if spacing is not None else None,
+            modality_dropout=modality_dropout if fusion == "early" else 0.0,
         )
         divisor = config.size_divisor
         config.patch_size = [
@@ -221,7 +243,8 @@ def train_steps(
     fill = normalised.reshape(normalised.shape[0], -1).min(axis=1).reshape((-1,) + (1,) * (images.ndim - 1))
     try:
         for step in range(1, steps + 1):
-            x, y = sample_patches(normalised, target, by_class, config.patch_size, batch_size, rng, fill)
+            x, y = sample_patches(normalised, target, by_class, config.patch_size, batch_size, rng, fill,
+                                  dropout=config.modality_dropout if config.fusion == "early" else 0.0)
             x = torch.from_numpy(x).to(device)
             y = torch.from_numpy(np.ascontiguousarray(y)).to(device)
             optimiser.zero_grad(set_to_none=True)
@@ -241,3 +264,53 @@ def train(images, scribbles, **options) -> tuple[SegmentationNet, list[float]]:
     losses = []
     model = drive(train_steps(images, scribbles, **options), on_progress=lambda step: losses.append(step.loss))
     return model, losses
+
+
+def fill_missing(model: SegmentationNet, channels) -> tuple[np.ndarray, SegmentationNet]:
+    """The model's input with missing modalities filled as modality dropout removed them in training.
+
+    Early fusion: a missing channel is its training mean (0 after normalisation, the value
+    :func:`sample_patches` gave a removed channel), which needs a model trained with
+    ``modality_dropout > 0``. Late fusion: the missing modality's network is left out of
+    the weighted average (any subset works).
+
+    Parameters
+    ----------
+    model : SegmentationNet
+    channels : sequence of ndarray or None, length ``in_channels``
+        Each modality in the model's channel order on one grid, None where missing.
+
+    Returns
+    -------
+    images : ndarray, shape (C, *S), float32
+    model : SegmentationNet
+        ``model`` itself, or for late fusion a shallow copy (the same networks) whose
+        fusion weights are 0 for the missing modalities.
+
+    Raises
+    ------
+    ValueError
+        All modalities missing, or an early-fusion model trained without modality dropout.
+    """
+    import copy
+
+    config = model.config
+    if len(channels) != config.in_channels:
+        raise ValueError(f"give {config.in_channels} channels (None where missing), got {len(channels)}")
+    present = [c for c in channels if c is not None]
+    if not present:
+        raise ValueError(f"every modality of the model ({', '.join(config.channel_names)}) is missing")
+    missing = [name for name, c in zip(config.channel_names, channels) if c is None]
+    if not missing:
+        return check_images(np.stack(present)), model
+    if config.fusion == "early" and config.modality_dropout <= 0:
+        raise ValueError(f"{', '.join(missing)} missing, but the model was trained without modality dropout; "
+                         "give every modality, or train with modality dropout")
+    shape = present[0].shape
+    images = np.stack([np.asarray(c, np.float32) if c is not None else np.full(shape, mean, np.float32)
+                       for c, mean in zip(channels, config.channel_mean)])
+    if config.fusion == "late":
+        model = copy.copy(model)
+        model.config = replace(config, fusion_weights=[0.0 if c is None else w
+                                                       for c, w in zip(channels, config.fusion_weights)])
+    return check_images(images), model

@@ -21,8 +21,9 @@ TARGET = Param("target", int, None, "label value of the class explained", label=
 MARGIN = Param("margin", int, None, "context kept around the region's box", minimum=0, unit="px",
                auto="half the model's patch")
 ATTRIBUTION = Param("attribution", bool, False,
-                    "also measure each modality's share of the target (channel ablation)",
-                    label="per-modality attribution")
+                    "also measure each modality's share of the target (integrated gradients) and, beside it, what "
+                    "removing each modality does to the segmentation (Dice, mean probability)",
+                    label="per-modality answers")
 
 INPUTS = (
     Port("images", "images", "the model's input modalities, in its channel order, on any grids"),
@@ -33,7 +34,9 @@ INPUTS = (
 OUTPUTS = (
     Port("map", "map", "the explanation on the first image's grid"),
     Port("channel_maps", "images", "one map per modality (gradient methods)", optional=True),
-    Port("attribution", "table", "each modality's share (with attribution)", optional=True),
+    Port("attribution", "table", "each modality's share of the target (with attribution)", optional=True),
+    Port("removal", "table", "Dice and mean probability change of the class with each modality removed "
+         "(with attribution)", optional=True),
 )
 
 

@@ -38,7 +38,7 @@ def _segmented(model, channels, first, device):
 
 
 def run_train(images, strokes, model=None, *, architecture: str, fusion: str, combine: str, steps: int,
-              patch: int | None, learning_rate: float, device=None, seed=None):
+              patch: int | None, learning_rate: float, modality_dropout: float, device=None, seed=None):
     """Train on the strokes (or keep training ``model``), then segment the images with the network."""
     from ...core import segment
 
@@ -48,7 +48,7 @@ def run_train(images, strokes, model=None, *, architecture: str, fusion: str, co
     options = {"steps": steps, "learning_rate": learning_rate, "seed": 0 if seed is None else seed, "device": device}
     if model is None:
         options |= {"architecture": architecture, "fusion": fusion, "combine": combine,
-                    "channel_names": [image.name for image in images]}
+                    "channel_names": [image.name for image in images], "modality_dropout": modality_dropout}
         if patch is not None:
             options["patch_size"] = [patch] * (channels.ndim - 1)
     else:  # warm start: the network and fusion are the model's; combining is a prediction choice
@@ -59,11 +59,25 @@ def run_train(images, strokes, model=None, *, architecture: str, fusion: str, co
 
 
 def run_predict(images, model, *, device=None, seed=None):
-    """Segment the images with a saved or session model (no training)."""
+    """Segment the images with a saved or session model (no training).
+
+    Fewer images than the model's channels: the images are matched to the channels by
+    name and the others are missing (see :func:`~napari_mmfuse.core.segment.train.fill_missing`).
+    """
     from ...core import segment
+    from ...core.segment.train import fill_missing
 
     yield Progress(0, 1, "segmenting with the model")
-    return _segmented(model, segment.subject_channels(images, device=device), images[0], device)
+    channels = segment.subject_channels(images, device=device)
+    names = model.config.channel_names
+    if len(images) < len(names):
+        given = {image.name.lower(): channel for image, channel in zip(images, channels)}
+        unknown = sorted(set(given) - {name.lower() for name in names})
+        if unknown:
+            raise ValueError(f"with fewer images than the model's channels ({', '.join(names)}), name each image "
+                             f"as its channel; {', '.join(unknown)} is none of them")
+        channels, model = fill_missing(model, [given.get(name.lower()) for name in names])
+    return _segmented(model, channels, images[0], device)
 
 
 OPERATIONS = (
@@ -84,6 +98,10 @@ OPERATIONS = (
                   "at most the image)", minimum=8, maximum=1024, unit="px"),
             Param("learning_rate", float, 2e-3, "Adam step size (1e-2 converges faster on small 2D images)",
                   minimum=0.0, maximum=1.0, open_minimum=True),
+            Param("modality_dropout", float, 0.0, "early fusion: probability of removing each modality of a "
+                  "training patch, so the model still segments a case that lacks one (predict with its layers "
+                  "left out, the others named as the model's channels)", minimum=0.0, maximum=0.9,
+                  label="modality dropout"),
         ),
         inputs=(IMAGES, Port("strokes", "labels", "painted strokes: 0 = unlabelled, any other value a class"),
                 Port("model", "model", "warm start: keep training this model (same channels and classes)",
@@ -97,7 +115,8 @@ OPERATIONS = (
         capability="segment",
         name="predict",
         label="Apply a model",
-        doc="segment with a saved model (state dict + JSON, TorchScript or MONAI bundle) or the session's",
+        doc="segment with a saved model (state dict + JSON, TorchScript or MONAI bundle) or the session's; a model "
+            "trained with modality dropout (or late fusion) also takes fewer images, named as its channels",
         params=(),
         inputs=(IMAGES, Port("model", "model", "the model; its channels are the images, in order")),
         outputs=(LABELS, PROBABILITIES, UNCERTAINTY, MASKS),
