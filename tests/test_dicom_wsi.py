@@ -116,15 +116,18 @@ def write_instance(
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_pyramid(folder: Path, *, jpeg: bool = False, sparse: bool = False) -> list[np.ndarray]:
+def write_pyramid(
+    folder: Path, *, shape=SHAPE, tile=TILE, jpeg: bool = False, sparse: bool = False
+) -> list[np.ndarray]:
     """Three levels (1, 1/2, 1/4), a label and a thumbnail in ``folder``; the levels' pixels."""
     folder.mkdir()
-    levels = [slide_pixels()]
+    levels = [slide_pixels(shape)]
     levels += [downsample(levels[0], 2), downsample(levels[0], 4)]
     for k, pixels in enumerate(levels):
-        write_instance(folder / f"level{k}.dcm", pixels, spacing_um=SPACING_UM * 2**k, jpeg=jpeg, sparse=sparse)
+        write_instance(folder / f"level{k}.dcm", pixels, spacing_um=SPACING_UM * 2**k, jpeg=jpeg, sparse=sparse, tile=tile)
     write_instance(folder / "label.dcm", slide_pixels((120, 200), seed=5), spacing_um=1.0, flavour="LABEL", tile=(120, 200))
-    write_instance(folder / "thumbnail.dcm", downsample(levels[0], 8), spacing_um=2.0, flavour="THUMBNAIL", tile=(87, 125))
+    thumbnail = downsample(levels[0], 8)
+    write_instance(folder / "thumbnail.dcm", thumbnail, spacing_um=2.0, flavour="THUMBNAIL", tile=thumbnail.shape[:2])
     return levels
 
 
@@ -270,3 +273,31 @@ def _monochrome(path: Path, pixels: np.ndarray, identifier: str) -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = np.stack([t[2] for t in tiles]).astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def test_viewer_decodes_only_the_tiles_in_view(decodes, make_napari_viewer, qtbot, tmp_path, shots_dir):
+    import imageio.v3 as iio
+
+    levels = write_pyramid(tmp_path / "big", shape=(1536, 2048), tile=(128, 128))  # 192 tiles at level 0
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(tmp_path / "big"), plugin="napari-mmfuse")
+    assert layer.multiscale and layer.rgb and len(layer.data) == 3
+    viewer.reset_view()
+    whole = _settled_screenshot(viewer, qtbot)
+    assert layer.data_level > 0 and not any(name == "level0.dcm" for name, _ in decodes)
+    decodes.clear()
+    viewer.camera.zoom *= 8  # a 1/8 wide view of the slide's centre: level 0, a few tiles
+    viewer.camera.center = (viewer.camera.center[0], *np.asarray(layer.affine)[:2, :2] @ [800, 1000] + layer.affine.translate)
+    detail = _settled_screenshot(viewer, qtbot)
+    assert layer.data_level == 0
+    assert 0 < len(decodes) <= 16 and {name for name, _ in decodes} == {"level0.dcm"}  # of 192
+    iio.imwrite(shots_dir / "dicom_pyramid_whole_and_detail.png", np.concatenate([whole, detail], axis=1))
+    assert whole.std() > 10 and detail.std() > 10
+    assert levels[0].shape == (1536, 2048, 3)
+
+
+def _settled_screenshot(viewer, qtbot) -> np.ndarray:
+    """The canvas once a draw has picked the pyramid level and the next draw shows its pixels."""
+    viewer.screenshot(canvas_only=True, flash=False)
+    qtbot.wait(50)
+    return viewer.screenshot(canvas_only=True, flash=False)[..., :3]

@@ -357,6 +357,8 @@ def decode_frame(table: FrameTable, index: int) -> np.ndarray:
         frame, _ = get_decoder(table.syntax).as_array(data, number_of_frames=1, **table.options)
     except Exception as error:  # pydicom and its decoders raise many types
         raise ReadError(file, f"frame {index + 1} cannot be decoded ({type(error).__name__}: {error})") from error
-    if frame.shape[:2] != (rows, columns):
-        raise ReadError(file, f"frame {index + 1} decodes to {frame.shape}, the header declares {rows}x{columns}")
+    samples = int(table.options.get("samples_per_pixel") or 1)
+    expected = (rows, columns) + ((samples,) if samples > 1 else ())
+    if frame.shape != expected:
+        raise ReadError(file, f"frame {index + 1} decodes to {frame.shape}, the header declares {expected}")
     return frame
