@@ -28,11 +28,19 @@ def _world_affine(attributes: dict, ndim: int) -> np.ndarray:
 
 
 def _spatial(data, attributes: dict):
-    """Split a layer into (array, spatial affine, channel/RGB flags) for the file writers."""
-    data = np.asarray(data[0] if attributes.get("multiscale") else data)
+    """Split a layer into (array, spatial affine, channel/RGB flags) for the file writers.
+
+    A layer shown resliced in 2D (its data a ``ReslicedVolume``) writes its own data and placement.
+    """
+    from .core.reslice import ReslicedVolume
+
+    data = data[0] if attributes.get("multiscale") else data
+    resliced = isinstance(data, ReslicedVolume)
+    full = data.source_affine if resliced else None
+    data = np.asarray(data.source if resliced else data)
     rgb = bool(attributes.get("rgb", False))
     ndim = data.ndim - int(rgb)
-    full = _world_affine(attributes, ndim)
+    full = _world_affine(attributes, ndim) if full is None else full
     n = 3 if ndim >= 3 else 2
     affine = np.eye(n + 1)
     affine[:n, :n] = full[ndim - n : ndim, ndim - n : ndim]

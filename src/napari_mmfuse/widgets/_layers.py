@@ -1,12 +1,43 @@
-"""What widgets read from and write to napari layers: data, world affine, geometry."""
+"""What widgets read from and write to napari layers: data, world affine, geometry.
+
+A layer shown resliced in 2D (:mod:`napari_mmfuse.widgets._reslice`) displays a lazy view
+on a display grid; everything here answers with the data and placement the user gave it.
+"""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels")
+PLACEMENT_KEYS = ("scale", "translate", "rotate", "shear")
+
+# layer -> (its own data, its own scale/translate/rotate/shear) while it shows a resliced view
+_ORIGINALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hold_original(layer) -> None:
+    """Remember a layer's own data and data -> physical placement before it shows a view."""
+    if layer not in _ORIGINALS:
+        _ORIGINALS[layer] = (layer.data, {key: np.array(getattr(layer, key)) for key in PLACEMENT_KEYS})
+
+
+def release_original(layer):
+    """Forget and return ``(data, placement)`` held by :func:`hold_original`, or None."""
+    return _ORIGINALS.pop(layer, None)
+
+
+def original_data(layer):
+    """The data the user gave the layer (not the resliced view it may be showing)."""
+    held = _ORIGINALS.get(layer)
+    return layer.data if held is None else held[0]
+
+
+def _placement(layer) -> dict:
+    held = _ORIGINALS.get(layer)
+    return held[1] if held is not None else {key: getattr(layer, key) for key in PLACEMENT_KEYS}
 
 
 def compose_world_affine(*, affine, scale, translate, rotate, shear, ndim: int) -> np.ndarray:
@@ -21,6 +52,8 @@ def compose_world_affine(*, affine, scale, translate, rotate, shear, ndim: int) 
 def world_affine(layer) -> np.ndarray:
     """Full index -> world affine of a layer (its ``affine`` composed with scale/translate/rotate/shear).
 
+    For a layer shown resliced, the placement of its own data (see :func:`original_data`).
+
     Parameters
     ----------
     layer : napari.layers.Layer
@@ -29,14 +62,7 @@ def world_affine(layer) -> np.ndarray:
     -------
     ndarray, shape (layer.ndim + 1, layer.ndim + 1)
     """
-    return compose_world_affine(
-        affine=layer.affine,
-        scale=layer.scale,
-        translate=layer.translate,
-        rotate=layer.rotate,
-        shear=layer.shear,
-        ndim=layer.ndim,
-    )
+    return compose_world_affine(affine=layer.affine, **_placement(layer), ndim=layer.ndim)
 
 
 def spatial_affine(layer, n_spatial: int | None = None) -> np.ndarray:
@@ -63,11 +89,13 @@ def geometry_of(layer, **extra) -> dict:
 def image_of(layer, *, kind: str | None = None, copy: bool = True):
     """A layer as an :class:`~napari_mmfuse.operations.Image`: its data (level 0) and world affine.
 
-    The data is copied by default, so work on it can never change the user's layer.
+    The data is copied by default, so work on it can never change the user's layer. A layer
+    shown resliced gives its own data and affine, never the display view.
     """
     from ..operations import Image
 
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = original_data(layer)
+    data = data[0] if getattr(layer, "multiscale", False) else data
     data = np.array(data) if copy else data
     rgb = bool(getattr(layer, "rgb", False))
     n_spatial = data.ndim - int(rgb)

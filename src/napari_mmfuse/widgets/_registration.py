@@ -12,7 +12,7 @@ from ..core import space
 from ..core.lazy import MAX_REGISTRATION_SIZE, coarse_level_index, level_affine
 from ..operations import Image as Picture
 from ..operations.register.intensity import gray
-from ._layers import spatial_affine
+from ._layers import original_data, spatial_affine
 from ._session import same
 
 
@@ -38,7 +38,7 @@ def layer_image(layer) -> tuple[np.ndarray, np.ndarray]:
         For layers that are not 2D or 3D, and NaN/Inf pixels.
     """
     rgb = bool(getattr(layer, "rgb", False))
-    levels = list(layer.data) if layer.multiscale else [layer.data]
+    levels = list(layer.data) if layer.multiscale else [original_data(layer)]
     n = levels[0].ndim - int(rgb)
     if n not in (2, 3):
         raise ValueError(f"{layer.name} is {n}D; registration needs 2D or 3D layers")
@@ -96,7 +96,7 @@ def mask_data(layer, reference) -> np.ndarray | None:
     if layer is None:
         return None
     data, _ = layer_image(layer)
-    reference_shape = reference.data.shape[: data.ndim]
+    reference_shape = original_data(reference).shape[: data.ndim]
     if data.shape != reference_shape:
         raise ValueError(f"mask {layer.name} has shape {data.shape} but {reference.name} {reference_shape}")
     return data > 0

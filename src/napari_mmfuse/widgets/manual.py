@@ -72,7 +72,7 @@ from ..operations.register.intensity import METRIC_NAMES
 from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel
-from ._layers import spatial_affine
+from ._layers import original_data, spatial_affine
 from ._pickers import LayerPicker
 from ._session import same
 from ._slider import SliderSpin
@@ -257,7 +257,7 @@ class ManualCorrectionWidget(QWidget):
         world = spatial_affine(layer)
         self.ndim = world.shape[0] - 1
         original_world = history.original @ np.linalg.inv(layer_affine(layer)) @ world
-        shape = np.asarray(layer.level_shapes[0][: self.ndim], np.float64)
+        shape = np.asarray(original_data(layer).shape[: self.ndim], np.float64)
         n = self.ndim
         self.center = original_world[:n, :n] @ ((shape - 1) / 2) + original_world[:n, n]
         extent = float(np.abs(original_world[: self.ndim, : self.ndim] @ shape).max())
@@ -383,7 +383,7 @@ class ManualCorrectionWidget(QWidget):
             show_error("Landmarks: choose a 2D or 3D moving image first")
             return None
         spacing = np.linalg.norm(spatial_affine(self.layer)[: self.ndim, : self.ndim], axis=0)
-        size = float(np.max(spacing * self.layer.level_shapes[0][: self.ndim])) / 40
+        size = float(np.max(spacing * original_data(self.layer).shape[: self.ndim])) / 40
         layers = []
         for name, color in ((FIXED_POINTS, "cyan"), (MOVING_POINTS, "magenta")):
             existing = next((layer for layer in self.viewer.layers if layer.name == name), None)

@@ -51,7 +51,7 @@ from ..operations import Progress
 from ..operations.register.intensity import METRIC_NAMES
 from ._dock import scroll_contents
 from ._jobs import JobPanel
-from ._layers import geometry_of
+from ._layers import geometry_of, original_data
 from ._pickers import LayerPicker
 from ._registration import registration_pair
 
@@ -258,7 +258,7 @@ class QualityViewWidget(QWidget):
     def _default_square(self, index=None) -> None:
         fixed = self.fixed.layer()
         if fixed is not None and fixed.ndim in (2, 3):
-            low, high = space.world_bounds(fixed.level_shapes[0][: fixed.ndim], geometry_of(fixed)["affine"])
+            low, high = space.world_bounds(original_data(fixed).shape[: fixed.ndim], geometry_of(fixed)["affine"])
             self.square.setValue(float(np.max(high - low)) / 8)
 
     def _inputs(self):

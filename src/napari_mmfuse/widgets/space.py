@@ -1,4 +1,5 @@
-"""Dock widget "Physical space": where each layer sits, and resampling one layer onto another's grid."""
+"""Dock widget "Physical space": where each layer sits, the world-resliced 2D display, orthogonal views,
+and resampling one layer onto another's grid."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QLabel,
@@ -21,7 +23,8 @@ from qtpy.QtWidgets import (
 
 from ..core import space
 from ._dock import scroll_contents
-from ._layers import spatial_affine
+from ._layers import original_data, spatial_affine
+from ._reslice import reslice_display
 from ._workers import start_worker
 
 if TYPE_CHECKING:
@@ -32,19 +35,22 @@ def describe_layer(layer) -> str:
     """Human-readable placement of a layer: grid, spacing, orientation, world box, provenance."""
     affine = spatial_affine(layer)
     n = affine.shape[0] - 1
-    shape = layer.data[0].shape if layer.multiscale else layer.data.shape
+    data = original_data(layer)
+    shape = data[0].shape if layer.multiscale else data.shape
     spatial_shape = shape[: len(shape) - int(getattr(layer, "rgb", False))][-n:]
     low, high = space.world_bounds(spatial_shape, affine)
     meta = layer.metadata or {}
     lines = [
-        f"shape        {tuple(shape)}  {getattr(layer.data, 'dtype', '')}",
+        f"shape        {tuple(shape)}  {getattr(data, 'dtype', '')}",
         f"spacing      {np.round(space.spacing_of(affine), 4).tolist()} {meta.get('units', layer.units[-1])}",
         f"orientation  {space.orientation_code(affine) if n == 3 else '2D'} (frame {meta.get('frame', space.FRAME)})",
         f"world low    {np.round(low, 2).tolist()}",
         f"world high   {np.round(high, 2).tolist()}",
     ]
     tilt = space.obliquity_deg(affine)
-    if tilt > 1.0:
+    if original_data(layer) is not layer.data:
+        lines.append(f"oblique      axes tilted {tilt:.1f} deg: 2D views show it resliced on the display grid")
+    elif tilt > 1.0:
         lines.append(
             f"oblique      axes tilted {tilt:.1f} deg: 2D slices show it untilted; use the 3D view, "
             "or resample onto a reference grid for an exact 2D overlay"
@@ -69,8 +75,21 @@ def _resample_layer_data(data, affine, reference_shape, reference_affine, interp
     return out
 
 
+def _orthogonal_views():
+    """napari-orthogonal-views' show/hide functions, or None when the plugin is not installed."""
+    try:
+        from napari_orthogonal_views.ortho_view_manager import hide_orthogonal_views, show_orthogonal_views
+    except ImportError:
+        return None
+    return show_orthogonal_views, hide_orthogonal_views
+
+
 class PhysicalSpaceWidget(QWidget):
-    """Inspect layer placement in world space and resample a layer onto a reference grid.
+    """Inspect layer placement in world space, choose the 2D display grid, and resample a layer.
+
+    Differently oriented volumes are shown resliced on one world-aligned grid in 2D
+    (:mod:`._reslice`, on by default); *Orthogonal views* shows linked axial, coronal and
+    sagittal views (napari-orthogonal-views).
 
     Parameters
     ----------
@@ -83,6 +102,24 @@ class PhysicalSpaceWidget(QWidget):
         self.worker = None
         self.info = QPlainTextEdit(readOnly=True)
         self.info.setMinimumHeight(120)
+        self.display = reslice_display(viewer)
+        self.reslice_check = QCheckBox("Reslice oblique layers in 2D (exact overlay)")
+        self.reslice_check.setChecked(self.display.enabled)
+        self.reslice_check.setToolTip(
+            "napari draws 2D slices without a layer's out-of-slice rotation; when the volumes are tilted "
+            "differently, show them resampled on one world-aligned grid (their own data stays untouched)"
+        )
+        self.display_grid = QComboBox()
+        self.display_grid.setToolTip("the layer whose world-aligned grid the 2D views use")
+        self.display_status = QLabel()
+        self.display_status.setWordWrap(True)
+        self.ortho_button = QPushButton("Orthogonal views")
+        self.ortho_button.setCheckable(True)
+        if _orthogonal_views() is None:
+            self.ortho_button.setEnabled(False)
+            self.ortho_button.setToolTip("needs the napari-orthogonal-views plugin")
+        else:
+            self.ortho_button.setToolTip("linked axial/coronal/sagittal views; press T over a view to move the cursor")
         self.moving = QComboBox()
         self.reference = QComboBox()
         self.interpolation = QComboBox()
@@ -100,6 +137,13 @@ class PhysicalSpaceWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Selected layer in world space"))
         layout.addWidget(self.info)
+        display_form = QFormLayout()
+        display_form.addRow(self.reslice_check)
+        display_form.addRow("2D display grid", self.display_grid)
+        layout.addLayout(display_form)
+        layout.addWidget(self.display_status)
+        layout.addWidget(self.ortho_button)
+        layout.addWidget(QLabel("Resample a layer onto another's grid"))
         layout.addLayout(form)
         layout.addWidget(self.resample_button)
         layout.addWidget(self.cancel_button)
@@ -109,11 +153,16 @@ class PhysicalSpaceWidget(QWidget):
 
         self.resample_button.clicked.connect(self.start_resample)
         self.cancel_button.clicked.connect(self._cancel)
+        self.reslice_check.toggled.connect(self.display.set_enabled)
+        self.display_grid.currentTextChanged.connect(self._choose_display_grid)
+        self.ortho_button.toggled.connect(self.show_orthogonal_views)
+        self.display.on_change(self._show_display)
         viewer.layers.events.inserted.connect(self._refresh_choices)
         viewer.layers.events.removed.connect(self._refresh_choices)
         viewer.layers.selection.events.active.connect(self._show_active)
         self._refresh_choices()
         self._show_active()
+        self._show_display()
 
     def _image_layers(self):
         return [layer for layer in self.viewer.layers if isinstance(layer, (Image, Labels))]
@@ -128,6 +177,44 @@ class PhysicalSpaceWidget(QWidget):
                 combo.setCurrentText(current)
             elif len(names) > default:
                 combo.setCurrentIndex(default)
+        volumes = [layer.name for layer in self._image_layers() if layer.ndim == 3]
+        self.display_grid.blockSignals(True)
+        self.display_grid.clear()
+        self.display_grid.addItems(volumes)
+        if self.display.reference in volumes:
+            self.display_grid.setCurrentText(self.display.reference)
+        self.display_grid.blockSignals(False)
+
+    def _choose_display_grid(self, name: str) -> None:
+        if name:
+            self.display.set_reference(name)
+
+    def _show_display(self) -> None:
+        if not self.display.enabled:
+            text = "2D display: each layer on its own grid (oblique layers are drawn untilted)"
+        elif self.display.grid is None:
+            text = "2D display: every volume shares one orientation (or the view is 3D); nothing resliced"
+        else:
+            shape, grid = self.display.grid
+            names = ", ".join(layer.name for layer in self.display.resliced)
+            spacing = np.round(space.spacing_of(grid), 3).tolist()
+            text = f"2D display: {names} resliced on a {'x'.join(map(str, shape))} grid of {spacing} voxels"
+            if any(isinstance(layer, Labels) for layer in self.display.resliced):
+                text += " (resliced labels are read-only: switch reslicing off to paint them)"
+        self.display_status.setText(text)
+        self._show_active()
+
+    def show_orthogonal_views(self, shown: bool = True) -> None:
+        """Show (or hide) linked orthogonal views of the viewer (napari-orthogonal-views)."""
+        functions = _orthogonal_views()
+        if functions is None:
+            show_error("Orthogonal views need the napari-orthogonal-views plugin (pip install napari-orthogonal-views)")
+            return
+        functions[0 if shown else 1](self.viewer)
+        if self.ortho_button.isChecked() != shown:
+            self.ortho_button.blockSignals(True)
+            self.ortho_button.setChecked(shown)
+            self.ortho_button.blockSignals(False)
 
     def _show_active(self, event=None):
         layer = self.viewer.layers.selection.active
@@ -147,21 +234,22 @@ class PhysicalSpaceWidget(QWidget):
             show_error("Resampling multiscale slides is not supported here; pick single-scale layers")
             return None
         rgb = getattr(layer, "rgb", False)
-        n_layer = layer.data.ndim - int(rgb)
-        n_reference = reference.data.ndim - int(getattr(reference, "rgb", False))
+        data, reference_data = original_data(layer), original_data(reference)
+        n_layer = data.ndim - int(rgb)
+        n_reference = reference_data.ndim - int(getattr(reference, "rgb", False))
         if n_layer != n_reference or n_layer not in (2, 3):
             show_error(f"{layer.name} is {n_layer}D and {reference.name} {n_reference}D; both must be 2D or both 3D")
             return None
         affine, reference_affine = spatial_affine(layer, n_layer), spatial_affine(reference, n_layer)
-        reference_shape = reference.data.shape[:n_reference]
-        layer_shape = layer.data.shape[:n_layer]
+        reference_shape = reference_data.shape[:n_reference]
+        layer_shape = data.shape[:n_layer]
         if space.overlap_fraction(reference_shape, reference_affine, layer_shape, affine) == 0.0:
             show_error(f"{layer.name} and {reference.name} do not overlap in world space; register them first")
             return None
         interpolation = "nearest" if isinstance(layer, Labels) else self.interpolation.currentText()
         worker = create_worker(
             _resample_layer_data,
-            layer.data,
+            data,
             affine,
             reference_shape,
             reference_affine,
