@@ -9,6 +9,16 @@ One run prints one table. Cases:
   (8 deg, 10 mm). The pair's own residual misalignment is unknown, so each method is
   scored on recovering P: error = |T'(p) - P^-1 T0(p)| over the T1 brain mask, with T0 the
   same method's result on the unperturbed pair.
+* head160 (``--case head160``, issue 18's rigid case): 160x192x224 voxels of 1 mm centred on
+  the brain. Fixed: the IXI002 T1 resampled onto the grid. Moving: a T2-like image made from
+  the same T1 (inside the brain ``(1 - t) ** 1.5`` of the T1 scaled to [0, 1] by its 99th
+  percentile, so CSF is bright and white matter dark; background stays dark; a 15 % linear
+  bias field and Gaussian noise), placed in world moved by a known rigid P^-1 (4.9 deg,
+  9.3 mm) and resampled from the T1's own oblique grid onto the grid, so the truth is exactly
+  P^-1 and no lattice lines up. Error = |T(p) - P^-1(p)| over the brain mask. Ours runs
+  through ``pipeline.run("register", "rigid", ...)`` with the operation's defaults (what
+  ``mmfuse register`` calls; its time includes resampling the moving image); SimpleITK is
+  the rigid stage below. Each method runs ``--repeat`` times, interleaved; medians reported.
 * antspy r16 -> r64 (different subjects, no ground truth): MI after registration
   (our metric_value on each method's transform) and time.
 * BIRL/ANHIR histology pairs with landmarks: rTRE = |T(target lm) - source lm| / target
@@ -42,11 +52,12 @@ with 4 resolutions, centre-of-gravity initialisation on the first map, and at mo
 takes k as the number of resolutions; the image dimension (2 or 3) comes from the images.
 
 Times are wall-clock seconds of the registration call alone (image conversion excluded), with
-the thread count of ``--threads``; "t/SITK" is ours / SimpleITK on the same case.
+the thread count of ``--threads``; napari_mmfuse is imported before torch, as ``mmfuse`` does, so
+torch's OpenMP threads sleep when idle (``OMP_WAIT_POLICY=PASSIVE``, see core/threads.py); "t/SITK" is ours / SimpleITK on the same case.
 
 Usage::
 
-    python benchmarks/bench_register.py [--quick] [--threads N] [--no-elastix]
+    python benchmarks/bench_register.py [--quick] [--threads N] [--no-elastix] [--case head160 [--repeat 3]]
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import napari_mmfuse  # noqa: E402  first, as in mmfuse: sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
@@ -354,6 +366,65 @@ def ixi_case(rows, methods):
         rows.append((case, name, "rigid", *errors(estimate, np.linalg.inv(perturbation) @ reference, points), "mm", seconds, voxel))
 
 
+#: head160: grid shape (napari order) and voxel size (mm); the perturbation P.
+HEAD160_SHAPE = (160, 192, 224)
+HEAD160_ROTATION_DEG = (3.0, -2.5, 3.0)
+HEAD160_SHIFT_MM = (6.0, -5.0, 5.0)
+
+
+def head160_pair():
+    """Fixed T1, T2-like moving, the T1 brain mask, the grid affine and the true transform (see the module docstring)."""
+    folder = DATA / "ixi002_t1_t2"
+    t1 = read(folder / "hd_bet_IXI002-Guys-0828-T1.nii.gz")[0]
+    mask_record = read(folder / "hd_bet_mask_IXI002-Guys-0828-T1.nii.gz")[0]
+    brain = np.asarray(mask_record.data) > 0
+    centre = space.voxel_to_world(mask_record.affine, np.argwhere(brain)).mean(axis=0)
+    affine = np.eye(4)
+    affine[:3, 3] = centre - (np.asarray(HEAD160_SHAPE) - 1) / 2
+    native = np.asarray(t1.data, np.float32)
+    fixed = space.resample(native, t1.affine, HEAD160_SHAPE, affine)
+    mask = space.resample(brain.astype(np.uint8), t1.affine, HEAD160_SHAPE, affine, interpolation="nearest") > 0
+    t = np.clip(native / np.percentile(native[brain], 99), 0, 1)
+    ramp = np.linspace(0.85, 1.15, native.shape[0], dtype=np.float32)[:, None, None]
+    rng = np.random.default_rng(0)
+    t2_like = np.where(brain, (1 - t) ** 1.5 * 0.9 + 0.1, 0).astype(np.float32) * ramp
+    t2_like += rng.normal(0, 0.02, native.shape).astype(np.float32)
+    perturbation = transform_from_parameters(ndim=3, rotation_deg=HEAD160_ROTATION_DEG, translation=HEAD160_SHIFT_MM, center=centre)
+    truth = np.linalg.inv(perturbation)  # content at fixed world x sits at P^-1 x in the moving world
+    moving = space.resample(t2_like, truth @ t1.affine, HEAD160_SHAPE, affine)
+    return fixed, moving, mask, affine, truth
+
+
+def ours_cli(fixed, fixed_affine, moving, moving_affine, model="rigid"):
+    """Ours through ``pipeline.run`` (what ``mmfuse register`` calls), the operation's defaults; (matrix, seconds)."""
+    from napari_mmfuse.operations import Image
+    from napari_mmfuse.pipeline import run
+
+    inputs = {"fixed": Image(fixed, fixed_affine, name="T1"), "moving": Image(moving, moving_affine, name="T2")}
+    start = time.perf_counter()
+    outputs, _ = run("register", model, inputs)
+    return outputs["transform"].matrix, time.perf_counter() - start
+
+
+def head160_case(rows, methods, repeat: int):
+    fixed, moving, mask, affine, truth = head160_pair()
+    points = grid_points(fixed.shape, affine, mask)
+    case = f"head160 T1->T2-like {fixed.shape} 1 mm, {_angle(truth):.1f} deg / {np.linalg.norm(HEAD160_SHIFT_MM):.1f} mm"
+    runners = {"ours": lambda: ours_cli(fixed, affine, moving, affine)}
+    if "sitk" in methods:
+        runners["SimpleITK"] = lambda: simpleitk_linear(fixed, affine, moving, affine, "rigid")
+    if "elastix" in methods:
+        runners["elastix"] = lambda: (lambda r: (r[0], r[2]))(elastix(fixed, affine, moving, affine, "rigid"))
+    timed = {name: [] for name in runners}
+    for _ in range(repeat):  # interleaved, so a burst of load from elsewhere hits every method
+        for name, run in runners.items():
+            timed[name].append(run())
+    for name, results in timed.items():
+        error = [errors(matrix, truth, points) for matrix, _ in results]
+        spread = f"times {', '.join(f'{s:.2f}' for _, s in results)}"
+        rows.append((case, name, "rigid", *np.median(error, axis=0).tolist(), "mm", float(np.median([s for _, s in results])), 1.0, spread))
+
+
 def _angle(transform: np.ndarray) -> float:
     rotation = transform[:3, :3]
     return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))
@@ -451,6 +522,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="phantom rigid/affine/deformable, antspy and one histology pair")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for torch, SimpleITK and elastix")
     parser.add_argument("--no-elastix", action="store_true", help="skip elastix even when itk-elastix is installed")
+    parser.add_argument("--case", choices=("all", "head160"), default="all", help="head160: only the 160x192x224 IXI rigid case")
+    parser.add_argument("--repeat", type=int, default=3, help="head160: timed runs per method (medians reported)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -463,8 +536,12 @@ def main(argv=None) -> int:
             methods.add("elastix")
         except ImportError:
             print("itk-elastix is not installed: elastix rows skipped")
-    print(f"threads {args.threads}, torch {torch.__version__}, SimpleITK {sitk.Version_VersionString()}, device cpu")
+    print(f"napari_mmfuse {napari_mmfuse.__version__}, threads {args.threads}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}, torch {torch.__version__}, SimpleITK {sitk.Version_VersionString()}, device cpu")
     rows = Rows()
+    if args.case == "head160":
+        head160_case(rows, methods, args.repeat)
+        print_table(rows)
+        return 0
     phantom_cases(rows, methods, ("rigid", "affine", "deformable"))
     antspy_case(rows, methods)
     histology_cases(rows, methods, args.quick)

@@ -15,7 +15,7 @@ import torch
 from .deformable import ControlGrid, node_shape_for
 from .linear import matrix_from_parameters, parameter_count
 from .metrics import Similarity, higher_is_better
-from .pyramid import Level, grid_points, inside, normaliser, sample
+from .pyramid import Level, grid_points, inside, interpolate, normaliser, sample
 
 #: Most fixed points one linear iteration samples.
 MAX_LINEAR_SAMPLES = 2**16
@@ -68,6 +68,9 @@ def _fixed_samples(level: Level, count: int | None, generator: torch.Generator, 
         weight = torch.ones(level.shape, device=device) if level.mask is None else level.mask.to(torch.float32)
         return points, level.image, weight
     flat = level.image.reshape(-1)
+    if replace and level.mask is None:  # every voxel is a candidate: draw indices directly
+        candidates = torch.randint(flat.numel(), (count,), generator=generator).to(device)
+        return grid_points(level.shape, level.affine, device=device, index=candidates), flat[candidates], torch.ones(count, device=device)
     candidates = torch.arange(flat.numel(), device=device) if level.mask is None else torch.nonzero(level.mask.reshape(-1))[:, 0]
     if replace:
         pick = torch.randint(candidates.numel(), (count,), generator=generator).to(device)
@@ -81,10 +84,10 @@ def _fixed_samples(level: Level, count: int | None, generator: torch.Generator, 
 
 def _moving_values(moving: Level, coords: torch.Tensor, base_weight: torch.Tensor):
     """Moving intensities at ``grid_sample`` coordinates, and the weights (0 outside/masked)."""
-    values = sample(moving.image, coords)
-    weight = inside(coords).to(values.dtype)
+    values = interpolate(moving.image, coords)
+    weight = inside(coords.detach()).to(values.dtype)
     if moving.mask is not None:
-        weight = weight * (sample(moving.mask.to(values.dtype), coords) > 0.5).to(values.dtype)
+        weight = weight * (interpolate(moving.mask.to(values.dtype), coords.detach()) > 0.5).to(values.dtype)
     values = values.reshape(base_weight.shape)
     weight = weight.reshape(base_weight.shape) * base_weight
     if float(weight.sum()) < max(16.0, 0.01 * base_weight.sum().item()):

@@ -43,35 +43,49 @@ class Level:
         return np.linalg.norm(self.affine[:-1, :-1], axis=0)
 
 
-def gaussian_blur(image: torch.Tensor, sigma) -> torch.Tensor:
-    """Separable Gaussian smoothing with reflected borders.
+def gaussian_blur(image: torch.Tensor, sigma, stride=None) -> torch.Tensor:
+    """Separable Gaussian smoothing with reflected borders, optionally keeping every k-th voxel.
+
+    Each 1D pass is a weighted sum of shifted views of the padded image (on the CPU about
+    ten times faster than a one-channel ``conv3d`` with a 1D kernel).
 
     Parameters
     ----------
     image : Tensor, shape (*spatial)
     sigma : sequence of float, one per axis, in voxels (0 leaves an axis alone)
+    stride : sequence of int, one per axis, optional
+        Keep voxels ``0, k, 2k, ...`` along each axis: the same as slicing the smoothed
+        image with ``[::k]``, but each pass only computes the voxels kept, and later
+        passes run on the already reduced grid.
 
     Returns
     -------
-    Tensor, shape (*spatial)
+    Tensor, shape (*spatial), reduced by ``stride``
     """
-    out = image[None, None]
+    out = image
     n = image.ndim
+    stride = [1] * n if stride is None else list(stride)
     for axis, s in enumerate(sigma):
-        if s <= 0 or image.shape[axis] < 2:
+        size, step = out.shape[axis], stride[axis]
+        count = (size - 1) // step + 1
+        every = [slice(None)] * n
+        every[axis] = slice(None, None, step)
+        if s <= 0 or size < 2:
+            out = out[tuple(every)]
             continue
-        radius = min(int(np.ceil(3 * s)), image.shape[axis] - 1)
-        x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-        kernel = torch.exp(-0.5 * (x / s) ** 2)
-        kernel = kernel / kernel.sum()
-        shape = [1, 1] + [1] * n
-        shape[2 + axis] = kernel.numel()
+        radius = min(int(np.ceil(3 * s)), size - 1)
+        x = np.arange(-radius, radius + 1, dtype=np.float64)
+        kernel = np.exp(-0.5 * (x / s) ** 2)
+        kernel = (kernel / kernel.sum()).astype(np.float32)
         pad = [0, 0] * n
         pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = radius
-        padded = F.pad(out, pad, mode="reflect")
-        conv = F.conv3d if n == 3 else F.conv2d
-        out = conv(padded, kernel.reshape(shape))
-    return out[0, 0]
+        padded = F.pad(out[None, None], pad, mode="reflect")[0, 0]
+        total = None
+        for shift, weight in enumerate(kernel.tolist()):
+            view = padded.narrow(axis, shift, (count - 1) * step + 1)[tuple(every)]
+            total = view * weight if total is None else total.add_(view, alpha=weight)
+        out = total
+    return out
 
 
 def halve(level: Level) -> Level:
@@ -79,13 +93,11 @@ def halve(level: Level) -> Level:
     shape = level.shape
     factors = [2 if s >= 2 * MIN_AXIS else 1 for s in shape]
     sigma = [1.0 if f == 2 else 0.0 for f in factors]
-    smooth = gaussian_blur(level.image, sigma)
-    slicer = tuple(slice(None, None, f) for f in factors)
     stride = np.diag(np.array(factors + [1], dtype=np.float64))
     mask = None
     if level.mask is not None:
-        mask = gaussian_blur(level.mask.to(torch.float32), sigma)[slicer] > 0.5
-    return Level(smooth[slicer].contiguous(), level.affine @ stride, mask)
+        mask = gaussian_blur(level.mask.to(torch.float32), sigma, factors) > 0.5
+    return Level(gaussian_blur(level.image, sigma, factors).contiguous(), level.affine @ stride, mask)
 
 
 def build_pyramid(image: torch.Tensor, affine: np.ndarray, levels: int, mask: torch.Tensor | None = None) -> list[Level]:
@@ -152,9 +164,51 @@ def sample(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return values[0] if squeeze else values
 
 
+def interpolate(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of a constant image at points, differentiable in ``coords`` only.
+
+    The same values as :func:`sample` (``grid_sample``, border padding, aligned corners)
+    for a single-channel image, from gathers of the ``2 ** n`` corner voxels and
+    element-wise lerps: on the CPU this is several times faster than ``grid_sample``'s
+    3D backward pass, which the registration optimisers run every iteration.
+
+    Parameters
+    ----------
+    image : Tensor, shape (*spatial)
+        Not differentiated (use :func:`sample` for an image that needs a gradient).
+    coords : Tensor, shape (N, n)
+        ``grid_sample`` coordinates (reversed axis order, [-1, 1]).
+
+    Returns
+    -------
+    Tensor, shape (N,)
+    """
+    n = image.ndim
+    flat = image.detach().reshape(-1)
+    base = torch.zeros(coords.shape[0], dtype=torch.int64, device=coords.device)
+    fractions, offsets = [], [0]
+    stride = 1
+    for axis in reversed(range(n)):  # coords are in reversed (x, y[, z]) order: column n - 1 - axis
+        size = image.shape[axis]
+        position = ((coords[:, n - 1 - axis] + 1.0) * (0.5 * (size - 1))).clamp(0.0, float(size - 1))
+        low = position.detach().floor().clamp(max=max(size - 2, 0))
+        fractions.append(position - low)
+        base = base + low.to(torch.int64) * stride
+        step = stride if size > 1 else 0
+        offsets = offsets + [o + step for o in offsets]
+        stride *= size
+    index = base[:, None] + torch.as_tensor(offsets, device=coords.device)
+    corners = flat.index_select(0, index.reshape(-1)).reshape(index.shape)  # faster than flat[index] on the CPU
+    # corners' last index bit is the fastest axis (fractions[0]); lerp it away first
+    for t in fractions:
+        low_half = corners[:, 0::2]
+        corners = low_half + (corners[:, 1::2] - low_half) * t[:, None]
+    return corners[:, 0]
+
+
 def inside(coords: torch.Tensor) -> torch.Tensor:
     """True where ``grid_sample`` coordinates fall within the grid's voxel centres, shape (N,)."""
-    return (coords.abs() <= 1.0 + 1e-6).all(dim=-1)
+    return coords.abs().amax(dim=-1) <= 1.0 + 1e-6
 
 
 def grid_points(shape, affine: np.ndarray, *, device, index: torch.Tensor | None = None) -> torch.Tensor:
