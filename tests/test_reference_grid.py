@@ -182,6 +182,27 @@ def test_register_writes_the_fixed_grid_and_a_tfm_simpleitk_reads(scene, tmp_pat
     assert np.linalg.norm(by_itk - truth, axis=1).mean() < 0.5  # mm, on voxels of 1.2-2 mm
 
 
+def test_antspy_applies_our_files_as_we_do(scene, tmp_path):
+    """Where ANTsPy is installed: antsApplyTransforms with our .tfm (and our field, named first) gives our OUT."""
+    ants = pytest.importorskip("ants")
+    out, tfm, field = tmp_path / "warped.nii.gz", tmp_path / "t.tfm", tmp_path / "field.nii.gz"
+    assert main(["register", str(scene / "fixed.nii.gz"), str(scene / "moving.nii.gz"), "-o", str(out),
+                 "--model", "deformable", "--metric", "mse", "--iterations", "10", "--levels", "2",
+                 "--transform", str(tfm), "--displacement", str(field)]) == 0  # fmt: skip
+    fixed, moving = ants.image_read(str(scene / "fixed.nii.gz")), ants.image_read(str(scene / "moving.nii.gz"))
+    ours = np.asarray(nib.load(str(out)).dataobj)
+    for transforms, border in (([str(scene / "truth.tfm")], 2), ([str(field), str(tfm)], 3)):
+        ants.image_write(ants.apply_transforms(fixed, moving, transformlist=transforms), str(tmp_path / "ants.nii.gz"))
+        theirs = _check_on_fixed_grid(tmp_path / "ants.nii.gz", scene / "fixed.nii.gz")
+        if len(transforms) == 1:  # the truth: compare with `mmfuse transform`
+            assert main(["transform", str(scene / "moving.nii.gz"), "--transform", transforms[0], "--reference",
+                         str(scene / "fixed.nii.gz"), "-o", str(tmp_path / "moved.nii.gz")]) == 0  # fmt: skip
+            np.testing.assert_allclose(_inner(np.asarray(nib.load(str(tmp_path / "moved.nii.gz")).dataobj)),
+                                       _inner(theirs), atol=0.05)
+        else:
+            np.testing.assert_allclose(_inner(ours, border), _inner(theirs, border), atol=0.05)
+
+
 def test_register_deformable_on_the_fixed_grid(scene, tmp_path):
     out, tfm, field = tmp_path / "warped.nii.gz", tmp_path / "t.tfm", tmp_path / "field.nii.gz"
     assert main(["register", str(scene / "fixed.nii.gz"), str(scene / "moving.nii.gz"), "-o", str(out),
@@ -196,6 +217,29 @@ def test_register_deformable_on_the_fixed_grid(scene, tmp_path):
     # the field lies voxel for voxel on the fixed file's grid too
     assert nib.load(str(field)).shape[:3] == SHAPE
     np.testing.assert_allclose(nib.load(str(field)).affine, nib.load(str(scene / "fixed.nii.gz")).affine, atol=1e-5)
+
+
+def test_fuse_denoise_segment_and_replay_keep_the_input_file_grid(scene, tmp_path):
+    """Outputs on an input's grid (fusion onto its reference, denoising, segmentation, a replay) keep its file order."""
+    from skimage.filters import threshold_otsu
+
+    from napari_mmfuse.provenance import sidecar_path
+
+    fixed_path = scene / "fixed.nii.gz"
+    fixed = np.asarray(nib.load(str(fixed_path)).dataobj)
+    fused, smooth, mask = tmp_path / "fused.nii.gz", tmp_path / "smooth.nii.gz", tmp_path / "mask.nii.gz"
+    assert main(["fuse", str(fixed_path), str(scene / "moving.nii.gz"), "--method", "average", "-o", str(fused)]) == 0
+    assert np.corrcoef(_inner(_check_on_fixed_grid(fused, fixed_path)).ravel(), _inner(fixed).ravel())[0, 1] > 0.9
+    assert main(["denoise", str(fixed_path), "--method", "gaussian", "--sigma", "0.5", "-o", str(smooth)]) == 0
+    assert np.abs(_check_on_fixed_grid(smooth, fixed_path) - fixed).mean() < 0.01 * np.ptp(fixed)
+    assert main(["segment", str(fixed_path), "--method", "otsu", "-o", str(mask)]) == 0
+    assert np.mean((_check_on_fixed_grid(mask, fixed_path) > 0) == (fixed > threshold_otsu(fixed))) > 0.99
+
+    out, again = tmp_path / "out.nii.gz", tmp_path / "again.nii.gz"
+    assert main(["transform", str(scene / "moving.nii.gz"), "--transform", str(scene / "truth.tfm"),
+                 "--reference", str(fixed_path), "-o", str(out)]) == 0  # fmt: skip
+    assert main(["replay", str(sidecar_path(out)), "-o", str(again)]) == 0
+    np.testing.assert_array_equal(_check_on_fixed_grid(again, fixed_path), np.asarray(nib.load(str(out)).dataobj))
 
 
 def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:

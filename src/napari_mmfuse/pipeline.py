@@ -179,6 +179,8 @@ def read_image(path, *, series: int = 0, kind: str | None = None) -> Image:
     metadata = {"source": {"path": str(path.resolve()), "series": series, "kind": kind}}
     if record.metadata.get("modality"):
         metadata["modality"] = record.metadata["modality"]
+    if record.metadata.get("grid"):
+        metadata["grid"] = record.metadata["grid"]  # the file's own grid: outputs on it are written in its order
     return Image(materialize(record.level0, path), record.affine, name=record.name, kind=kind, rgb=bool(record.rgb),
                  units=record.units, metadata=metadata)
 

@@ -112,7 +112,7 @@ def model_files(stem) -> list[Path]:
 
 
 def save_output(path, value, *, overwrite: bool = False, provenance: dict | None = None, picture_dtype=None,
-                grid: dict | None = None) -> Path:
+                grid=None) -> Path:
     """Write one operation output: images, labels and maps by the file suffix, other values by ``value.save``.
 
     Parameters
@@ -127,9 +127,9 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         The integer type a PNG/JPEG output takes (default: the input's, which the caller knows).
         Float images whose ``metadata["value_range"]`` is declared (fusion: 0..1) are spread over
         8 bits instead.
-    grid : dict, optional
-        The reference file's voxel grid (its reader's ``metadata["grid"]``): an image
-        resampled onto that reference is written exactly on it, in the reference file's array
+    grid : dict or sequence of dict, optional
+        The reference file's voxel grid (its reader's ``metadata["grid"]``), or the grids of
+        all inputs: an image on one of them is written exactly on it, in that file's array
         order (see :func:`napari_mmfuse.io.write`).
     """
     from ..io import as_picture, is_picture, write

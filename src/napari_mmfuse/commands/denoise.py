@@ -72,7 +72,7 @@ def _save(output: Path, outputs: dict, port: str, record, source, *, overwrite: 
     from ._outputs import save_output
 
     written = save_output(output, outputs[port], overwrite=overwrite, provenance=record.to_dict(),
-                          picture_dtype=source.data.dtype)
+                          picture_dtype=source.data.dtype, grid=source.metadata.get("grid"))
     record.outputs.setdefault(port, {})["path"] = str(output)
     write_sidecar(output, record, overwrite=overwrite)
     return written

@@ -166,13 +166,14 @@ def run_fuse(args) -> int:
     outputs, record = pipeline.run("fuse", method, {"images": [images[i] for i in order]}, params,
                                    device=args.device, seed=seed, on_progress=report)
     record.outputs["image"]["path"] = str(output)
+    grid = images[reference_index].metadata.get("grid")  # OUT in the reference file's array order
     written = [save_output(output, outputs["image"], overwrite=args.overwrite,
-                           provenance=record.to_dict())]
+                           provenance=record.to_dict(), grid=grid)]
     write_sidecar(output, record, overwrite=args.overwrite)
     for i, target in enumerate(weight_paths):
         contribution = outputs["contributions"][order.index(i)]
         written.append(save_output(target, contribution, overwrite=args.overwrite,
-                                   provenance=record.to_dict()))
+                                   provenance=record.to_dict(), grid=grid))
     for path in written:
         print(path)
     return 0

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_replay(args) -> int:
-    from ..pipeline import replay
+    from ..pipeline import read_source, replay
     from ..provenance import Provenance, sidecar_path
     from ._options import write_sidecar
     from ._outputs import save_output
@@ -46,13 +46,21 @@ def run_replay(args) -> int:
     check_outputs([("-o", output), ("-o", sidecar_path(output))], sources, args.overwrite)
     port = args.port or record.output or _recorded_port(record)
     device = args.device or _usable(record.device)
-    outputs, new_record = replay(record, device=device)
+    grids = []  # the inputs' own file grids: OUT is written on the one it lies on, as the original was
+
+    def read_input(entry):
+        value = read_source(entry)
+        metadata = getattr(value, "metadata", None)
+        grids.append(metadata.get("grid") if isinstance(metadata, dict) else None)
+        return value
+
+    outputs, new_record = replay(record, read_input=read_input, device=device)
     if port not in outputs:
         raise ValueError(f"{record.operation} has no output {port!r}; outputs: {', '.join(outputs)}")
     picture_dtype = next((entry.get("dtype") for entries in record.inputs.values() for entry in entries
                           if isinstance(entry, dict) and entry.get("dtype")), None)
     save_output(output, outputs[port], overwrite=args.overwrite, provenance=new_record.to_dict(),
-                picture_dtype=picture_dtype)
+                picture_dtype=picture_dtype, grid=[grid for grid in grids if grid])
     new_record.outputs.setdefault(port, {})["path"] = str(output)
     write_sidecar(output, new_record, overwrite=args.overwrite)
     before = record.outputs.get(port, {}).get("hash")

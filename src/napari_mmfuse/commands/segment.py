@@ -162,7 +162,8 @@ def run_segment(args) -> int:
                           on_progress=_training_progress)
     labels, model = outputs["labels"], outputs.get("model", inputs.get("model"))
     record.outputs["labels"]["path"] = str(output)
-    save_output(output, labels, overwrite=args.overwrite, provenance=record.to_dict())
+    save_output(output, labels, overwrite=args.overwrite, provenance=record.to_dict(),
+                grid=inputs["images"][0].metadata.get("grid"))
     if args.save_model:
         for written in save_output(args.save_model, model, overwrite=args.overwrite):
             print(f"wrote {written}")

@@ -93,7 +93,7 @@ def write(
     labels: bool = False,
     units: str = "mm",
     provenance: dict | None = None,
-    grid: dict | None = None,
+    grid=None,
 ) -> Path:
     """Write an image with its world affine, choosing the format by the file suffix.
 
@@ -113,12 +113,13 @@ def write(
         "mm", "um" or "pixel" (TIFF and Zarr record it).
     provenance : dict, optional
         What produced the image (step, method, ...); stored where the format allows.
-    grid : dict, optional
+    grid : dict or sequence of dict, optional
         The voxel grid of the file the image was resampled onto (its reader's
         ``metadata["grid"]``). When ``data`` lies on it, the file gets exactly that grid:
         the reference file's array order, shape and affine (a NIfTI the same sform and
         data shape, an ITK image the same size, spacing, origin and direction), as
-        SimpleITK/ANTs write resampled images. Ignored when ``data`` lies elsewhere.
+        SimpleITK/ANTs write resampled images. Of several (the grids of all the inputs),
+        the first ``data`` lies on is taken; none when it lies on none.
 
     Returns
     -------
@@ -131,10 +132,11 @@ def write(
     fmt = write_format(path)
     if not (isinstance(data, da.Array) and fmt.streamed):
         data = np.asarray(data)
-    if grid is not None:
-        placed = on_file_grid(data, affine, grid, rgb=rgb, fastest_first=fmt.name == "nifti")
+    for candidate in [grid] if isinstance(grid, dict) else grid or ():
+        placed = on_file_grid(data, affine, candidate, rgb=rgb, fastest_first=fmt.name == "nifti")
         if placed is not None:
             data, affine = placed
+            break
     units = units if units in ("mm", "um", "pixel") else "pixel"
     if fmt.name == "nifti":
         from .nifti import write_nifti
