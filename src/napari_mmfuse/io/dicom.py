@@ -24,7 +24,7 @@ from pydicom.valuerep import DA, DT, TM
 
 from ..core.display import suv_bw_factor
 from ..core.space import affine_from_itk, orientation_code, reorient_to_nearest, spacing_of
-from ._common import ImageRecord, ReadError, check_budget
+from ._common import ImageRecord, ReadError, check_budget, file_grid
 from .dicom_frames import (
     MODALITIES,
     SeriesInfo,
@@ -397,6 +397,7 @@ def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path
         irregular = False
     data, rescaled = _read_stack(ordered)
     rgb = data.ndim == 4
+    grid = file_grid(data.shape[:3], affine)  # (slice, row, column): the series' own grid, as ITK reads it
     data, affine = reorient_to_nearest(data, affine)
     data = np.ascontiguousarray(data)
 
@@ -413,6 +414,7 @@ def _build_volume(info: SeriesInfo, items: list[_Slice], name: str, source: Path
         "spacing": tuple(float(s) for s in spacing_of(affine)),
         "slice_spacing": float(step),
         "orientation": orientation_code(affine),
+        "grid": grid,
         "n_slices": len(ordered),
         "rescale_applied": rescaled,
         "rescale_slope": slopes.pop() if len(slopes) == 1 else "per slice",
