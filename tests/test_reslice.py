@@ -236,11 +236,12 @@ def test_a_volume_added_later_is_resliced_onto_the_chosen_grid(make_napari_viewe
 def test_ixi_t1_t2_overlay_in_2d_matches_world_resampling(make_napari_viewer, shots_dir):
     viewer = make_napari_viewer(show=True)  # shown, so that the screenshots render
     viewer.window._qt_window.resize(1400, 900)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Physical space")
     layers = []
     for name in ("IXI002-Guys-0828-T1", "IXI002-Guys-0828-T2", "mask_IXI002-Guys-0828-T1", "mask_IXI002-Guys-0828-T2"):
         layers += viewer.open(str(IXI / f"hd_bet_{name}.nii.gz"), plugin="napari-mmfuse")
     t1, t2, mask1, mask2 = layers
+    assert all(isinstance(layer.data, reslice.ReslicedVolume) for layer in layers)  # on by default, from the reader
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Physical space")
     assert {layer.name for layer in widget.display.resliced} == {layer.name for layer in viewer.layers}
     picture = image_of(t2, copy=False)
     assert picture.data is original_data(t2) and picture.data.shape == (130, 256, 256)

@@ -51,7 +51,19 @@ def read_layers(path) -> list[tuple]:
             display = _clinical_settings(record)
             data, kwargs, layer_type = record.to_layer_data()
             layers.append((data, kwargs | display, layer_type))
+    _exact_2d_overlays()
     return layers
+
+
+def _exact_2d_overlays() -> None:
+    """Start the world-resliced 2D display (on by default) on the viewer the layers open into."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        from .widgets._reslice import reslice_display
+
+        reslice_display(viewer)
 
 
 def _clinical_settings(record) -> dict:
