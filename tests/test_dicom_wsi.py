@@ -18,9 +18,11 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from napari_mmfuse import _reader
 from napari_mmfuse.core.lazy import level_affine
-from napari_mmfuse.io import dicom_slide
+from napari_mmfuse.io import dicom_frames, dicom_slide, dicom_wsi
 from napari_mmfuse.io._common import ReadError
 from napari_mmfuse.io.dicom import WSI_SOP_CLASS, read_dicom
+from napari_mmfuse.io.dicom_frames import read_frame_table
+from napari_mmfuse.io.dicom_wsi import TiledLevel
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.77"
 TILE = (256, 256)
@@ -145,15 +147,16 @@ def jpeg_sparse(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
 
 @pytest.fixture
 def decodes(monkeypatch) -> list[tuple[str, int]]:
-    """Every tile decode as (file name, frame index)."""
+    """Every tile decode as (file name, frame index): on opening (frame order) and on reading."""
     calls: list[tuple[str, int]] = []
-    decode = dicom_slide.decode_frame
+    decode = dicom_frames.decode_frame
 
     def counting(table, index):
         calls.append((table.file.name, index))
         return decode(table, index)
 
     monkeypatch.setattr(dicom_slide, "decode_frame", counting)
+    monkeypatch.setattr(dicom_wsi, "decode_frame", counting)
     return calls
 
 
@@ -211,6 +214,31 @@ def test_jpeg_sparse_pyramid_reads_the_source_tiles(jpeg_sparse, decodes):
 def _decoded(file: Path) -> np.ndarray:
     (frame,) = iter_pixels(pydicom.dcmread(file))
     return frame[:175, :250]
+
+
+def test_tiled_level_indexes_like_numpy_and_pastes_tiles_off_the_grid(native, decodes):
+    folder, levels = native
+    _, table = read_frame_table(folder / "level0.dcm")
+    origins = [divmod(k, 4) for k in range(table.n_frames)]  # TILED_FULL: 4 tiles across
+    tiles = {(0, i, j): [(i * TILE[0], j * TILE[1], 0, k)] for k, (i, j) in enumerate(origins)}
+    level = TiledLevel([table], tiles, TILE, SHAPE, 1, 3, np.uint8, 255)
+    truth = levels[0]
+    keys = [(slice(None),), (5, slice(10, 600, 7)), (slice(690, 100, -13), 999, 1), (Ellipsis, 0),
+            (slice(-300, None, 2), slice(None, None, -1)), (slice(10, 10),)]
+    for key in keys:
+        np.testing.assert_array_equal(level[key], truth[key])
+
+    shift = (128, 100)  # every tile moved off the tile grid
+    moved = {}
+    for k, (i, j) in enumerate(origins):
+        row, col = i * TILE[0] + shift[0], j * TILE[1] + shift[1]
+        moved.setdefault((0, row // TILE[0], col // TILE[1]), []).append((row, col, 0, k))
+    total = (SHAPE[0] + shift[0], SHAPE[1] + shift[1])
+    expected = np.full(total + (3,), 255, np.uint8)
+    expected[shift[0] :, shift[1] :] = truth
+    decodes.clear()
+    np.testing.assert_array_equal(TiledLevel([table], moved, TILE, total, 1, 3, np.uint8, 255)[:], expected)
+    assert sorted(k for _, k in decodes) == list(range(table.n_frames))  # each tile decoded once
 
 
 def test_opening_and_one_tile_stay_far_below_the_slide(native, tmp_path):

@@ -242,6 +242,8 @@ def read_frame_table(file: Path):
             (length,) = struct.unpack(order + "H", head[6:])
         start = stream.tell()
         n_frames = int(dataset.get("NumberOfFrames") or 1)
+        if n_frames < 1:
+            raise ReadError(file, f"corrupt: {n_frames} frames declared")
         frame_bytes = declared_frame_bytes(dataset)
         options = {key: value for key, value in as_pixel_options(dataset).items() if key != "number_of_frames"}
         options["pixel_keyword"] = "PixelData"

@@ -32,6 +32,7 @@ from .dicom_frames import (
     floats,
     read_frame_table,
 )
+from .dicom_wsi import TiledLevel
 
 #: ImageType value 3 of the instances that make the pyramid.
 PYRAMID_FLAVOUR = "VOLUME"
@@ -86,11 +87,13 @@ def build_slides(info: SeriesInfo, files: list[Path], source: Path) -> list[Imag
     if pyramid:
         others = [i for i in instances if i.flavour != PYRAMID_FLAVOUR]
         return [_slide_record(info, pyramid, source, info.name, others)]
-    return [
-        _slide_record(info, [i], source, f"{info.name} {i.flavour.lower()} {i.total[1]}x{i.total[0]}", [])
-        if len(instances) > 1 else _slide_record(info, [i], source, info.name, [])
-        for i in instances
-    ]
+    several = len(instances) > 1
+    return [_slide_record(info, [i], source, _name(info, i) if several else info.name, []) for i in instances]
+
+
+def _name(info: SeriesInfo, instance: _Instance) -> str:
+    """Layer name of an instance opened alone: the series name, its flavour and size."""
+    return f"{info.name} {instance.flavour.lower()} {instance.total[1]}x{instance.total[0]}"
 
 
 def _open_instance(file: Path) -> _Instance:
@@ -138,7 +141,7 @@ def _slide_record(info: SeriesInfo, instances: list[_Instance], source: Path, na
     options = base.table.options
     dtype = np.dtype(f"{'i' if options.get('pixel_representation') else 'u'}{max(1, int(options['bits_allocated']) // 8)}")
     fill = np.iinfo(dtype).max if samples == 3 else 0
-    n_planes = max(len(np.unique(i.planes)) for i in levels[0])
+    n_planes = len(np.unique(np.concatenate([i.planes for i in levels[0]])))
     if n_planes > 1:
         warnings.warn(f"{base.file.name}: {n_planes} focal planes; only the first is read", stacklevel=5)
     arrays = [_level_array(level, path_ids, samples, dtype, fill) for level in levels]
@@ -206,26 +209,21 @@ def _pixel_spacing(instance: _Instance) -> tuple[tuple[float, float], str]:
         if abs(row_um - col_um) <= MAX_PIXEL_ASPECT_ERROR * max(row_um, col_um):
             return (row_um, col_um), "um"
         note = f" and ImagedVolumeWidth/Height give {col_um:.3g} x {row_um:.3g} um pixels, not square"
-    warnings.warn(f"{instance.file.name}: no PixelSpacing{note}; the slide is placed in pixels", stacklevel=5)
+    warnings.warn(f"{instance.file.name}: no PixelSpacing{note}; the slide is placed in pixels", stacklevel=6)
     return (1.0, 1.0), "pixel"
 
 
 def _level_array(level: list[_Instance], path_ids: list[str], samples: int, dtype, fill) -> da.Array:
-    """A dask array of one pyramid level; a chunk per tile, decoded when computed.
-
-    Tiles are indexed by the tile-grid cell of their first pixel; a chunk looks in its own
-    cell and the three before it, so tiles off the grid (allowed in TILED_SPARSE) are
-    pasted too. Where no tile lies, the chunk holds ``fill`` (white for RGB).
-    """
+    """A dask array of one pyramid level, a chunk per tile, decoded when computed (see :class:`.TiledLevel`)."""
     base = level[0]
     th, tw = base.tile
     rows, cols = base.total
     tiles: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
     covered = 0.0
+    plane = min(i.planes.min() for i in level)  # the first focal plane
     for number, instance in enumerate(level):
         if instance.tile != base.tile:
             raise ReadError(instance.file, f"{instance.tile} tiles where {base.file.name} of the same level has {base.tile}")
-        plane = instance.planes.min() if len(instance.planes) else 0.0
         for frame in np.flatnonzero(instance.planes == plane):
             row, col, identifier = int(instance.rows[frame]), int(instance.cols[frame]), instance.paths[frame]
             if not (0 <= row < rows and 0 <= col < cols):
@@ -238,28 +236,8 @@ def _level_array(level: list[_Instance], path_ids: list[str], samples: int, dtyp
             tiles.setdefault((path_ids.index(identifier), row // th, col // tw), []).append((row, col, number, int(frame)))
             covered += min(th, rows - row) * min(tw, cols - col)
     _check_coverage(base, covered, len(path_ids), samples, dtype)
-    multichannel = len(path_ids) > 1
-    chunks = da.core.normalize_chunks((th, tw), (rows, cols))
-    chunks = ((1,) * len(path_ids),) * multichannel + chunks + ((samples,),) * (samples > 1)
-
-    def block(block_info=None):
-        location = block_info[None]["array-location"][int(multichannel) :][:2]
-        path = block_info[None]["chunk-location"][0] if multichannel else 0
-        (r0, r1), (c0, c1) = location
-        out = np.full((r1 - r0, c1 - c0) + ((samples,) if samples > 1 else ()), fill, dtype)
-        i, j = r0 // th, c0 // tw
-        for cell in ((path, i - 1, j - 1), (path, i - 1, j), (path, i, j - 1), (path, i, j)):
-            for row, col, number, frame in tiles.get(cell, ()):
-                top, bottom = max(r0, row), min(r1, row + th, rows)
-                left, right = max(c0, col), min(c1, col + tw, cols)
-                if top < bottom and left < right:
-                    pixels = decode_frame(level[number].table, frame)
-                    out[top - r0 : bottom - r0, left - c0 : right - c0] = pixels[top - row : bottom - row, left - col : right - col]
-        return out[None] if multichannel else out
-
-    name = "dicom-slide-" + tokenize([(str(i.file), i.file.stat().st_mtime_ns) for i in level], path_ids)
-    meta = np.empty((0,) * len(chunks), dtype)
-    return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=meta, name=name)
+    lazy = TiledLevel([i.table for i in level], tiles, base.tile, base.total, len(path_ids), samples, dtype, fill)
+    return lazy.to_dask("dicom-slide-" + tokenize([(str(i.file), i.file.stat().st_mtime_ns) for i in level], path_ids))
 
 
 def _check_coverage(base: _Instance, covered: float, n_paths: int, samples: int, dtype) -> None:
