@@ -278,9 +278,27 @@ def test_ixi_t1_t2_overlay_in_2d_matches_world_resampling(make_napari_viewer, sh
     assert t2.data is original_data(t2) and t2.data.shape == (130, 256, 256)
 
 
+def _click(model, position, *, drag_px: float = 0.0) -> None:
+    """Press and release the mouse on a viewer model's canvas (moved by ``drag_px`` in between)."""
+    from types import SimpleNamespace
+
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    def event(kind, pos):
+        return ReadOnlyWrapper(SimpleNamespace(type=kind, position=tuple(position), pos=np.array(pos, float),
+                                               modifiers=(), is_dragging=False, handled=False, button=1,
+                                               view_direction=None, dims_displayed=list(model.dims.displayed)))
+
+    mouse_press_callbacks(model, event("mouse_press", (100, 100)))
+    mouse_release_callbacks(model, event("mouse_release", (100 + drag_px, 100)))
+
+
 def test_orthogonal_views_share_the_cursor(make_napari_viewer, qtbot, shots_dir):
     pytest.importorskip("napari_orthogonal_views")
     from napari_orthogonal_views.ortho_view_manager import _get_manager
+
+    from napari_mmfuse.widgets.space import click_moves_cursor
 
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -289,15 +307,19 @@ def test_orthogonal_views_share_the_cursor(make_napari_viewer, qtbot, shots_dir)
     manager = _get_manager(viewer)
     widget.ortho_button.click()
     qtbot.waitUntil(manager.is_shown, timeout=5000)
-    views = [manager.right_widget.vm_container.viewer_model, manager.bottom_widget.vm_container.viewer_model]
+    views = widget.orthogonal_views()
+    assert len(views) == 2
+    qtbot.waitUntil(lambda: all(click_moves_cursor in view.mouse_drag_callbacks for view in views), timeout=5000)
     # the copies in the side views show the resliced data too
-    assert all(type(layer.data).__name__ == "ReslicedVolume" for view in views for layer in view.layers)
-    target = [float(v) for v in viewer.dims.point]
-    target[0] += 6.0
-    target[2] -= 5.0
-    views[0].dims.point = target  # a click in one view (its cursor) moves the others
-    for model in (viewer, views[1]):
-        np.testing.assert_allclose(model.dims.point, target, atol=1.2)
+    assert all(isinstance(layer.data, reslice.ReslicedVolume) for view in views for layer in view.layers)
+    target = np.array(viewer.dims.point) + [6.0, -7.0, 5.0]
+    _click(views[0], target)  # a click in one view moves the others
+    for model in (viewer, *views):
+        np.testing.assert_allclose(model.dims.point, target, atol=0.6)
+    _click(views[1], target - 4.0, drag_px=30)  # a drag (pan) leaves the cursor where it was
+    np.testing.assert_allclose(viewer.dims.point, target, atol=0.6)
+    _click(viewer, target - 3.0)
+    np.testing.assert_allclose(views[1].dims.point, target - 3.0, atol=0.6)
     manager.set_cross_hairs(True)
     manager.set_splitter_sizes(0.4, 0.4)
     for model in (viewer, *views):
@@ -306,4 +328,5 @@ def test_orthogonal_views_share_the_cursor(make_napari_viewer, qtbot, shots_dir)
     viewer.screenshot(str(shots_dir / "orthogonal_views.png"), canvas_only=False, flash=False)
     widget.ortho_button.click()
     qtbot.waitUntil(lambda: not manager.is_shown(), timeout=5000)
+    assert click_moves_cursor not in viewer.mouse_drag_callbacks
     manager.cleanup()

@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -84,6 +85,26 @@ def _orthogonal_views():
     return show_orthogonal_views, hide_orthogonal_views
 
 
+CLICK_TOLERANCE_PX = 4
+"""A press and release closer than this (canvas pixels) is a click, not a drag (pan, paint)."""
+
+
+def click_moves_cursor(viewer_model, event):
+    """Mouse callback: a click puts the viewer's cursor (its dims point) where it landed.
+
+    With orthogonal views shown, every view follows the dims point, so a click in one view
+    moves the others. napari-orthogonal-views' own *T* key ignores where the world range
+    starts, which misplaces volumes placed in physical space, hence this callback.
+    """
+    start = np.asarray(event.pos, dtype=float)
+    position = tuple(event.position)
+    yield
+    while event.type == "mouse_move":
+        yield
+    if np.abs(np.asarray(event.pos, dtype=float) - start).max() <= CLICK_TOLERANCE_PX:
+        viewer_model.dims.point = position
+
+
 class PhysicalSpaceWidget(QWidget):
     """Inspect layer placement in world space, choose the 2D display grid, and resample a layer.
 
@@ -119,7 +140,7 @@ class PhysicalSpaceWidget(QWidget):
             self.ortho_button.setEnabled(False)
             self.ortho_button.setToolTip("needs the napari-orthogonal-views plugin")
         else:
-            self.ortho_button.setToolTip("linked axial/coronal/sagittal views; press T over a view to move the cursor")
+            self.ortho_button.setToolTip("linked axial/coronal/sagittal views: a click in one view moves the others")
         self.moving = QComboBox()
         self.reference = QComboBox()
         self.interpolation = QComboBox()
@@ -211,10 +232,27 @@ class PhysicalSpaceWidget(QWidget):
             show_error("Orthogonal views need the napari-orthogonal-views plugin (pip install napari-orthogonal-views)")
             return
         functions[0 if shown else 1](self.viewer)
+        callbacks = self.viewer.mouse_drag_callbacks
+        if shown and click_moves_cursor not in callbacks:
+            callbacks.append(click_moves_cursor)
+            QTimer.singleShot(0, self._link_orthogonal_clicks)  # after the plugin has built its views
+        elif not shown and click_moves_cursor in callbacks:
+            callbacks.remove(click_moves_cursor)
         if self.ortho_button.isChecked() != shown:
             self.ortho_button.blockSignals(True)
             self.ortho_button.setChecked(shown)
             self.ortho_button.blockSignals(False)
+
+    def orthogonal_views(self) -> list:
+        """The viewer models of the orthogonal views now shown (empty when hidden)."""
+        from napari_orthogonal_views import OrthoViewWidget
+
+        return [view.vm_container.viewer_model for view in self.viewer.window._qt_window.findChildren(OrthoViewWidget)]
+
+    def _link_orthogonal_clicks(self) -> None:
+        for model in self.orthogonal_views():
+            if click_moves_cursor not in model.mouse_drag_callbacks:
+                model.mouse_drag_callbacks.append(click_moves_cursor)
 
     def _show_active(self, event=None):
         layer = self.viewer.layers.selection.active
