@@ -245,7 +245,7 @@ def test_metrics_cleared_on_new_run_and_changed_inputs_and_sums_say_so(make_napa
     widget.preview_check.setChecked(False)
     assert widget.start_fusion() is not None
     qtbot.waitUntil(widget.fuse_button.isEnabled, timeout=60_000)
-    assert "fused (laplacian)" in viewer.layers  # auto on grey inputs: the default grey method
+    assert f"fused ({fz.DEFAULT_METHOD})" in viewer.layers  # auto on grey inputs: the default grey method
     rows = {widget.metrics_table.item(r, 0).text(): r for r in range(widget.metrics_table.rowCount())}
     assert widget.metrics_table.horizontalHeaderItem(2).text() == "scale"
     ssim_note = widget.metrics_table.item(rows["SSIM"], 2).text()
@@ -253,7 +253,7 @@ def test_metrics_cleared_on_new_run_and_changed_inputs_and_sums_say_so(make_napa
     assert "sum over the 2 sources" in widget.metrics_table.item(rows["SSIM"], 1).toolTip()
     assert "sum" in widget.metrics_table.item(rows["SCD"], 2).text()
     assert "sum" not in widget.metrics_table.item(rows["Qabf"], 2).text()
-    assert "fused (laplacian)" in widget.metrics_label.text()
+    assert f"fused ({fz.DEFAULT_METHOD})" in widget.metrics_label.text()
     # the result layers appear unticked and do not count as changed inputs
     assert _ticked(widget) == ["MRI", "PET"] and widget.metrics_table.rowCount() > 0
     viewer.layers["MRI"].name = "T1"  # renaming is no change of input
