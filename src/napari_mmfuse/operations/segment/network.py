@@ -62,21 +62,24 @@ def run_predict(images, model, *, device=None, seed=None):
     """Segment the images with a saved or session model (no training).
 
     Fewer images than the model's channels: the images are matched to the channels by
-    name and the others are missing (see :func:`~napari_mmfuse.core.segment.train.fill_missing`).
+    name (:func:`~napari_mmfuse.core.bundle.match_channels`: the same modality, or the
+    channel's name) and the others are missing (see
+    :func:`~napari_mmfuse.core.segment.train.fill_missing`).
     """
     from ...core import segment
+    from ...core.bundle import match_channels
     from ...core.segment.train import fill_missing
 
     yield Progress(0, 1, "segmenting with the model")
     channels = segment.subject_channels(images, device=device)
     names = model.config.channel_names
     if len(images) < len(names):
-        given = {image.name.lower(): channel for image, channel in zip(images, channels)}
-        unknown = sorted(set(given) - {name.lower() for name in names})
-        if unknown:
+        order = match_channels(names, [image.name for image in images])
+        unmatched = [image.name for index, image in enumerate(images) if index not in order]
+        if unmatched:
             raise ValueError(f"with fewer images than the model's channels ({', '.join(names)}), name each image "
-                             f"as its channel; {', '.join(unknown)} is none of them")
-        channels, model = fill_missing(model, [given.get(name.lower()) for name in names])
+                             f"as its channel; {', '.join(unmatched)} matches none (or several)")
+        channels, model = fill_missing(model, [None if index is None else channels[index] for index in order])
     return _segmented(model, channels, images[0], device)
 
 
