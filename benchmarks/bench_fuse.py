@@ -4,6 +4,7 @@ Usage::
 
     PYTHONPATH=src python benchmarks/bench_fuse.py [--quick] [--data DIR] [--skip-volume] [--threads N]
     PYTHONPATH=src python benchmarks/bench_fuse.py --volume [--threads N]   # only the 256^3 timing
+    PYTHONPATH=src python benchmarks/bench_fuse.py --screenshots docs/screenshots/fusion   # only the pictures
 
 Prints one markdown table (mean metrics per set, split and method, fusion time per pair),
 the CDDFuse reference numbers from its README, a line per set saying whether the default
@@ -292,13 +293,19 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-volume", action="store_true", help="skip the 256^3 timing")
     parser.add_argument("--methods", nargs="*", help="subset of methods (default: all)")
     parser.add_argument("--skip-preview", action="store_true", help="skip the live-preview timing")
-    parser.add_argument("--volume", action="store_true", help="only the 256^3 Laplacian timing")
+    parser.add_argument("--volume", action="store_true", help="only the 256^3 timing of the default")
+    parser.add_argument("--screenshots", type=Path, metavar="DIR",
+                        help="only write, per set, the first held-out pair: inputs | Laplacian pyramid | default")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.volume:
         print_volume_timing()
+        return 0
+    if args.screenshots:
+        for name in SETS:
+            print(write_comparison(args.data, name, args.screenshots))
         return 0
 
     limit = 2 if args.quick else None
@@ -335,6 +342,40 @@ def main(argv=None) -> int:
     if not args.skip_volume:
         print_volume_timing()
     return 0
+
+
+def write_comparison(data: Path, name: str, folder: Path) -> Path:
+    """``folder/<set>.png``: the first held-out pair as shipped | the Laplacian pyramid | the default.
+
+    Colour pictures are fused as ``mmfuse fuse`` fuses them (colour fusion, the luminance by
+    the named grey method); each panel is labelled.
+    """
+    from PIL import Image, ImageDraw
+
+    stem = split_stems(data, name)["held-out"][0]
+    anatomical, functional = name.split("_")
+    pictures = [np.asarray(iio.imread(data / name / folder_name / stem))[..., :3] for folder_name in name.split("_")]
+    grey = pictures[0][..., 0]
+    colour = fusion.is_colour(pictures[1])
+    second = pictures[1] if colour else pictures[1][..., 0]
+    panels = [(anatomical, pictures[0]), (functional, pictures[1])]
+    for method, label in (("laplacian", "Laplacian pyramid"), (fusion.DEFAULT_METHOD, f"default ({fusion.DEFAULT_METHOD})")):
+        if colour:
+            fused = fusion.fuse([grey / 255, second / 255], method="colour", inner=method, normalise=False).fused
+        else:
+            fused = np.repeat(fusion.fuse([grey / 255, second / 255], method=method, normalise=False).fused[..., None], 3, -1)
+        panels.append((label, np.round(np.clip(fused, 0, 1) * 255).astype(np.uint8)))
+    gap, top = 4, 18
+    height, width = grey.shape
+    canvas = Image.new("RGB", (len(panels) * (width + gap) - gap, height + top), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, picture) in enumerate(panels):
+        canvas.paste(Image.fromarray(picture), (i * (width + gap), top))
+        draw.text((i * (width + gap) + 4, 3), f"{label} ({stem})" if i < 2 else label, fill="black")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    canvas.save(path)
+    return path
 
 
 def print_targets(rows) -> None:
