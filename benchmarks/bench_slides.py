@@ -15,11 +15,13 @@ opening a slide: open the series, read the whole coarsest level (the overview) a
 * full decode: what the reader did before (pydicom ``dcmread`` and ``iter_pixels`` over every
   frame of level 0, assembled into the whole matrix), then the same region sliced from it.
 
-Reported per method: seconds to open, to read the overview and the region; the tracemalloc
-peak (Python and numpy allocations) and the resident-set peak (``ru_maxrss``) above the RSS after
-the imports (dask's first compute, which imports distributed, is done before). Accuracy: our region and overview against the full decode's (pydicom decodes both:
-they must be equal) and against wsidicom's (its own JPEG decoder: mean absolute difference).
-tracemalloc runs throughout, so the times include its overhead for all three alike.
+Reported per method: seconds to open, to read the overview and the region, and the
+resident-set peak (``ru_maxrss``) above the RSS after the imports (dask's first compute,
+which imports distributed, is done before them too). A second process per method measures
+the tracemalloc peak (Python and numpy allocations) of the same steps; the times come from
+the first, untraced one. Accuracy: our region and overview against the full decode's
+(pydicom decodes both: they must be equal) and against wsidicom's (its own JPEG decoder:
+mean absolute difference).
 
 Usage::
 
@@ -146,7 +148,7 @@ def _decode_all(file: Path, size: int) -> np.ndarray:
     return out
 
 
-def worker(method: str, folder: Path, sizes: list[int], out: Path) -> None:
+def worker(method: str, folder: Path, sizes: list[int], out: Path, trace: bool) -> None:
     """Open, overview and centre region with one method; arrays saved to ``out``, numbers printed as JSON."""
     import warnings
 
@@ -162,7 +164,8 @@ def worker(method: str, folder: Path, sizes: list[int], out: Path) -> None:
 
     start_region = sizes[0] // 2 - REGION // 2
     rss0 = _rss_bytes()
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     times = {}
     clock = time.perf_counter()
     if method == "ours":
@@ -191,7 +194,7 @@ def worker(method: str, folder: Path, sizes: list[int], out: Path) -> None:
         clock = time.perf_counter()
         region = full[start_region : start_region + REGION, start_region : start_region + REGION].copy()
     times["region"] = time.perf_counter() - clock
-    peak = tracemalloc.get_traced_memory()[1]
+    peak = tracemalloc.get_traced_memory()[1] if trace else 0
     tracemalloc.stop()
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     np.savez(out, region=region, overview=overview)
@@ -203,11 +206,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16384, help="level-0 side in pixels (multiple of 1024)")
     parser.add_argument("--quick", action="store_true", help="a 4096-pixel slide")
     parser.add_argument("--keep", type=Path, help="write (or reuse) the pyramid in this folder")
-    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "FOLDER", "SIZES", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, metavar=("METHOD", "FOLDER", "SIZES", "OUT", "TRACE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        method, folder, sizes, out = args.worker
-        worker(method, Path(folder), [int(s) for s in sizes.split(",")], Path(out))
+        method, folder, sizes, out, trace = args.worker
+        worker(method, Path(folder), [int(s) for s in sizes.split(",")], Path(out), trace == "traced")
         return
     size = 4096 if args.quick else args.size
     with tempfile.TemporaryDirectory() as scratch:
@@ -225,11 +228,15 @@ def main() -> None:
         results, arrays = {}, {}
         for method in ("ours", "wsidicom", "full decode"):
             out = Path(scratch) / f"{method.replace(' ', '_')}.npz"
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", method, str(folder), ",".join(map(str, sizes)), str(out)],
-                capture_output=True, text=True, check=True,
-            )
-            results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+            runs = [
+                subprocess.run(
+                    [sys.executable, __file__, "--worker", method, str(folder), ",".join(map(str, sizes)), str(out), trace],
+                    capture_output=True, text=True, check=True,
+                )
+                for trace in ("untraced", "traced")
+            ]
+            timed, traced = (json.loads(run.stdout.strip().splitlines()[-1]) for run in runs)
+            results[method] = {**timed, "traced_peak": traced["traced_peak"]}
             with np.load(out) as saved:
                 arrays[method] = {key: saved[key] for key in saved.files}
     print(f"{'method':<12} {'open s':>8} {'overview s':>11} {'region s':>9} {'traced peak MB':>15} {'RSS peak MB':>12}")
