@@ -146,4 +146,4 @@ def test_segment_widget_loads_a_bundle_by_its_weights_file(make_napari_viewer, t
     widget = SegmentWidget(make_napari_viewer())
     model = widget.load_model(str(tmp_path / "b" / "models" / "model.pt"))
     assert model is widget.model and model.config.architecture == "monai"
-    assert "inputs T1, FLAIR; classes [0, 1, 2]" in widget.status.text()
+    assert "inputs T1, FLAIR; classes 0 background, 1 oedema, 2 core" in widget.status.text()

@@ -50,6 +50,10 @@ def test_offline_download_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err.strip()
     assert code == 1 and "\n" not in error and "offline" in error and "brats_mri_segmentation" in error
     assert not (tmp_path / "out.nii.gz").exists()
+    code = main(["explain", str(tmp_path / "t1.nii.gz"), "--bundle", "brats_mri_segmentation", "--method", "saliency",
+                 "--target", "1", "-o", str(tmp_path / "map.nii.gz")])  # explain takes the same --bundle
+    error = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in error and "offline" in error
     with pytest.raises(ValueError, match="not a bundle name"):
         bundle.fetch_bundle("../../etc")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ._options import add_method_options, params_from_args, write_sidecar
 from ._outputs import check_outputs, model_files
+from .segment import add_model_options, in_model_order, model_from_args
 
 NIFTI = (".nii", ".nii.gz")
 
@@ -31,7 +32,7 @@ def add_parser(subparsers) -> None:
         conflict_handler="resolve",  # --target and --rollout below replace the registry's flags
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, one per model input channel")
-    parser.add_argument("--model", required=True, metavar="M", help="saved model (.pt + .json stem, or TorchScript)")
+    add_model_options(parser, "saved model (.pt + .json stem, TorchScript, or a MONAI bundle folder)", required=True)
     parser.add_argument("--roi", metavar="MASK", help="region: voxels > 0 of this label file (default: whole image)")
     add_method_options(parser, "explain")
     parser.add_argument("--target", required=True, type=int, metavar="CLASS", help="label value explained")
@@ -47,7 +48,6 @@ def add_parser(subparsers) -> None:
 
 
 def run_explain(args) -> int:
-    from ..core import segment
     from ..core.device import get_device
     from ..io.atomic import write_text
     from ..operations import get
@@ -55,7 +55,7 @@ def run_explain(args) -> int:
     from ._outputs import save_output
 
     check_outputs([("-o", args.output), ("--attribution-json", args.attribution_json)],
-                  [*args.images, args.roi, *model_files(args.model)], args.overwrite)
+                  [*args.images, args.roi, *(model_files(args.model) if args.model else [])], args.overwrite)
     output = Path(args.output)
     if not output.name.lower().endswith(NIFTI):
         raise ValueError(f"{output}: write .nii or .nii.gz")
@@ -65,8 +65,9 @@ def run_explain(args) -> int:
     params = params_from_args(operation, args)
     params["attribution"] = params["attribution"] or bool(args.attribution_json)
     get_device(args.device)
-    model = segment.load_model(args.model)
-    inputs = {"images": [read_image(path) for path in args.images], "model": model,
+    model = model_from_args(args)  # --model or --bundle (see commands.segment)
+    paths = in_model_order(model, list(args.images)) if model.config.architecture == "monai" else args.images
+    inputs = {"images": [read_image(path) for path in paths], "model": model,
               "region": read_image(args.roi, kind="labels") if args.roi else None}
     outputs, record = run("explain", args.method, inputs, params, device=args.device)
     save_output(output, outputs["map"], overwrite=args.overwrite, provenance=record.to_dict())

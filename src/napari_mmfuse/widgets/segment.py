@@ -6,7 +6,10 @@ paints a few strokes per class in a Labels layer (0 = unlabelled); the painted l
 read, never modified. Results arrive as a new Labels layer (the class probabilities in its
 ``metadata``) and an uncertainty image, each with the run's provenance. The last trained
 model is kept for the session (see :func:`session_model`), for "Predict" on other layers,
-warm-start retraining and the "Explain" widget. Parameters come from the registry
+warm-start retraining and the "Explain" widget. A MONAI bundle is loaded from a folder or
+fetched from the model zoo by name; its input channels are matched to the image layers by
+name, with one drop-down per channel to check or correct the match, and a multi-label
+(sigmoid) bundle gives one Labels layer per output channel. Parameters come from the registry
 (:class:`~napari_mmfuse.widgets._controls.ParameterForm`), runs go through the shared
 :class:`~napari_mmfuse.widgets._jobs.JobPanel`.
 """
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
+from napari.layers import Image as ImageLayer
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
@@ -26,6 +30,8 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
+    QLineEdit,
     QPushButton,
     QStackedWidget,
     QVBoxLayout,
@@ -74,6 +80,50 @@ def checked_images(layers) -> list:
     return [image_of(layer) for layer in layers]
 
 
+class ChannelPicker(QWidget):
+    """One image-layer drop-down per input channel of the model, preset by name.
+
+    The presets come from :func:`napari_mmfuse.core.bundle.match_channels` (T1, T1c/T1ce/T1Gd,
+    T2, FLAIR, ...); a channel no layer or several layers match starts at "(none)".
+    """
+
+    def __init__(self, viewer):
+        super().__init__()
+        self.viewer = viewer
+        self.form = QFormLayout(self)
+        self.form.setContentsMargins(0, 0, 0, 0)
+        self.names: list[str] = []
+        self.pickers: list[LayerPicker] = []
+
+    def set_channels(self, names, layers) -> list[str]:
+        """Rows for the channel ``names``, preset from ``layers``; returns the channels left unmatched."""
+        from ..core.bundle import match_channels
+
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.names = list(names)
+        self.pickers = [LayerPicker(self.viewer, (ImageLayer,), optional=True) for _ in self.names]
+        matched = match_channels(self.names, [layer.name for layer in layers]) if layers else [None] * len(self.names)
+        for name, picker, index in zip(self.names, self.pickers, matched):
+            if index is not None:
+                picker.set_layer(layers[index])
+            self.form.addRow(name, picker)
+        return [name for name, picker in zip(self.names, self.pickers) if picker.layer() is None]
+
+    def layers(self) -> list:
+        """The chosen layer of each channel, in the model's order.
+
+        Raises
+        ------
+        ValueError
+            A channel has no layer.
+        """
+        missing = [name for name, picker in zip(self.names, self.pickers) if picker.layer() is None]
+        if missing:
+            raise ValueError(f"pick the image layer of channel {', '.join(missing)} (model channels)")
+        return [picker.layer() for picker in self.pickers]
+
+
 class SegmentWidget(QWidget):
     """Segment the checked image layers.
 
@@ -118,6 +168,15 @@ class SegmentWidget(QWidget):
         self.predict_button = QPushButton("Predict with current model")
         self.save_button = QPushButton("Save model…")
         self.load_button = QPushButton("Load model…")
+        self.bundle_name = QLineEdit()
+        self.bundle_name.setPlaceholderText("zoo bundle, e.g. brats_mri_segmentation")
+        self.bundle_button = QPushButton("Get bundle")
+        self.bundle_button.setToolTip("download the MONAI Model Zoo bundle by name (once; kept in the bundle cache)")
+        self.trust = QCheckBox("trust the bundle's code")
+        self.trust.setToolTip("let MONAI's config parser evaluate the bundle's expressions and build a network "
+                              "from outside MONAI (runs code from the bundle)")
+        self.channels = ChannelPicker(viewer)
+        self.channels_label = QLabel("model channels")
         self.curve = CurvePlot("training loss per step")
 
         form = QFormLayout()
@@ -135,8 +194,17 @@ class SegmentWidget(QWidget):
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
         layout.addLayout(files)
+        zoo = QHBoxLayout()
+        zoo.addWidget(self.bundle_name)
+        zoo.addWidget(self.bundle_button)
+        layout.addLayout(zoo)
+        layout.addWidget(self.trust)
+        layout.addWidget(self.channels_label)
+        layout.addWidget(self.channels)
+        self.channels_label.setVisible(False)
         layout.addStretch()
         scroll_contents(self)
+        self.bundle_button.clicked.connect(lambda: self.get_bundle())
 
         self.method.currentIndexChanged.connect(self._show_method)
         self.predict_button.clicked.connect(self.predict)
@@ -211,9 +279,9 @@ class SegmentWidget(QWidget):
         if self.model is None:
             show_error("Segment: no model yet; train one or load a model file")
             return None
-        layers = self.layers.checked()
         config = self.model.config
         try:
+            layers = self.channels.layers() if self.channels.names else self.layers.checked()
             if len(layers) != config.in_channels:
                 raise ValueError(f"the model takes {config.in_channels} layers ({', '.join(config.channel_names)}); "
                                  f"{len(layers)} are checked")
@@ -261,18 +329,56 @@ class SegmentWidget(QWidget):
             path = choose_model_file(self)
             if not path:
                 return None
+        from ..core.bundle import bundle_of, load_bundle
         from ..core.segment import load_model
 
         try:
-            model = load_model(path)
+            model = load_bundle(path, trust_code=self.trust.isChecked()) if bundle_of(path) else load_model(path)
         except (ValueError, OSError) as error:
             show_error(f"Load model: {error}")
             return None
         self.model = model
-        remember_model(self.viewer, model, model.config.channel_names)
-        self.status.setText(f"loaded {path}: inputs {', '.join(model.config.channel_names)}; "
-                            f"classes {model.config.label_values}")
+        config = model.config
+        remember_model(self.viewer, model, config.channel_names)
+        classes = ", ".join(f"{v} {n}" for v, n in zip(config.label_values, config.class_names)) \
+            if config.class_names else str(config.label_values)
+        self.status.setText(f"loaded {path}: inputs {', '.join(config.channel_names)}; classes {classes}"
+                            + (" (multi-label)" if config.activation == "sigmoid" else ""))
+        self._preset_channels()
         return model
+
+    def get_bundle(self, name: str | None = None):
+        """Fetch the zoo bundle ``name`` (default: the field's) into the cache and load it; returns the worker."""
+        from napari.qt.threading import create_worker
+
+        from ..core.bundle import fetch_bundle
+
+        name = (name or self.bundle_name.text()).strip()
+        if not name:
+            show_error("Segment: type a MONAI Model Zoo bundle name, e.g. brats_mri_segmentation")
+            return None
+        self.status.setText(f"getting bundle {name}…")
+        worker = create_worker(fetch_bundle, name, _ignore_errors=True)  # reported once, by _bundle_failed
+        worker.returned.connect(lambda folder: self.load_model(str(folder)))
+        worker.errored.connect(self._bundle_failed)
+        worker.start()
+        return worker
+
+    def _bundle_failed(self, error) -> None:
+        show_error(f"Segment: {error}")
+        self.status.setText(str(error))
+
+    def _preset_channels(self) -> None:
+        """Channel drop-downs for a bundle (its channels have names), preset from the image layers."""
+        shown = self.model.config.architecture == "monai"
+        self.channels_label.setVisible(shown)
+        if not shown:
+            self.channels.set_channels([], [])
+            return
+        layers = self.layers.layers()  # every image layer offered, checked or not
+        unmatched = self.channels.set_channels(self.model.config.channel_names, layers)
+        if unmatched:
+            show_info(f"Segment: pick the layer of channel {', '.join(unmatched)}: no layer or several match by name")
 
     # ----------------------------------------------------------------- results
     def _on_progress(self, progress) -> None:
@@ -288,8 +394,18 @@ class SegmentWidget(QWidget):
             self.status.setText(f"model: {config.architecture}, {config.fusion} fusion, inputs "
                                 f"{', '.join(config.channel_names)}; classes {config.label_values}; "
                                 f"final loss {self.curve.values[-1]:.3g}" if self.curve.values else "model trained")
+        masks = outputs.get("masks")
         result = add_image_layer(self.viewer, outputs["labels"], like=first, name=f"{first.name} segmentation",
-                                 opacity=0.5)
+                                 opacity=0.5, visible=masks is None)
+        config = self.model.config if self.model is not None else None
+        if config is not None and config.class_names and masks is None:
+            result.features = {"index": list(config.label_values), "class": list(config.class_names)}
+        if masks is not None:  # a multi-label model: one layer per (overlapping) label, named by the model
+            names = config.class_names or [f"label {v}" for v in config.label_values]
+            for mask, value, name in zip(masks, config.label_values, names):
+                layer = outputs["labels"].like(mask * value, name=f"{first.name} {name}",
+                                               metadata=dict(outputs["labels"].metadata))
+                add_image_layer(self.viewer, layer, like=first, opacity=0.5)
         if "probabilities" in outputs:
             result.metadata["probabilities"] = outputs["probabilities"]
             result.metadata["label_values"] = list(self.model.config.label_values)

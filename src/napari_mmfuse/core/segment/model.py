@@ -189,7 +189,7 @@ def load_model(path, *, config: ModelConfig | dict | None = None,
         to load with ``weights_only=True`` (it would run arbitrary code).
     FileNotFoundError
     """
-    from ..bundle import bundle_of, read_bundle
+    from ..bundle.reader import bundle_of, read_bundle
 
     weights, config_path = _paths(path)
     bundle = bundle_of(path)

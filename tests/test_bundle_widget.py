@@ -1,0 +1,79 @@
+"""A zoo-style multi-label bundle in the real viewer: fetched by name, channels matched, one layer per label."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from test_bundle_geometry import BRATS_OUTPUTS, BRATS_WIRING, OBJECTS, dice, grid, make_brats_bundle, midpoints, \
+    monai_grid, phantom
+from test_bundle_zoo import offline
+
+from napari_mmfuse.core import bundle, space
+from napari_mmfuse.widgets import segment as segment_widget
+
+#: layer names as a BraTS case opens (not the bundle's channel order)
+LAYERS = {3: "BraTS_flair", 1: "BraTS_t1", 0: "BraTS_t1ce", 2: "BraTS_t2"}
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    messages = []
+    monkeypatch.setattr(segment_widget, "show_error", messages.append)
+    return messages
+
+
+def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+    import monai.bundle
+
+    affine, shape = grid("axial-lps")
+    images, points, centre = phantom(shape, affine)
+    make_brats_bundle(tmp_path / "cache" / "brats_mri_segmentation", pixdim=(0.8, 0.8, 3.0),
+                      thresholds=midpoints(images))
+    monkeypatch.setenv(bundle.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(monai.bundle, "download", offline)  # cached: no download
+
+    viewer = make_napari_viewer(show=True)
+    for channel, name in LAYERS.items():
+        viewer.add_image(images[channel], affine=affine, name=name, colormap="gray", visible=name == "BraTS_flair")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Segment")
+    widget.bundle_name.setText("brats_mri_segmentation")
+    assert widget.get_bundle() is not None
+    qtbot.waitUntil(lambda: widget.model is not None, timeout=60_000)
+    assert widget.model.config.activation == "sigmoid" and "Tumor core" in widget.status.text()
+    assert [picker.layer().name for picker in widget.channels.pickers] == ["BraTS_t1ce", "BraTS_t1", "BraTS_t2",
+                                                                           "BraTS_flair"]
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert not errors
+
+    _, work = monai_grid(shape, affine, "RAS", (0.8, 0.8, 3.0))
+    for output, (channel, axis) in BRATS_WIRING.items():
+        layer = viewer.layers[f"BraTS_t1ce {BRATS_OUTPUTS[str(output)]}"]
+        np.testing.assert_allclose(layer.affine.affine_matrix, affine)
+        offset, radius = OBJECTS[channel]
+        truth = np.linalg.norm(points - centre - offset - (work[:3, axis] if axis is not None else 0), axis=-1) < radius
+        assert dice(layer.data > 0, truth) > 0.9
+        assert layer.metadata["mmfuse"]["operation"] == "segment/predict"
+
+    z = int(round(space.world_to_voxel(affine, centre[None])[0][0]))
+    viewer.dims.set_current_step(0, z)
+    viewer.reset_view()
+    shots = Path(__file__).parent.parent / "docs" / "screenshots" / "bundles"
+    shots.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(shots / "brats_like_bundle.png"), canvas_only=True)
+    from qtpy.QtWidgets import QScrollArea
+
+    widget.findChild(QScrollArea).widget().grab().save(str(shots / "brats_like_bundle_panel.png"))  # whole panel
+
+
+def test_offline_bundle_field_says_so(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+    import monai.bundle
+
+    monkeypatch.setenv(bundle.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(monai.bundle, "download", offline)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Segment")
+    assert widget.get_bundle("spleen_ct_segmentation") is not None
+    qtbot.waitUntil(lambda: bool(errors), timeout=60_000)
+    assert "offline" in errors[0] and widget.model is None and "offline" in widget.status.text()
