@@ -306,7 +306,7 @@ def _monochrome(path: Path, pixels: np.ndarray, identifier: str) -> None:
 def test_viewer_decodes_only_the_tiles_in_view(decodes, make_napari_viewer, qtbot, tmp_path, shots_dir):
     import imageio.v3 as iio
 
-    levels = write_pyramid(tmp_path / "big", shape=(1536, 2048), tile=(128, 128))  # 192 tiles at level 0
+    write_pyramid(tmp_path / "big", shape=(1536, 2048), tile=(128, 128))  # 192 tiles at level 0
     viewer = make_napari_viewer(show=True)
     (layer,) = viewer.open(str(tmp_path / "big"), plugin="napari-mmfuse")
     assert layer.multiscale and layer.rgb and len(layer.data) == 3
@@ -315,13 +315,12 @@ def test_viewer_decodes_only_the_tiles_in_view(decodes, make_napari_viewer, qtbo
     assert layer.data_level > 0 and not any(name == "level0.dcm" for name, _ in decodes)
     decodes.clear()
     viewer.camera.zoom *= 8  # a 1/8 wide view of the slide's centre: level 0, a few tiles
-    viewer.camera.center = (viewer.camera.center[0], *np.asarray(layer.affine)[:2, :2] @ [800, 1000] + layer.affine.translate)
+    viewer.camera.center = tuple(layer.data_to_world((800, 1000)))
     detail = _settled_screenshot(viewer, qtbot)
     assert layer.data_level == 0
     assert 0 < len(decodes) <= 16 and {name for name, _ in decodes} == {"level0.dcm"}  # of 192
     iio.imwrite(shots_dir / "dicom_pyramid_whole_and_detail.png", np.concatenate([whole, detail], axis=1))
     assert whole.std() > 10 and detail.std() > 10
-    assert levels[0].shape == (1536, 2048, 3)
 
 
 def _settled_screenshot(viewer, qtbot) -> np.ndarray:
