@@ -150,6 +150,22 @@ def test_transform_writes_the_oblique_nifti_grid_as_simpleitk(scene, tmp_path):
     np.testing.assert_allclose(sitk.GetArrayFromImage(written).T, ours, atol=1e-4)
 
 
+def test_2d_metaimage_reference_with_swapped_flipped_axes(tmp_path):
+    """A 2D MetaImage whose columns run along -y and rows along +x: OUT has its size, direction and pixels."""
+    pixels = np.random.default_rng(0).random((30, 40)).astype(np.float32)
+    reference = sitk.GetImageFromArray(pixels)
+    reference.SetSpacing((0.5, 0.7))
+    reference.SetDirection((0.0, 1.0, -1.0, 0.0))
+    reference.SetOrigin((3.0, 4.0))
+    sitk.WriteImage(reference, str(tmp_path / "fixed.mha"))
+    sitk.WriteTransform(sitk.TranslationTransform(2, (0.0, 0.0)), str(tmp_path / "identity.tfm"))
+    assert main(["transform", str(tmp_path / "fixed.mha"), "--transform", str(tmp_path / "identity.tfm"),
+                 "--reference", str(tmp_path / "fixed.mha"), "-o", str(tmp_path / "out.mha")]) == 0  # fmt: skip
+    out = sitk.ReadImage(str(tmp_path / "out.mha"))
+    assert out.GetSize() == reference.GetSize() and out.GetDirection() == reference.GetDirection()
+    np.testing.assert_allclose(sitk.GetArrayFromImage(out), pixels, atol=1e-5)
+
+
 def test_label_transfer_on_the_reference_grid_nearest(scene, tmp_path):
     out = tmp_path / "seg.nii.gz"
     assert main(["transform", str(scene / "moving_seg.nii.gz"), "--transform", str(scene / "truth.tfm"),
@@ -240,6 +256,26 @@ def test_fuse_denoise_segment_and_replay_keep_the_input_file_grid(scene, tmp_pat
                  "--reference", str(fixed_path), "-o", str(out)]) == 0  # fmt: skip
     assert main(["replay", str(sidecar_path(out)), "-o", str(again)]) == 0
     np.testing.assert_array_equal(_check_on_fixed_grid(again, fixed_path), np.asarray(nib.load(str(out)).dataobj))
+
+
+def test_cohort_outputs_keep_the_subject_file_grid(scene, tmp_path):
+    """A recipe's outputs on a subject's input (denoised, fused onto it) are written on that file's grid."""
+    import shutil
+
+    from napari_mmfuse.cohort.recipe import parse_recipe
+    from napari_mmfuse.cohort.runner import run_subject
+    from napari_mmfuse.cohort.subjects import find_subjects
+
+    subject = tmp_path / "study" / "sub-01"
+    subject.mkdir(parents=True)
+    shutil.copy(scene / "fixed.nii.gz", subject / "sub-01_t1.nii.gz")
+    shutil.copy(scene / "moving.nii.gz", subject / "sub-01_t2.nii.gz")
+    recipe = parse_recipe({"recipe": 1, "name": "grid", "inputs": {"t1": "*_t1.nii.gz", "t2": "*_t2.nii.gz"},
+                           "steps": [{"id": "smooth", "op": "denoise/gaussian", "inputs": {"image": "t1"}},
+                                     {"id": "fused", "op": "fuse/average", "inputs": {"images": ["smooth", "t2"]}}]})
+    run_subject(recipe, find_subjects(recipe, str(tmp_path / "study" / "sub-*"))[0], tmp_path / "out")
+    for name in ("smooth", "fused"):
+        _check_on_fixed_grid(tmp_path / "out" / "sub-01" / f"{name}.nii.gz", scene / "fixed.nii.gz")
 
 
 def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:

@@ -159,7 +159,9 @@ class _Subject:
         for other in own.outputs.values():
             if other is not own.outputs[port]:
                 other.pop("path", None)
-        save_output(path, value, overwrite=True, provenance=own.to_dict())
+        grids = [held.metadata["grid"] for held in self.values.values()  # the files' own grids, inputs first
+                 if isinstance(getattr(held, "metadata", None), dict) and "grid" in held.metadata]
+        save_output(path, value, overwrite=True, provenance=own.to_dict(), grid=grids)
         own.save(sidecar_path(path), overwrite=True)
 
     def _reuse(self, step: Step) -> bool:

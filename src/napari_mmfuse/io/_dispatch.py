@@ -132,8 +132,10 @@ def write(
     fmt = write_format(path)
     if not (isinstance(data, da.Array) and fmt.streamed):
         data = np.asarray(data)
+    # nibabel writes a volume's first array axis as the file's fastest one (i); a 2D image becomes one slice
+    fastest_first = fmt.name == "nifti" and np.shape(affine) == (4, 4)
     for candidate in [grid] if isinstance(grid, dict) else grid or ():
-        placed = on_file_grid(data, affine, candidate, rgb=rgb, fastest_first=fmt.name == "nifti")
+        placed = on_file_grid(data, affine, candidate, rgb=rgb, fastest_first=fastest_first)
         if placed is not None:
             data, affine = placed
             break
