@@ -270,6 +270,25 @@ def test_truncated_jpeg_slide_is_refused_when_opened(jpeg_sparse, tmp_path):
         read_dicom(cut)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_corrupt_jpeg_slide_reads_or_refuses_in_one_line(jpeg_sparse, tmp_path, seed):
+    folder, _ = jpeg_sparse
+    data = bytearray((folder / "level0.dcm").read_bytes())
+    rng = np.random.default_rng(seed)
+    if seed % 2:
+        data = data[: int(len(data) * rng.uniform(0.3, 0.99))]
+    for spot in np.concatenate([rng.integers(0, 2048, 3), rng.integers(0, len(data), 5)]):
+        data[spot] ^= int(rng.integers(1, 256))
+    victim = tmp_path / "corrupt" / "level0.dcm"  # alone in its folder
+    victim.parent.mkdir()
+    victim.write_bytes(bytes(data))
+    try:
+        for record in read_dicom(victim):
+            np.asarray(record.level0)  # tiles decode now: a broken one is a ReadError too
+    except ReadError as error:
+        assert "\n" not in str(error) and "level0.dcm" in str(error)
+
+
 def test_optical_paths_in_separate_files_make_channels(tmp_path):
     """Fluorescence: one monochrome instance per optical path, all of one level; no PixelSpacing."""
     truth = np.random.default_rng(7).integers(0, 4000, (2, 300, 260), dtype=np.uint16)
