@@ -77,3 +77,23 @@ def test_offline_bundle_field_says_so(make_napari_viewer, qtbot, tmp_path, monke
     assert widget.get_bundle("spleen_ct_segmentation") is not None
     qtbot.waitUntil(lambda: bool(errors), timeout=60_000)
     assert "offline" in errors[0] and widget.model is None and "offline" in widget.status.text()
+
+
+def test_softmax_bundle_gives_one_labels_layer_with_the_bundle_names(make_napari_viewer, qtbot, tmp_path, errors):
+    from test_bundle_geometry import make_spleen_bundle, world_points
+
+    affine, shape = grid("axial-lps")
+    points = world_points(shape, affine)
+    ct = np.where(np.linalg.norm(points - np.array([12.0, -16.0, 27.0]), axis=-1) < 10, 100.0, 0.0).astype(np.float32)
+    viewer = make_napari_viewer()
+    viewer.add_image(ct, affine=affine, name="abdomen CT")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Segment")
+    model = widget.load_model(str(make_spleen_bundle(tmp_path / "spleen") / "models" / "model.pt"))
+    assert model.config.class_names == ["background", "spleen"]
+    assert widget.channels.pickers[0].layer().name == "abdomen CT"  # one channel, one image
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert not errors
+    result = viewer.layers["abdomen CT segmentation"]
+    assert list(result.features["class"]) == ["background", "spleen"]
+    assert set(np.unique(result.data)) == {0, 1} and dice(result.data == 1, ct > 0) > 0.8  # shifted one voxel
