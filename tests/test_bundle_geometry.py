@@ -87,7 +87,8 @@ def make_brats_bundle(folder, *, pixdim=(1.0, 1.0, 1.0), roi=(32, 32, 16), thres
     net = linear_unet(4, 3, BRATS_WIRING, thresholds)
     preprocessing = [{"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
                      {"_target_": "Spacingd", "keys": "image", "pixdim": list(pixdim), "mode": "bilinear"},
-                     {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]
+                     {"_target_": "monai.transforms.NormalizeIntensityd", "keys": "@image_key", "nonzero": True,
+                      "channel_wise": True}]  # a reference in keys (unused here) and a full module path
     return write_bundle(folder, net, network_args=network_args(4, 3), preprocessing=preprocessing, roi=list(roi),
                         head="sigmoid", channels=BRATS_CHANNELS, outputs=BRATS_OUTPUTS)
 

@@ -122,8 +122,9 @@ class _Values:
         return module, name
 
     def arguments(self, node: dict, where: str) -> dict:
-        """Keyword arguments of a ``{"_target_": ...}`` node."""
-        return {k: self.literal(v, f"{where}::{k}") for k, v in node.items() if not k.startswith("_")}
+        """Keyword arguments of a ``{"_target_": ...}`` node (a dictionary transform's ``keys`` left out)."""
+        return {k: self.literal(v, f"{where}::{k}") for k, v in node.items()
+                if not k.startswith("_") and k not in DICTIONARY_ONLY}
 
     def transforms(self, node, where: str) -> list[tuple[dict, str]]:
         """(node, id) of the transforms of a ``Compose`` node (or of a list, or of one transform)."""
@@ -164,8 +165,7 @@ def _preprocessing(values: _Values, inference: dict) -> tuple[str, list | None, 
         elif transform in ("Spacingd", "Spacing"):
             spacing = arguments.get("pixdim")
         elif transform in INTENSITY:
-            intensity.append({"name": INTENSITY[transform],
-                              "args": {k: v for k, v in arguments.items() if k not in DICTIONARY_ONLY}})
+            intensity.append({"name": INTENSITY[transform], "args": arguments})
         else:
             raise ValueError(f"the bundle's preprocessing uses {transform}, which this reader does not apply; "
                              "the network would see other inputs than it was trained on")
