@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import iter_pixels
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
@@ -239,6 +239,29 @@ def test_tiled_level_indexes_like_numpy_and_pastes_tiles_off_the_grid(native, de
     decodes.clear()
     np.testing.assert_array_equal(TiledLevel([table], moved, TILE, total, 1, 3, np.uint8, 255)[:], expected)
     assert sorted(k for _, k in decodes) == list(range(table.n_frames))  # each tile decoded once
+
+
+@pytest.mark.parametrize("layout", ["one fragment per frame", "basic offsets", "extended offsets"])
+def test_frames_are_found_from_offset_tables(jpeg_sparse, tmp_path, layout):
+    folder, _ = jpeg_sparse
+    source = pydicom.dcmread(folder / "level0.dcm")
+    frames = list(generate_frames(source.PixelData, number_of_frames=int(source.NumberOfFrames)))
+    split = layout != "one fragment per frame"  # else two fragments per frame, found through an offset table
+    data = encapsulate(frames, fragments_per_frame=1 + split)
+    if layout == "extended offsets":  # the Basic Offset Table's values moved to an Extended one
+        bot = np.frombuffer(data[8 : 8 + int.from_bytes(data[4:8], "little")], "<u4").astype("<u8")
+        data = data[:4] + bytes(4) + data[8 + 4 * len(bot) :]
+        lengths = np.diff(np.append(bot, len(data) - 8 - 8)).astype("<u8")  # items up to the delimiter
+        source.ExtendedOffsetTable, source.ExtendedOffsetTableLengths = bot.tobytes(), lengths.tobytes()
+    source.PixelData = data
+    source["PixelData"].VR = "OB"
+    source.save_as(tmp_path / "level0.dcm")
+    _, table = read_frame_table(tmp_path / "level0.dcm")
+    assert table.n_frames == len(frames) and len(table.offsets) == len(frames) * (1 + split)
+    (record,) = read_dicom(tmp_path / "level0.dcm")
+    (original,) = read_dicom(folder / "level0.dcm")  # no offset table, one fragment per frame
+    np.testing.assert_array_equal(np.asarray(record.data[0] if record.multiscale else record.data),
+                                  np.asarray(original.data[0]))
 
 
 def test_opening_and_one_tile_stay_far_below_the_slide(native, tmp_path):

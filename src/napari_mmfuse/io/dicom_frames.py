@@ -245,7 +245,10 @@ def read_frame_table(file: Path):
         if n_frames < 1:
             raise ReadError(file, f"corrupt: {n_frames} frames declared")
         frame_bytes = declared_frame_bytes(dataset)
-        options = {key: value for key, value in as_pixel_options(dataset).items() if key != "number_of_frames"}
+        options = {  # the options of one frame, decoded alone
+            key: value for key, value in as_pixel_options(dataset).items()
+            if key not in ("number_of_frames", "extended_offsets")
+        }
         options["pixel_keyword"] = "PixelData"
         if not syntax.is_encapsulated:
             bits = int(dataset.get("BitsAllocated") or 8)
