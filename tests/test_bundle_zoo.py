@@ -56,6 +56,9 @@ def test_offline_download_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     assert code == 1 and "\n" not in error and "offline" in error
     with pytest.raises(ValueError, match="not a bundle name"):
         bundle.fetch_bundle("../../etc")
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    assert bundle.CACHE_VARIABLE in capsys.readouterr().out  # the help names the cache variable
 
 
 def test_download_goes_through_monai_into_the_cache(tmp_path, monkeypatch):

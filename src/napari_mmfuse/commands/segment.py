@@ -57,13 +57,11 @@ def add_model_options(parser, model_help: str, *, required: bool = False) -> Non
     Shared by the commands that apply a segmentation model (``segment``, ``explain``);
     :func:`model_from_args` loads what they name.
     """
-    from ..core.bundle import CACHE_VARIABLE
-
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--model", metavar="M", help=model_help)
     source.add_argument("--bundle", metavar="NAME", help="a MONAI Model Zoo bundle by name (e.g. "
                         "brats_mri_segmentation), downloaded by MONAI on first use into the bundle cache "
-                        f"(${CACHE_VARIABLE}, default the user cache folder)")
+                        "($MMFUSE_BUNDLE_CACHE, default the user cache folder)")  # core.bundle.CACHE_VARIABLE
     parser.add_argument("--trust-bundle-code", action="store_true", help="let MONAI's config parser evaluate the "
                         "bundle's expressions and build a network from outside MONAI (runs the bundle's code)")
 
