@@ -370,3 +370,23 @@ def _settled_screenshot(viewer, qtbot) -> np.ndarray:
     viewer.screenshot(canvas_only=True, flash=False)
     qtbot.wait(50)
     return viewer.screenshot(canvas_only=True, flash=False)[..., :3]
+
+
+REAL_SLIDE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "slides" / "multiplex_dicom" / "small_dicom.dcm"
+
+
+@pytest.mark.skipif(not REAL_SLIDE.is_file(), reason="shared DICOM whole-slide sample is absent")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_real_slide_shows_in_the_viewer(decodes, make_napari_viewer, qtbot, shots_dir):
+    import imageio.v3 as iio
+
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(REAL_SLIDE), plugin="napari-mmfuse")
+    assert layer.rgb and layer.data.shape == (2638, 3236, 3) and layer.data.chunksize == (500, 500, 3)
+    viewer.reset_view()
+    shot = _settled_screenshot(viewer, qtbot)
+    iio.imwrite(shots_dir / "real_small_dicom.png", shot)
+    # its frame order is not declared: the edges of 16 frames decide it on opening; then the
+    # one level, all in view, has each of its 42 tiles decoded once
+    assert len(decodes) == 16 + 42
+    assert shot.std() > 20
