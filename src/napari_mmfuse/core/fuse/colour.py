@@ -46,13 +46,20 @@ def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_ycbcr`, clipped to [0, 1]; shape (..., 3), float32."""
+    """Inverse of :func:`rgb_to_ycbcr`; shape (..., 3), float32 in [0, 1].
+
+    Y is clipped to [0, 1]; a colour that would then leave the RGB cube (a bright fused
+    luminance under a saturated chroma) is desaturated, Cb and Cr scaled down together
+    until it fits, instead of clipping each channel: the luminance (BT.601) stays Y.
+    """
     ycbcr = np.asarray(ycbcr, dtype=np.float32)
-    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] / _RGB_TO_YCBCR_CB, ycbcr[..., 2] / _RGB_TO_YCBCR_CR
-    r = y + cr
-    b = y + cb
-    g = (y - 0.299 * r - 0.114 * b) / 0.587
-    return np.clip(np.stack([r, g, b], axis=-1), 0, 1).astype(np.float32)
+    y = np.clip(ycbcr[..., 0], 0, 1)
+    cb, cr = ycbcr[..., 1] / _RGB_TO_YCBCR_CB, ycbcr[..., 2] / _RGB_TO_YCBCR_CR
+    chroma = np.stack([cr, -(0.299 * cr + 0.114 * cb) / 0.587, cb], axis=-1)  # RGB minus Y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(chroma > 0, (1 - y[..., None]) / chroma, np.where(chroma < 0, -y[..., None] / chroma, np.inf))
+    scale = np.clip(room.min(axis=-1), 0, 1)[..., None]
+    return np.clip(y[..., None] + scale * chroma, 0, 1).astype(np.float32)
 
 
 def apply_colormap(image: np.ndarray, name: str = "hot") -> np.ndarray:
