@@ -278,6 +278,28 @@ def test_cohort_outputs_keep_the_subject_file_grid(scene, tmp_path):
         _check_on_fixed_grid(tmp_path / "out" / "sub-01" / f"{name}.nii.gz", scene / "fixed.nii.gz")
 
 
+def test_a_saved_deformable_transform_puts_its_field_on_the_fixed_file_grid(scene, tmp_path):
+    """save_output of a deformable transform (cohorts, replay): the field file lies on FIXED's own grid."""
+    from napari_mmfuse.commands._outputs import save_output
+    from napari_mmfuse.io.transforms import Transform, read_displacement_field
+    from napari_mmfuse.pipeline import read_image
+
+    fixed = read_image(scene / "fixed.nii.gz")
+    field = np.random.default_rng(0).normal(size=(*fixed.data.shape, 3)).astype(np.float32)
+    transform = Transform(np.eye(4), field, fixed.affine)
+    save_output(tmp_path / "t.tfm", transform, grid=[{"shape": [2, 2, 2], "affine": np.eye(4).tolist()},
+                                                     fixed.metadata["grid"]])  # fmt: skip
+    written = nib.load(str(tmp_path / "t_field.nii.gz"))
+    assert written.shape[:3] == SHAPE
+    np.testing.assert_allclose(written.affine, nib.load(str(scene / "fixed.nii.gz")).affine, atol=1e-5)
+    # every vector sits at the voxel of the same world position, unchanged
+    again, affine = read_displacement_field(tmp_path / "t_field.nii.gz")
+    index = np.indices(fixed.data.shape).reshape(3, -1)
+    world = fixed.affine[:3, :3] @ index + fixed.affine[:3, 3:]
+    there = np.rint(np.linalg.solve(affine[:3, :3], world - affine[:3, 3:])).astype(int)
+    np.testing.assert_allclose(again[tuple(there)], field.reshape(-1, 3), atol=1e-6)
+
+
 def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:
     """One CT file per slice of ``values`` (slice, row, column), shuffled names; spacing (column, row, slice)."""
     folder.mkdir()

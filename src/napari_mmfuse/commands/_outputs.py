@@ -129,8 +129,8 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
         8 bits instead.
     grid : dict or sequence of dict, optional
         The reference file's voxel grid (its reader's ``metadata["grid"]``), or the grids of
-        all inputs: an image on one of them is written exactly on it, in that file's array
-        order (see :func:`napari_mmfuse.io.write`).
+        all inputs: an image (or a deformable transform's field) on one of them is written
+        exactly on it, in that file's array order (see :func:`napari_mmfuse.io.write`).
     """
     from ..io import as_picture, is_picture, write
     from ..operations import Image
@@ -138,7 +138,7 @@ def save_output(path, value, *, overwrite: bool = False, provenance: dict | None
     path = Path(path)
     if getattr(value, "kind", None) == "transform" and getattr(value, "displacement", None) is not None:
         field = path.with_name(path.name.split(".")[0] + "_field.nii.gz")
-        return value.save(path, overwrite=overwrite, displacement_path=field)
+        return value.save(path, overwrite=overwrite, displacement_path=field, grid=grid)
     if not isinstance(value, Image):
         return value.save(path, overwrite=overwrite)
     data = value.data

@@ -152,7 +152,7 @@ def file_grid(shape, affine, *, fastest_first: bool = False) -> dict:
     return {"shape": shape, "affine": affine.tolist()}
 
 
-def on_file_grid(data, affine, grid: dict, *, rgb: bool = False, fastest_first: bool = False):
+def on_file_grid(data, affine, grid, *, rgb: bool = False, fastest_first: bool = False):
     """``data`` in the array order of a file's grid, when it lies on that grid up to axis order.
 
     A result resampled onto a reference image lies on the reference's grid as our readers
@@ -166,9 +166,11 @@ def on_file_grid(data, affine, grid: dict, *, rgb: bool = False, fastest_first: 
         Spatial axes first, then RGB when ``rgb``.
     affine : ndarray, shape (n + 1, n + 1)
         Index -> world affine of ``data``.
-    grid : dict
-        A :func:`file_grid` record.
+    grid : dict or sequence of dict
+        A :func:`file_grid` record, or several (e.g. every input's): the first ``data`` lies on
+        is taken.
     rgb : bool
+        Whether the last axis is not spatial (RGB, or a displacement field's vector components).
     fastest_first : bool
         Return the array with the file's fastest axis first (for nibabel's NIfTI writer);
         else slowest first (ITK, TIFF, Zarr writers).
@@ -177,8 +179,17 @@ def on_file_grid(data, affine, grid: dict, *, rgb: bool = False, fastest_first: 
     -------
     (data, affine) or None
         The reordered data and the grid's own affine (exactly the reference file's), or
-        None when ``data`` does not lie on ``grid`` (other shape, spacing, direction or origin).
+        None when ``data`` lies on no ``grid`` (other shape, spacing, direction or origin).
     """
+    for candidate in [grid] if isinstance(grid, dict) else grid:
+        placed = _on_one_grid(data, affine, candidate, rgb, fastest_first)
+        if placed is not None:
+            return placed
+    return None
+
+
+def _on_one_grid(data, affine, grid: dict, rgb: bool, fastest_first: bool):
+    """:func:`on_file_grid` for one grid record."""
     affine = np.asarray(affine, dtype=np.float64)
     target = np.asarray(grid["affine"], dtype=np.float64)
     shape = tuple(int(n) for n in grid["shape"])

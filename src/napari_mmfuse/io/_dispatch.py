@@ -134,11 +134,9 @@ def write(
         data = np.asarray(data)
     # nibabel writes a volume's first array axis as the file's fastest one (i); a 2D image becomes one slice
     fastest_first = fmt.name == "nifti" and np.shape(affine) == (4, 4)
-    for candidate in [grid] if isinstance(grid, dict) else grid or ():
-        placed = on_file_grid(data, affine, candidate, rgb=rgb, fastest_first=fastest_first)
-        if placed is not None:
-            data, affine = placed
-            break
+    placed = on_file_grid(data, affine, grid, rgb=rgb, fastest_first=fastest_first) if grid else None
+    if placed is not None:
+        data, affine = placed
     units = units if units in ("mm", "um", "pixel") else "pixel"
     if fmt.name == "nifti":
         from .nifti import write_nifti

@@ -268,9 +268,10 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
         to ``x + displacement(x)``.
     affine : ndarray, shape (n + 1, n + 1)
         Grid index -> world (napari order); must have no shear.
-    grid : dict, optional
-        The fixed file's own grid (its reader's ``metadata["grid"]``): a field on that grid is
-        written in the file's array order, voxel for voxel with it (the vectors are unchanged).
+    grid : dict or sequence of dict, optional
+        The fixed file's own grid (its reader's ``metadata["grid"]``), or several: a field on
+        one is written in that file's array order, voxel for voxel with it (the vectors are
+        unchanged).
 
     Returns
     -------
@@ -282,10 +283,9 @@ def write_displacement_field(path, displacement, affine, *, overwrite: bool = Fa
     if _field_suffix(path) not in FIELD_SUFFIXES:
         raise ValueError(f"a displacement field file must end in one of {', '.join(FIELD_SUFFIXES)}: {path}")
     displacement = np.asarray(displacement, np.float64)
-    if grid is not None:
-        placed = on_file_grid(displacement, affine, grid, rgb=True)  # components trail, like RGB
-        if placed is not None:
-            displacement, affine = placed
+    placed = on_file_grid(displacement, affine, grid, rgb=True) if grid else None  # components trail, like RGB
+    if placed is not None:
+        displacement, affine = placed
     n = displacement.ndim - 1
     if n not in (2, 3) or displacement.shape[-1] != n:
         raise ValueError(f"displacement must have shape (*shape, n) with n = 2 or 3, got {displacement.shape}")
@@ -401,8 +401,9 @@ class Transform:
         """The transform a provenance ``source`` entry names (see :meth:`read`)."""
         return cls.read(source["path"], source.get("displacement"))
 
-    def save(self, path, *, overwrite: bool = False, displacement_path=None) -> Path:
-        """Write the linear part by suffix (.tfm/.txt ITK text, .json), the field to ``displacement_path``.
+    def save(self, path, *, overwrite: bool = False, displacement_path=None, grid=None) -> Path:
+        """Write the linear part by suffix (.tfm/.txt ITK text, .json), the field to ``displacement_path``
+        (on the fixed file's own ``grid`` when it lies there, see :func:`write_displacement_field`).
 
         Raises
         ------
@@ -416,7 +417,8 @@ class Transform:
             raise ValueError("this transform has no displacement field to write")
         written = write_transform(path, self.matrix, overwrite=overwrite)
         if displacement_path is not None:
-            write_displacement_field(displacement_path, self.displacement, self.displacement_affine, overwrite=overwrite)
+            write_displacement_field(displacement_path, self.displacement, self.displacement_affine, overwrite=overwrite,
+                                     grid=grid)
         return written
 
     def describe(self) -> dict:
