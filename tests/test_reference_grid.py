@@ -6,6 +6,8 @@ reorders them) and a synthetic oblique DICOM series; ``mmfuse transform``, ``reg
 ``SimpleITK.Resample(moving, fixed, T)``, and the .tfm files with ``SimpleITK.ReadTransform``.
 """
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -298,6 +300,25 @@ def test_a_saved_deformable_transform_puts_its_field_on_the_fixed_file_grid(scen
     world = fixed.affine[:3, :3] @ index + fixed.affine[:3, 3:]
     there = np.rint(np.linalg.solve(affine[:3, :3], world - affine[:3, 3:])).astype(int)
     np.testing.assert_allclose(again[tuple(there)], field.reshape(-1, 3), atol=1e-6)
+
+
+IXI = Path(__file__).resolve().parents[2] / "shared" / "data" / "registration" / "ixi002_t1_t2"
+
+
+def test_real_ixi_t2_onto_t1_has_the_t1_file_grid(tmp_path):
+    """The issue's case: IXI002 T1 is stored (150, 256, 256); T2 resampled onto it used to come out (256, 256, 150)."""
+    t1, t2 = IXI / "hd_bet_IXI002-Guys-0828-T1.nii.gz", IXI / "hd_bet_IXI002-Guys-0828-T2.nii.gz"
+    if not (t1.is_file() and t2.is_file()):
+        pytest.skip("the shared IXI002 T1/T2 images are absent")
+    sitk.WriteTransform(sitk.Euler3DTransform(), str(tmp_path / "identity.tfm"))
+    out = tmp_path / "t2_on_t1.nii.gz"
+    assert main(["transform", str(t2), "--transform", str(tmp_path / "identity.tfm"), "--reference", str(t1),
+                 "-o", str(out)]) == 0  # fmt: skip
+    written, reference = nib.load(str(out)), nib.load(str(t1))
+    assert written.shape == reference.shape == (150, 256, 256)
+    np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+    theirs = _sitk_resample(sitk.ReadImage(str(t2), sitk.sitkFloat32), sitk.ReadImage(str(t1)), sitk.Euler3DTransform())
+    np.testing.assert_allclose(_inner(np.asarray(written.dataobj)), _inner(theirs), atol=0.05)
 
 
 def _write_dicom_series(folder, values: np.ndarray, origin, rowcos, colcos, spacing) -> None:
