@@ -220,8 +220,8 @@ def test_tiled_level_indexes_like_numpy_and_pastes_tiles_off_the_grid(native, de
     folder, levels = native
     _, table = read_frame_table(folder / "level0.dcm")
     origins = [divmod(k, 4) for k in range(table.n_frames)]  # TILED_FULL: 4 tiles across
-    tiles = {(0, i, j): [(i * TILE[0], j * TILE[1], 0, k)] for k, (i, j) in enumerate(origins)}
-    level = TiledLevel([table], tiles, TILE, SHAPE, 1, 3, np.uint8, 255)
+    grid = np.stack([np.zeros((1, 3, 4), np.int32), np.arange(12, dtype=np.int32).reshape(1, 3, 4)], axis=-1)
+    level = TiledLevel([table], grid, {}, TILE, SHAPE, 3, np.uint8, 255)
     truth = levels[0]
     keys = [(slice(None),), (5, slice(10, 600, 7)), (slice(690, 100, -13), 999, 1), (Ellipsis, 0),
             (slice(-300, None, 2), slice(None, None, -1)), (slice(10, 10),)]
@@ -237,7 +237,8 @@ def test_tiled_level_indexes_like_numpy_and_pastes_tiles_off_the_grid(native, de
     expected = np.full(total + (3,), 255, np.uint8)
     expected[shift[0] :, shift[1] :] = truth
     decodes.clear()
-    np.testing.assert_array_equal(TiledLevel([table], moved, TILE, total, 1, 3, np.uint8, 255)[:], expected)
+    empty = np.full((1, 4, 5, 2), -1, np.int32)
+    np.testing.assert_array_equal(TiledLevel([table], empty, moved, TILE, total, 3, np.uint8, 255)[:], expected)
     assert sorted(k for _, k in decodes) == list(range(table.n_frames))  # each tile decoded once
 
 

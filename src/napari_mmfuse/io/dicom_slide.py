@@ -214,29 +214,45 @@ def _pixel_spacing(instance: _Instance) -> tuple[tuple[float, float], str]:
 
 
 def _level_array(level: list[_Instance], path_ids: list[str], samples: int, dtype, fill) -> da.Array:
-    """A dask array of one pyramid level, a chunk per tile, decoded when computed (see :class:`.TiledLevel`)."""
+    """A dask array of one pyramid level, a chunk per tile, decoded when computed (see :class:`.TiledLevel`).
+
+    Tiles on the tile grid go into an index array (vectorised: a 100k-pixel slide has
+    150k tiles); tiles off the grid, which TILED_SPARSE allows, into a dictionary.
+    """
     base = level[0]
-    th, tw = base.tile
-    rows, cols = base.total
-    tiles: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
-    covered = 0.0
+    (th, tw), (rows, cols) = base.tile, base.total
+    index = {identifier: k for k, identifier in enumerate(path_ids)}
     plane = min(i.planes.min() for i in level)  # the first focal plane
+    parts, covered = [], 0.0
     for number, instance in enumerate(level):
         if instance.tile != base.tile:
             raise ReadError(instance.file, f"{instance.tile} tiles where {base.file.name} of the same level has {base.tile}")
-        for frame in np.flatnonzero(instance.planes == plane):
-            row, col, identifier = int(instance.rows[frame]), int(instance.cols[frame]), instance.paths[frame]
-            if not (0 <= row < rows and 0 <= col < cols):
-                raise ReadError(
-                    instance.file, f"corrupt: frame {frame + 1} sits at row {row + 1}, column {col + 1}, outside "
-                    f"the {cols}x{rows} matrix"
-                )
-            if identifier not in path_ids:
-                continue
-            tiles.setdefault((path_ids.index(identifier), row // th, col // tw), []).append((row, col, number, int(frame)))
-            covered += min(th, rows - row) * min(tw, cols - col)
+        frames = np.flatnonzero(instance.planes == plane)
+        row, col = instance.rows[frames], instance.cols[frames]
+        outside = np.flatnonzero((row < 0) | (row >= rows) | (col < 0) | (col >= cols))
+        if len(outside):
+            k = outside[0]
+            raise ReadError(
+                instance.file, f"corrupt: frame {frames[k] + 1} sits at row {row[k] + 1}, column {col[k] + 1}, "
+                f"outside the {cols}x{rows} matrix"
+            )
+        path = np.array([index.get(instance.paths[f], -1) for f in frames], np.int64)
+        known = path >= 0  # an optical path of another level only
+        frames, row, col, path = frames[known], row[known], col[known], path[known]
+        covered += float(np.sum(np.minimum(th, rows - row) * np.minimum(tw, cols - col)))
+        parts.append((number, frames, row, col, path))
     _check_coverage(base, covered, len(path_ids), samples, dtype)
-    lazy = TiledLevel([i.table for i in level], tiles, base.tile, base.total, len(path_ids), samples, dtype, fill)
+    grid = np.full((len(path_ids), -(-rows // th), -(-cols // tw), 2), -1, np.int32)
+    off_grid: dict[tuple[int, int, int], list[tuple[int, int, int, int]]] = {}
+    for number, frames, row, col, path in parts:
+        aligned = (row % th == 0) & (col % tw == 0)
+        grid[path[aligned], row[aligned] // th, col[aligned] // tw] = np.stack(
+            [np.full(int(aligned.sum()), number), frames[aligned]], axis=-1
+        )
+        for k in np.flatnonzero(~aligned).tolist():
+            key = (int(path[k]), int(row[k]) // th, int(col[k]) // tw)
+            off_grid.setdefault(key, []).append((int(row[k]), int(col[k]), number, int(frames[k])))
+    lazy = TiledLevel([i.table for i in level], grid, off_grid, base.tile, base.total, samples, dtype, fill)
     return lazy.to_dask("dicom-slide-" + tokenize([(str(i.file), i.file.stat().st_mtime_ns) for i in level], path_ids))
 
 

@@ -21,16 +21,16 @@ class TiledLevel:
     ----------
     tables : list of FrameTable
         The frames of the level's files.
-    tiles : dict
-        ``(path index, tile-grid row, tile-grid column)`` of a tile's first pixel ->
-        list of ``(row, column, table index, frame index)``; tiles off the grid
-        (TILED_SPARSE allows them) are found from the neighbouring cells too.
+    grid : ndarray of int32, shape (paths, tile rows, tile columns, 2)
+        (table index, frame index) of the tile at each place of the tile grid, -1 where none.
+    off_grid : dict
+        Tiles off the grid (TILED_SPARSE allows them): ``(path index, tile-grid row,
+        tile-grid column)`` of the tile's first pixel -> list of ``(row, column, table
+        index, frame index)``; they are found from the neighbouring cells too.
     tile : tuple of int
         Tile rows and columns.
     total : tuple of int
         Rows and columns of the level.
-    n_paths : int
-        Optical paths: a leading channel axis when more than one.
     samples : int
         Samples per pixel: a trailing axis when more than one.
     dtype : numpy dtype
@@ -38,12 +38,12 @@ class TiledLevel:
         Value where no tile lies (white for RGB).
     """
 
-    def __init__(self, tables: list[FrameTable], tiles: dict, tile, total, n_paths: int, samples: int, dtype, fill):
-        self.tables, self.tiles = tables, tiles
+    def __init__(self, tables: list[FrameTable], grid: np.ndarray, off_grid: dict, tile, total, samples: int, dtype, fill):
+        self.tables, self.grid, self.off_grid = tables, grid, off_grid
         self.tile, self.total = tuple(tile), tuple(total)
-        self.n_paths, self.samples, self.fill = n_paths, samples, fill
+        self.n_paths, self.samples, self.fill = grid.shape[0], samples, fill
         self.dtype = np.dtype(dtype)
-        self.shape = ((n_paths,) if n_paths > 1 else ()) + self.total + ((samples,) if samples > 1 else ())
+        self.shape = ((self.n_paths,) if self.n_paths > 1 else ()) + self.total + ((samples,) if samples > 1 else ())
         self.ndim = len(self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
@@ -89,7 +89,7 @@ class TiledLevel:
         for n, path in enumerate(paths):
             for i in range(max(0, r0 // th - 1), -(-r1 // th) if r1 > r0 else 0):
                 for j in range(max(0, c0 // tw - 1), -(-c1 // tw) if c1 > c0 else 0):
-                    for row, col, table, frame in self.tiles.get((path, i, j), ()):
+                    for row, col, table, frame in self._tiles(path, i, j):
                         top, bottom = max(r0, row), min(r1, row + th)
                         left, right = max(c0, col), min(c1, col + tw)
                         if top < bottom and left < right:
@@ -101,6 +101,12 @@ class TiledLevel:
         out = out[..., s0:s1]
         out = out if offset else out[0]
         return out if self.samples > 1 else out[..., 0]
+
+    def _tiles(self, path: int, i: int, j: int) -> list[tuple[int, int, int, int]]:
+        """(row, column, table, frame) of the tiles whose first pixel lies in grid cell (i, j)."""
+        table, frame = (int(v) for v in self.grid[path, i, j])
+        on_grid = [(i * self.tile[0], j * self.tile[1], table, frame)] if table >= 0 else []
+        return on_grid + self.off_grid.get((path, i, j), [])
 
     def to_dask(self, name: str) -> da.Array:
         """A dask array over this level with one chunk per tile (and per optical path).
