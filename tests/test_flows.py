@@ -20,7 +20,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_mmfuse.history import history_for
-from napari_mmfuse.widgets._layers import world_affine
+from napari_mmfuse.widgets._layers import original_data, world_affine
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WAIT_MS = 600_000
@@ -309,19 +309,19 @@ def test_open_and_fuse_flow(make_napari_viewer, qtbot, shots_dir, steps):
         viewer.layers.remove(layer)
     t1, t2 = (viewer.open(str(IXI / f"hd_bet_IXI002-Guys-0828-{kind}.nii.gz"), plugin="napari-mmfuse")[0]
               for kind in ("T1", "T2"))
-    assert t1.data.shape != t2.data.shape
+    assert original_data(t1).shape != original_data(t2).shape  # 2D views show them resliced (test_reslice)
     assert [layer.name for layer in widget.checked_layers()] == [t1.name, t2.name]
     with steps.step("fuse T1/T2 volumes (click to result)"):
         fused = click_fuse(viewer, widget, qtbot)
     assert fused.name == f"fused ({core_fuse.DEFAULT_METHOD})" and not fused.rgb
-    assert fused.data.shape == t1.data.shape
+    assert original_data(fused).shape == original_data(t1).shape
     np.testing.assert_allclose(world_affine(fused), world_affine(t1), atol=1e-6)
     # inside the brain the fused volume is made of both sources (each resampled through its world affine):
     # a linear fit on the two explains most of it, with a positive share of each
-    sources = core_fuse.resample_to_reference([t1.data, t2.data], [world_affine(t1), world_affine(t2)])
+    sources = core_fuse.resample_to_reference([original_data(t1), original_data(t2)], [world_affine(t1), world_affine(t2)])
     brain = np.logical_and.reduce([source > np.percentile(source, 60) for source in sources])
     design = np.c_[[source[brain] for source in sources] + [np.ones(int(brain.sum()))]].T
-    values = np.asarray(fused.data)[brain]
+    values = np.asarray(original_data(fused))[brain]
     coefficients, *_ = np.linalg.lstsq(design, values, rcond=None)
     explained = 1 - np.var(values - design @ coefficients) / np.var(values)
     print(f"fused T1/T2: R^2 {explained:.3f} on the sources, shares {coefficients[:2]}")
