@@ -133,6 +133,6 @@ def test_bundle_code_runs_only_when_trusted(tmp_path):
         bundle.load_bundle(folder)
     own = bundle.load_bundle(folder, trust_code=True)
     affine, shape = grid("nifti-ras")
-    images = phantom(shape, affine)[0]
-    np.testing.assert_allclose(segment.predict(own, images, affine=affine, device="cpu")[1],
-                               segment.predict(trusted, images, affine=affine, device="cpu")[1], atol=1e-6)
+    images = phantom(shape, affine)[0][:, 8:40, 8:40, 8:24]
+    np.testing.assert_allclose(segment.predict(own, images, device="cpu")[1],
+                               segment.predict(trusted, images, device="cpu")[1], atol=1e-6)
