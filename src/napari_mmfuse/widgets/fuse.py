@@ -45,7 +45,7 @@ from ..operations.fuse.colour import INNER_PARAMETERS
 from ._controls import ParameterForm
 from ._dock import scroll_contents
 from ._jobs import JobPanel
-from ._layers import add_image_layer, image_of
+from ._layers import add_image_layer, image_of, original_data
 
 PREVIEW_NAME = "fusion preview"
 CONTRIBUTION_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow")
@@ -382,7 +382,7 @@ class FuseWidget(QWidget):
             return None
         point = np.asarray(self.viewer.dims.point)[-3:]
         index = int(np.round(world_to_voxel(affine, point)[0]))
-        return int(np.clip(index, 0, reference.data.shape[0] - 1))
+        return int(np.clip(index, 0, original_data(reference).shape[0] - 1))
 
     # ------------------------------------------------------------------ preview
 
