@@ -229,7 +229,7 @@ def train_steps(
                              "train a new model instead of warm-starting")
         if config.architecture == "torchscript":
             raise ValueError("a TorchScript model cannot be retrained here; train a new model")
-    model = model.to(device).train()
+    model = model.prepare(device).train()
     normalised = model.normalise(images)
     target = _class_indices(scribbles, config.label_values)
     by_class = [np.argwhere(target == k) for k in range(config.n_classes) if np.any(target == k)]
