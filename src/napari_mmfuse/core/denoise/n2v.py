@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...operations import drive
 from ..device import get_device, with_oom_retry
+from ..kernels import cpu_memory_format
 from .checks import check_image
 
 
@@ -224,7 +225,7 @@ class N2VModel:
         if array.ndim != self.config.ndim:
             raise ValueError(f"this model was trained on {self.config.ndim}D images; got a {array.ndim}D image")
         device = get_device(device)
-        network = self.network.to(device).eval()
+        network = self.network.to(device, memory_format=cpu_memory_format(array.ndim, device)).eval()  # as trained
         x = torch.from_numpy((array - self.config.mean) / self.config.std)[None, None]
         multiple = n2v_multiple(self.config.channels, self.config.architecture)
         flips = [(), (-1,), (-2,), (-2, -1)]
@@ -431,7 +432,8 @@ def n2v_train(
     generator = torch.Generator().manual_seed(seed)
     mean, std = float(array.mean()), float(array.std())
     config = N2VConfig(ndim=ndim, channels=channels, patch=patch, mean=mean, std=std)
-    network = n2v_network(config).to(device)
+    layout = cpu_memory_format(ndim, device)
+    network = n2v_network(config).to(device, memory_format=layout)
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=learning_rate * 0.05)
     data = torch.from_numpy((array - mean) / std).to(device)
@@ -442,7 +444,7 @@ def n2v_train(
         inputs, target, mask = _blind_spot_batch(
             data, patch=patch_shape, batch=batch, mask_fraction=mask_fraction, radius=neighbour_radius, generator=generator
         )
-        prediction = network(inputs)
+        prediction = network(inputs.contiguous(memory_format=layout))
         loss = F.mse_loss(prediction[mask], target[mask])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
