@@ -9,7 +9,8 @@ Latency
       opposite senses) when the slider moves, for each slider axis (cold: every plane new);
     * viewer: a real napari viewer (shown), time from ``dims.set_current_step`` until the
       canvas has been drawn (``processEvents`` + a synchronous ``canvas.native.repaint``), with
-      the resliced display on, and off (napari slicing the plain arrays) on the same machine.
+      the resliced display on, and off (napari slicing the plain arrays) on the same machine;
+      each state is measured twice and the second round reported (the first draws compile shaders).
     The resampling is SciPy ``ndimage.affine_transform`` (one thread; torch is not used).
 
 Overlay error in 2D
@@ -115,7 +116,7 @@ def viewer_run(data: Path, steps: int) -> None:
     }
     planes = [int(f * shape[0]) for f in np.linspace(0.4, 0.75, 8)]
     results = {}
-    for state in ("on", "off"):
+    for state in ("on", "off", "on", "off"):  # the first round warms up (shaders, caches); the second is reported
         display.set_enabled(state == "on")
         app.processEvents()
         sliced, drawn = [], []
