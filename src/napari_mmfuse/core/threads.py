@@ -40,8 +40,10 @@ first keeps OpenMP's default; export ``OMP_WAIT_POLICY=PASSIVE`` there. ``torch.
 (and so :func:`apply_thread_policy`) keeps the wait policy libgomp started with: the PASSIVE
 runs below went through it.
 
-Measurement (``benchmarks/bench_busy.py --repeat 3``: rigid MI registration of the head
-phantom downsampled by 2, 60x72x60; median of 3 runs, each in a fresh process, seconds; a
+Measurement (``benchmarks/bench_busy.py --repeat 3`` with its registration configurations, when
+its case was the head phantom downsampled by 2, 60x72x60 (it is now the 160x192x224 head160
+pair: ``--configs "register ours torch-default,register ours,register ours ACTIVE,register ours
+viewer,register ours spin 10k,register SimpleITK"`` reruns the table on it); median of 3 runs, each in a fresh process, seconds; a
 2-CPU machine that another user's jobs kept at a load average of 2 to 3 even in the "idle"
 column; "busy" adds two ``while True: pass`` processes; torch 2.13 CPU, libgomp; the two
 blocks are two invocations):
