@@ -6,7 +6,8 @@ The model is a session UNet (default features, 48-voxel patches) trained briefly
 strokes drawn from the ground truth (a synthetic lesion without the case): the numbers
 measure cost, not quality. Each method runs in a fresh subprocess, which reports its
 wall time, the number of progress steps :func:`explain_steps` yielded, its peak
-resident memory (``resource.getrusage``) and the peak of numpy's allocations
+resident memory (``VmHWM``, the process's own high-water mark; ``ru_maxrss`` would keep the
+forked parent's size) and the peak of numpy's allocations
 (``tracemalloc``; torch's CPU tensors are not traced, the RSS holds them), so one method's
 arrays never count for another. Then the per-modality answers (attribution and removal
 ranked side by side), and with ``--missing`` the missing-modality table: models trained
@@ -92,7 +93,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     images, lesion = load_case(args.quick)
     model = segment.load_model(args.model)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    before = peak_rss_gb()
     region = lesion if args.region == "lesion" else None
     tracemalloc.start()
     start = time.perf_counter()
@@ -109,11 +110,20 @@ def child(args) -> None:
         extra = {"map_max": float(result.map.max())}
     seconds = time.perf_counter() - start
     traced = tracemalloc.get_traced_memory()[1] / 2**30
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_gb()
     print(json.dumps({"method": args.child, "region": args.region, "shape": list(images.shape), "threads": args.threads,
                       "seconds": round(seconds, 1), "first_yield_s": round(first - start, 2), "yields": yields,
                       "peak_rss_gb": round(peak, 2), "rss_before_gb": round(before, 2),
                       "peak_traced_numpy_gb": round(traced, 2), "image_gb": round(images.nbytes / 2**30, 3)} | extra))
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (GiB), from ``/proc/self/status`` (``VmHWM``) where there is one."""
+    try:
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def drive_counting(steps):

@@ -7,7 +7,7 @@ import sys
 from napari_mmfuse.core import explain
 
 CHILD = """
-import json, resource, sys
+import json, sys
 import numpy as np, torch
 import captum.attr  # imported before measuring: a library, not the explanation's memory
 from napari_mmfuse.core import explain, segment
@@ -19,7 +19,8 @@ model = segment.SegmentationNet(config).eval()
 images = np.random.default_rng(0).standard_normal((2, 32, 64, 64)).astype(np.float32)
 before = int(open("/proc/self/statm").read().split()[1]) * 4096
 explain.explain(model, images, method="ig", target=1, steps=8, device="cpu")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process's own peak (ru_maxrss would also hold the forked parent's size from before exec)
+peak = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
 print(json.dumps({"extra": peak - before, "image": images.nbytes}))
 """
 
