@@ -287,14 +287,14 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--viewer", action="store_true", help="only Segment training in the viewer vs the CLI, idle")
     parser.add_argument("--n2v-steps", type=int, default=None, help="Noise2Void steps (default 120, --quick 30)")
-    parser.add_argument("--segment-steps", type=int, default=None, help="Segment steps (default 80, --quick 15)")
+    parser.add_argument("--segment-steps", type=int, default=None, help="Segment steps (default 200, the operation's default; --quick 15)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
     n2v_steps = args.n2v_steps or (30 if args.quick else 120)
-    segment_steps = args.segment_steps or (15 if args.quick else 80)
+    segment_steps = args.segment_steps or (15 if args.quick else 200)
     names = ["segment viewer", "segment cli"] if args.viewer else [name.strip() for name in args.configs.split(",")]
     loads = ["idle"] if args.viewer else ["idle", f"busy x{args.load}"]
     print(f"CPUs (affinity) {len(os.sched_getaffinity(0))}, load average before {os.getloadavg()[0]:.2f}; "
