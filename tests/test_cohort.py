@@ -19,7 +19,7 @@ RECIPE = {
     "steps": [
         {"id": "t1_clean", "op": "denoise/gaussian", "inputs": {"image": "t1"}, "params": {"sigma": 1.0}},
         {"id": "ct_on_t1", "op": "register/rigid", "inputs": {"fixed": "t1_clean", "moving": "ct"},
-         "params": {"levels": 2, "iterations": 60, "sampling": 0.5}},
+         "params": {"levels": 2, "iterations": 100, "sampling": 1.0}},
         {"id": "fused", "op": "fuse/average", "inputs": {"images": ["t1_clean", "ct_on_t1.resampled"]}},
         {"id": "mask", "op": "segment/otsu", "inputs": {"images": ["t1_clean"]}},
     ],
