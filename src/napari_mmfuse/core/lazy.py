@@ -31,6 +31,24 @@ MAX_REGISTRATION_SIZE = 2048
 BLOCK_SHAPE = {2: (256, 2048), 3: (16, 256, 256)}
 
 
+def full_index(key, ndim: int, what: str) -> tuple:
+    """``key`` of an array-like's ``__getitem__`` as one entry per axis (Ellipsis expanded).
+
+    Raises
+    ------
+    IndexError
+        For more entries than ``ndim`` axes (``what`` names the array in the message).
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (ndim - len(key) + 1) + key[at + 1 :]
+    key = key + (slice(None),) * (ndim - len(key))
+    if len(key) != ndim:
+        raise IndexError(f"too many indices for {what}: {len(key)}")
+    return key
+
+
 def coarse_level_index(shapes, max_size: int | None = None) -> int:
     """The finest pyramid level whose largest side is at most ``max_size`` (else the coarsest).
 

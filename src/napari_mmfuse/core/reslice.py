@@ -14,6 +14,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy import ndimage
 
+from .lazy import full_index
 from .space import check_affine, spacing_of, world_bounds
 
 TOLERANCE_DEG = 0.1
@@ -149,13 +150,7 @@ class ReslicedVolume:
         )
 
     def _block(self, key) -> tuple[tuple, tuple, tuple, tuple]:
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            at = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) != self.ndim:
-            raise IndexError(f"too many indices for a {self.ndim}D volume: {len(key)}")
+        key = full_index(key, self.ndim, f"a {self.ndim}D volume")
         starts, steps, sizes, kept = [], [], [], []
         for k, n in zip(key, self.shape, strict=True):
             if isinstance(k, slice):

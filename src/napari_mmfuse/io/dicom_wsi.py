@@ -11,6 +11,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from ..core.lazy import full_index
 from .dicom_frames import FrameTable, decode_frame
 
 
@@ -48,13 +49,7 @@ class TiledLevel:
 
     def __getitem__(self, key) -> np.ndarray:
         """Integers and slices (any step) per axis, as numpy indexes them."""
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            at = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
-        key = key + (slice(None),) * (self.ndim - len(key))
-        if len(key) != self.ndim:
-            raise IndexError(f"too many indices for a {self.ndim}D slide level")
+        key = full_index(key, self.ndim, f"a {self.ndim}D slide level")
         bounds, picks = [], []
         for k, size in zip(key, self.shape, strict=True):
             if isinstance(k, slice):
