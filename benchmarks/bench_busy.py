@@ -25,15 +25,16 @@ busy / idle time; "ours/ref" is ours / the reference under the same load. Each c
 
 Extra registration configurations (``--configs``), the thread policy's evidence in
 core/threads.py: ``register ours torch-default`` (torch imported first: OpenMP's default wait
-policy, torch's default threads), ``register ours ACTIVE``, ``register ours viewer`` (one CPU
-left to napari), ``register ours spin 10k`` (default policy with ``GOMP_SPINCOUNT=10000``).
+policy, torch's default threads), ``register ours ACTIVE``, ``register ours viewer`` (the
+viewer role's thread count), ``register ours spin 10k`` (default policy with ``GOMP_SPINCOUNT=10000``).
 
 ``--viewer``: Segment training in the viewer against the same training from the command line:
 ``segment viewer`` docks the Segment widget in a napari viewer (under Xvfb when there is no
 display), checks the two BraTS layers, picks the strokes, sets the steps and clicks "Train &
 segment", timing the click to the worker's end; ``segment cli`` runs the same operation
 (``pipeline.run("segment", "unet", ...)``, same parameters) with the CLI's thread policy. Both
-train and then segment the whole volume, as the widget does.
+train and then segment the whole volume, as the widget does. The viewer run also reports the longest (and 99th percentile)
+wait of napari's main thread between event-loop turns during training: what a user feels.
 
 Usage::
 
@@ -191,6 +192,10 @@ def _segment(method: str, data) -> float:
     return time.perf_counter() - start
 
 
+#: the main thread's gaps between event-loop turns while the viewer trains (seconds)
+EVENT_LOOP_GAPS: list[float] = []
+
+
 def _segment_app(method: str, data) -> float:
     """The Segment widget's training in a napari viewer, or the same operation as the CLI runs it."""
     import numpy as np
@@ -222,9 +227,13 @@ def _segment_app(method: str, data) -> float:
     widget.train_button.click()
     if widget.worker is None:
         raise RuntimeError("the Segment widget did not start training")
+    last = time.perf_counter()
     while widget.worker is not None:
         app.processEvents()
         time.sleep(0.005)
+        now = time.perf_counter()
+        EVENT_LOOP_GAPS.append(now - last - 0.005)  # how long the main thread waited for its turn
+        last = now
     seconds = time.perf_counter() - start
     if "FLAIR segmentation" not in viewer.layers:
         raise RuntimeError("the Segment widget finished without a result layer")
@@ -255,7 +264,9 @@ def child(task: str, method: str, role: str, data_path: str) -> None:
         import SimpleITK as sitk
 
         threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    print(json.dumps({"seconds": seconds, "threads": threads, "omp": omp_seen if torch_first else os.environ.get("OMP_WAIT_POLICY"),
+    gaps = sorted(EVENT_LOOP_GAPS)
+    stall = {"stall_ms": 1000 * gaps[-1], "stall_p99_ms": 1000 * gaps[int(0.99 * (len(gaps) - 1))]} if gaps else {}
+    print(json.dumps({**stall, "seconds": seconds, "threads": threads, "omp": omp_seen if torch_first else os.environ.get("OMP_WAIT_POLICY"),
                       "spin": os.environ.get("GOMP_SPINCOUNT")}))
 
 
@@ -312,8 +323,10 @@ def main() -> None:
                     runs = [run(name, data_path) for _ in range(args.repeat)]
                     seconds = sorted(r["seconds"] for r in runs)[len(runs) // 2]
                     times[(name, load)] = seconds
+                    stall = (f", event loop stall max {runs[0]['stall_ms']:.0f} ms, p99 {runs[0]['stall_p99_ms']:.0f} ms"
+                             if "stall_ms" in runs[0] else "")
                     print(f"  {load:8s} {name:28s} {seconds:7.2f} s  (threads {runs[0]['threads']}, "
-                          f"OMP_WAIT_POLICY {runs[0]['omp']}, GOMP_SPINCOUNT {runs[0]['spin']})", flush=True)
+                          f"OMP_WAIT_POLICY {runs[0]['omp']}, GOMP_SPINCOUNT {runs[0]['spin']}{stall})", flush=True)
             finally:
                 for hog in hogs:
                     hog.kill()

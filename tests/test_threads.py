@@ -39,7 +39,7 @@ def test_no_affinity_falls_back_to_cpu_count():
     assert threads.cpus_from(None, None, cpu_count=None) == 1
 
 
-@pytest.mark.parametrize(("role", "cpus", "expected"), [("cli", 8, 8), ("viewer", 8, 7), ("viewer", 1, 1), ("worker", 8, 1), ("cli", 1, 1)])
+@pytest.mark.parametrize(("role", "cpus", "expected"), [("cli", 8, 8), ("viewer", 8, 7), ("viewer", 3, 2), ("viewer", 2, 2), ("viewer", 1, 1), ("worker", 8, 1), ("cli", 1, 1)])
 def test_roles(role, cpus, expected):
     assert threads.threads_for(role, cpus) == expected
 

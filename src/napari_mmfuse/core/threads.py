@@ -11,8 +11,11 @@ and oversubscribes a container or a batch slot.
 ``thread_count(role)`` turns that into a thread count:
 
 * ``"cli"``: every available CPU (``mmfuse`` runs one step at a time, headless);
-* ``"viewer"``: one fewer, at least 1 (napari renders on the main thread, which must stay
-  responsive while a widget's worker computes);
+* ``"viewer"``: one fewer where there are more than 2 (napari renders on the main thread, which
+  must stay responsive while a widget's worker computes); every CPU on 1 or 2, where leaving
+  one out halves the compute (Segment training in napari took 1.45x the CLI's time on 2 CPUs)
+  while the main thread, idle but for progress redraws, still gets its turns from the OS
+  (``bench_busy.py --viewer`` measures the longest event-loop stall during training);
 * ``"worker"``: 1 (each worker of a cohort run computes one subject; parallelism comes from
   running several workers, not from threads inside each).
 
@@ -183,7 +186,7 @@ def threads_for(role: str, cpus: int, env: str | None = None) -> int:
     if role == "cli":
         return max(1, cpus)
     if role == "viewer":
-        return max(1, cpus - 1)
+        return cpus - 1 if cpus > 2 else max(1, cpus)
     return 1
 
 
