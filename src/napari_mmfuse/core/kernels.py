@@ -69,16 +69,57 @@ def gaussian_blur(x: torch.Tensor, sigma: float, n_spatial: int, *, truncate: fl
 
 
 def box_mean(x: torch.Tensor, radius: int, n_spatial: int) -> torch.Tensor:
-    """Mean over a (2r+1)^n window clipped to the image (cumulative sums: O(1) per sample)."""
+    """Mean over a (2r+1)^n window clipped to the image (cumulative sums: O(1) per sample).
+
+    Window sums are slices of the cumulative sum along each axis (no gathered copies, no
+    transposed copies); two volumes of ``x``'s size are allocated, whatever ``n_spatial``.
+    """
+    cumulative = torch.empty_like(x, memory_format=torch.contiguous_format)
+    result = torch.empty_like(cumulative)
+    current = x
     for dim in range(x.ndim - n_spatial, x.ndim):
-        length = x.shape[dim]
-        cumulative = F.pad(x.movedim(dim, -1).cumsum(-1), (1, 0))
-        index = torch.arange(length, device=x.device)
-        upper = (index + radius + 1).clamp(max=length)
-        lower = (index - radius).clamp(min=0)
-        summed = cumulative.index_select(-1, upper) - cumulative.index_select(-1, lower)
-        x = (summed / (upper - lower).to(x.dtype)).movedim(-1, dim)
-    return x
+        _cumsum(current, dim, out=cumulative)
+        _window_sums(cumulative.movedim(dim, -1), int(radius), out=result.movedim(dim, -1))
+        current = result
+    return result
+
+
+def _cumsum(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
+    """``torch.cumsum(x, dim)`` into ``out``, the same numbers; faster along a strided axis.
+
+    torch accumulates float32 in float64 along each line, which is slow when the line is
+    strided (4-5x along the first of three axes); here a float64 running sum adds whole
+    slices (planes) in the same order and rounds each, giving the same values.
+    """
+    slice_size = x.numel() // max(x.shape[dim], 1)
+    if dim == x.ndim - 1 or slice_size < _SLICE_CUMSUM or x.dtype not in (torch.float32, torch.float64):
+        return torch.cumsum(x, dim, out=out)
+    running = x.select(dim, 0).to(torch.float64, copy=True)
+    out.select(dim, 0).copy_(running)
+    for k in range(1, x.shape[dim]):
+        out.select(dim, k).copy_(running.add_(x.select(dim, k)))
+    return out
+
+
+#: Elements per slice from which :func:`_cumsum` adds slices (smaller ones: one call per slice costs more).
+_SLICE_CUMSUM = 4096
+
+
+def _window_sums(cumulative: torch.Tensor, radius: int, out: torch.Tensor) -> torch.Tensor:
+    """Window means along the last axis from its cumulative sum ``c``: ``c[hi] - c[lo - 1]`` divided
+    by the window length, the window ``[i - radius, i + radius]`` clipped to ``[0, length)``."""
+    length, r = cumulative.shape[-1], radius
+    # i <= r: the window starts at 0, so the sum is c[min(i + r, L - 1)]
+    head, start = max(min(r + 1, length - r), 0), min(r + 1, length)
+    out[..., :head] = cumulative[..., r:r + head]
+    out[..., head:start] = cumulative[..., length - 1:]
+    # i > r: c[min(i + r, L - 1)] - c[i - r - 1]
+    end = max(length - r, start)
+    torch.sub(cumulative[..., start + r:end + r], cumulative[..., :end - start], out=out[..., start:end])
+    torch.sub(cumulative[..., length - 1:], cumulative[..., end - r - 1:length - r - 1], out=out[..., end:])
+    index = torch.arange(length, device=out.device)
+    count = (index + radius + 1).clamp(max=length) - (index - radius).clamp(min=0)
+    return out.div_(count.to(out.dtype))
 
 
 def sobel_magnitude(x: torch.Tensor, n_spatial: int) -> torch.Tensor:
@@ -100,13 +141,28 @@ def gradient_magnitude(x: torch.Tensor, n_spatial: int, eps: float = 0.0) -> tor
     """Central-difference gradient magnitude over the last ``n_spatial`` axes (edges replicated).
 
     ``eps`` is added under the square root (keeps the gradient finite where it is flat).
+    Differentiable when ``x`` requires a gradient; otherwise computed in two buffers.
     """
-    total = torch.zeros_like(x)
-    for dim in range(x.ndim - n_spatial, x.ndim):
-        padded = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, x.shape[dim] - 1, 1)], dim=dim)
-        diff = (padded.narrow(dim, 2, x.shape[dim]) - padded.narrow(dim, 0, x.shape[dim])) / 2
-        total = total + diff**2
-    return (total + eps).sqrt()
+    dims = range(x.ndim - n_spatial, x.ndim)
+    if x.requires_grad and torch.is_grad_enabled():
+        total = torch.zeros_like(x)
+        for dim in dims:
+            padded = torch.cat([x.narrow(dim, 0, 1), x, x.narrow(dim, x.shape[dim] - 1, 1)], dim=dim)
+            diff = (padded.narrow(dim, 2, x.shape[dim]) - padded.narrow(dim, 0, x.shape[dim])) / 2
+            total = total + diff**2
+        return (total + eps).sqrt()
+    total, diff = None, torch.empty_like(x)
+    for dim in dims:
+        length = x.shape[dim]
+        if length > 2:
+            torch.sub(x.narrow(dim, 2, length - 2), x.narrow(dim, 0, length - 2), out=diff.narrow(dim, 1, length - 2))
+        for edge, upper, lower in ((0, min(1, length - 1), 0), (length - 1, length - 1, max(length - 2, 0))):
+            torch.sub(x.narrow(dim, upper, 1), x.narrow(dim, lower, 1), out=diff.narrow(dim, edge, 1))
+        diff.mul_(0.5)
+        total = torch.mul(diff, diff) if total is None else total.add_(diff.mul_(diff))
+    if eps:
+        total.add_(eps)
+    return total.sqrt_()
 
 
 def cpu_memory_format(ndim: int, device) -> torch.memory_format:

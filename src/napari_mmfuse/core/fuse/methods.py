@@ -204,29 +204,41 @@ def modulated(stack: torch.Tensor, *, gain: float = 0.6, radius: int = 8, consis
     """
     n_spatial = stack.ndim - 1
     count = stack.shape[0]
+    gain = float(gain)
+    # few full-size temporaries, reused through out= (a fresh volume costs its page faults)
     others = stack[1:].mean(0)
-    modulated_first = stack[0] * (1 + float(gain) * others)
-    candidates = torch.cat([modulated_first[None], stack[1:]])
+    scale = others.mul_(gain).add_(1)  # 1 + gain m
+    modulated_first = stack[0] * scale
     # box means are linear: score each input against the first (N - 1 maps instead of N)
     activity = gradient_magnitude(stack, n_spatial)
-    advantage = box_mean(activity[1:] - activity[0], int(radius), n_spatial)
-    del activity
-    advantage.add_(candidates[1:] - candidates[0], alpha=float(brightness))
+    advantage = box_mean(activity[1:].sub_(activity[0]), int(radius), n_spatial)
+    difference = torch.sub(stack[1:], modulated_first, out=activity[1:])
+    advantage.add_(difference, alpha=float(brightness))
     winner = first_argmax([0.0, *advantage])
-    del advantage
-    if consistency:
-        votes = box_mean(one_hot(winner, count, stack.dtype)[1:], int(consistency), n_spatial)
+    del advantage, difference, activity
+    if consistency:  # the majority vote needs the masks of inputs 1.. only
+        votes = box_mean(_masks(winner, count, stack.dtype), int(consistency), n_spatial)
         winner = first_argmax([1 - votes.sum(0), *votes])
-    selection = one_hot(winner, count, stack.dtype)
-    if softness > 0:  # the weights keep summing to 1: the first is what the others leave
-        selection[1:] = box_mean(selection[1:], int(softness), n_spatial)
-        selection[0] = 1 - selection[1:].sum(0)
-    fused = (selection * candidates).sum(0)
+        del votes
+    selection = _masks(winner, count, stack.dtype)  # inputs 1..; the first's is what they leave
+    if softness > 0:
+        selection = box_mean(selection, int(softness), n_spatial)
+    first = selection.sum(0).neg_().add_(1)
+    fused = torch.mul(first, modulated_first, out=modulated_first)
+    for i in range(1, count):
+        fused.add_(selection[i - 1] * stack[i])
     # where the modulated image is chosen, its share 1 / (1 + gain m) is the first input's
-    first_share = 1 / (1 + float(gain) * others)
+    first_share = scale.reciprocal_()
+    weights = allocate(stack.shape, stack)
+    torch.mul(first, first_share, out=weights[0])
     totals = stack[1:].sum(0)
-    shares = torch.where(totals > 0, stack[1:] / totals.clamp(min=1e-12), torch.full_like(stack[1:], 1 / (count - 1)))
-    weights = torch.empty_like(stack)
-    weights[0] = selection[0] * first_share
-    weights[1:] = selection[1:] + (selection[0] * (1 - first_share)) * shares
+    shares = stack[1:] / totals.clamp(min=1e-12)
+    shares.masked_fill_(~(totals > 0), 1 / (count - 1))
+    rest = first_share.neg_().add_(1).mul_(first)  # the first's selection less its share
+    torch.add(selection, shares.mul_(rest), out=weights[1:])
     return fused, weights
+
+
+def _masks(winner: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
+    """Masks of inputs 1 .. count - 1, shape (count - 1, *spatial): 1 where ``winner`` names that input."""
+    return torch.stack([winner == i for i in range(1, count)]).to(dtype)
