@@ -87,7 +87,9 @@ def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot
     assert [layer.name for layer in widget.layers.checked()] == ["T1c", "T1", "T2", "FLAIR"]
     core = viewer.layers["T1c Tumor core"]
     assert widget.target.currentData() == core.data.max()  # the smallest label of the last segmentation
+    assert widget.target.currentText() == "1 Tumor core" and "multi-label" in widget.model_label.text()
     widget.method.setCurrentIndex(widget.method.findData("ig"))
+    widget.path_points.setValue(8)  # enough for a linear network; keeps the test fast
     widget.region.setCurrentIndex(1)
     widget.region_labels.set_layer(core)
     core.selected_label = int(core.data.max())
@@ -103,9 +105,14 @@ def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot
     meta = overlay.metadata["mmfuse"]
     assert meta["attribution_ranking"][0] == "T1c" and meta["removal_ranking"][0] == "T1c", meta
     assert widget.bars.names == ["T1c", "T1", "T2", "FLAIR"]
+    # the check list now follows the viewer's order (results were added); a second run still feeds the model's
+    assert [layer.name for layer in widget.layers.checked()] == list(OPENED)
+    assert [layer.name for layer in widget._checked_inputs(widget.current_model())] == ["T1c", "T1", "T2", "FLAIR"]
 
     overlay.visible = False
-    viewer.layers["integrated gradients of T1c"].visible = True
+    shown = viewer.layers["integrated gradients of T1c"]
+    shown.visible = True
+    viewer.layers.selection.active = shown  # its controls and colour bar beside the canvas
     for name in BRATS_OUTPUTS.values():
         viewer.layers[f"T1c {name}"].visible = name == "Tumor core"
     viewer.layers["T1c Tumor core"].opacity = 0.25

@@ -43,6 +43,8 @@ def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot
     assert widget.model.config.activation == "sigmoid" and "Tumor core" in widget.status.text()
     assert [picker.layer().name for picker in widget.channels.pickers] == ["BraTS_t1ce", "BraTS_t1", "BraTS_t2",
                                                                            "BraTS_flair"]
+    assert all(picker.findData(segment_widget.ChannelChoice.MISSING) < 0 for picker in widget.channels.pickers)
+    assert "every one needed" in widget.channels_label.text()  # trained on all four: no "missing" choice
     qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert not errors
@@ -97,3 +99,44 @@ def test_softmax_bundle_gives_one_labels_layer_with_the_bundle_names(make_napari
     result = viewer.layers["abdomen CT segmentation"]
     assert list(result.features["class"]) == ["background", "spleen"]
     assert set(np.unique(result.data)) == {0, 1} and dice(result.data == 1, ct > 0) > 0.8  # shifted one voxel
+
+
+def test_a_channel_marked_missing_is_left_out(make_napari_viewer, qtbot, tmp_path, errors):
+    """A model trained with modality dropout segments a case without T1c: its drop-down says "missing"."""
+    from test_modality_dropout import redundant_phantom
+
+    from napari_mmfuse.core import segment
+    from napari_mmfuse.core.segment.train import fill_missing
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    images, lesion, scribbles = redundant_phantom()
+    model, _ = segment.train(images, scribbles, steps=60, features=(4, 8), patch_size=(32, 32), learning_rate=5e-3,
+                             channel_names=["FLAIR", "T1c"], modality_dropout=0.3, device="cpu")
+    model.save(tmp_path / "dropout.pt")
+    viewer = make_napari_viewer()
+    flair = viewer.add_image(images[0], name="case_flair")
+    viewer.add_image(images[1], name="case_t1ce_other_session")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mmfuse", "Segment")
+    assert widget.load_model(str(tmp_path / "dropout.pt")) is not None
+    first, second = widget.channels.pickers
+    assert "missing" in widget.channels_label.text() and first.layer().name == "case_flair"
+    second.set_layer(flair)
+    second.setCurrentIndex(0)  # "(none)": neither a layer nor missing
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    assert widget.worker is None and "pick the image layer of channel T1c" in errors[-1] and "missing" in errors[-1]
+    second.set_missing()
+    viewer.add_image(np.zeros_like(images[0]), name="another layer")  # the drop-downs rebuild, "missing" stays
+    assert second.is_missing() and second.layer() is None
+    errors.clear()
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert not errors
+    result = viewer.layers["case_flair segmentation"]
+    x, filled = fill_missing(model, [images[0], None])  # the core's answer for the same case
+    labels, _ = segment.predict(filled, x, device="cpu")
+    np.testing.assert_array_equal(result.data, labels)
+    assert dice(result.data == 2, lesion) > 0.5
+    first.set_missing()
+    qtbot.mouseClick(widget.predict_button, Qt.LeftButton)
+    assert widget.worker is None and "every channel" in errors[-1]

@@ -186,18 +186,40 @@ class ExplainWidget(QWidget):
             self.model_label.setText("no model: train one in Segment, or load a file")
             return
         config = model.config
-        self.model_label.setText(f"inputs: {', '.join(config.channel_names)}; classes {config.label_values}")
-        for value in config.label_values:
-            self.target.addItem(str(value), value)
-        entry = session_model(self.viewer)
+        classes = [f"{value} {name}" for value, name in zip(config.label_values, config.class_names)] \
+            if config.class_names else [str(value) for value in config.label_values]
+        self.model_label.setText(f"inputs: {', '.join(config.channel_names)}; classes {', '.join(classes)}"
+                                 + (" (multi-label)" if config.activation == "sigmoid" else ""))
+        for value, text in zip(config.label_values, classes):
+            self.target.addItem(text, value)
         from_session = self.source.currentText() == SESSION
         sizes = session_of(self.viewer).class_voxels if from_session else None
         self.target.setCurrentIndex(self.target.findData(explain.default_target(config.label_values, sizes)))
-        names = entry[1] if from_session and entry is not None else config.channel_names
+        names = self._input_names(model)
         if check_inputs:
             by_name = {layer.name: layer for layer in self.layers.layers()}
             if all(name in by_name for name in names):
                 self.layers.set_checked([by_name[name] for name in names])
+
+    def _input_names(self, model) -> list[str]:
+        """The names of the layers ``model`` takes, in its channel order: the session's, else its channels'."""
+        entry = session_model(self.viewer)
+        if self.source.currentText() == SESSION and entry is not None and entry[0] is model:
+            return list(entry[1])
+        return list(model.config.channel_names)
+
+    def _checked_inputs(self, model) -> list:
+        """The checked layers; in the model's channel order when they are the layers it names.
+
+        The list follows the viewer's layer order once layers are added (the results of a run),
+        so a second run would otherwise feed the modalities in another order.
+        """
+        layers = self.layers.checked()
+        by_name = {layer.name: layer for layer in layers}
+        names = self._input_names(model)
+        if len(by_name) == len(layers) and sorted(by_name) == sorted(names):
+            return [by_name[name] for name in names]
+        return layers
 
     def _fill_layers(self, index=None) -> None:
         """Show the method's parameters; list the model's convolutions (Grad-CAM) or attention blocks."""
@@ -275,7 +297,7 @@ class ExplainWidget(QWidget):
         try:
             if model is None:
                 raise ValueError("no model: train one in Segment, or load a model file")
-            layers = self.layers.checked()
+            layers = self._checked_inputs(model)
             if not layers:
                 raise ValueError("check at least one image layer (the model's input modalities)")
             if len(layers) != model.config.in_channels:

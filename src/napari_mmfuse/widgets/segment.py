@@ -80,11 +80,42 @@ def checked_images(layers) -> list:
     return [image_of(layer) for layer in layers]
 
 
+class ChannelChoice(LayerPicker):
+    """An optional image-layer drop-down for one model channel, whose last entry marks the channel missing."""
+
+    MISSING = "missing (this case lacks it)"
+
+    def refresh(self, event=None):
+        """Rebuild the layer entries, then the "missing" entry (kept when it was chosen)."""
+        was_missing = self.is_missing()
+        super().refresh(event)
+        self.blockSignals(True)
+        self.addItem(self.MISSING, self.MISSING)
+        if was_missing:
+            self.setCurrentIndex(self.count() - 1)
+        self.blockSignals(False)
+
+    def is_missing(self) -> bool:
+        """Whether the user marked the channel missing."""
+        return self.count() > 0 and isinstance(self.currentData(), str)
+
+    def set_missing(self) -> None:
+        """Mark the channel missing."""
+        self.setCurrentIndex(self.findData(self.MISSING))
+
+    def layer(self):
+        """The chosen layer; None for "(none)" and for "missing"."""
+        return None if self.is_missing() else super().layer()
+
+
 class ChannelPicker(QWidget):
     """One image-layer drop-down per input channel of the model, preset by name.
 
     The presets come from :func:`napari_mmfuse.core.bundle.match_channels` (T1, T1c/T1ce/T1Gd,
-    T2, FLAIR, ...); a channel no layer or several layers match starts at "(none)".
+    T2, FLAIR, ...); a channel no layer or several layers match starts at "(none)". For a model
+    that segments without some modalities (trained with modality dropout, or late fusion) each
+    drop-down also offers "missing": the channel is left out and the pipeline fills it
+    (:func:`~napari_mmfuse.core.segment.train.fill_missing`).
     """
 
     def __init__(self, viewer):
@@ -95,14 +126,18 @@ class ChannelPicker(QWidget):
         self.names: list[str] = []
         self.pickers: list[LayerPicker] = []
 
-    def set_channels(self, names, layers) -> list[str]:
-        """Rows for the channel ``names``, preset from ``layers``; returns the channels left unmatched."""
+    def set_channels(self, names, layers, *, allow_missing: bool = False) -> list[str]:
+        """Rows for the channel ``names``, preset from ``layers``; returns the channels left unmatched.
+
+        With ``allow_missing`` each drop-down offers "missing" (:class:`ChannelChoice`).
+        """
         from ..core.bundle import match_channels
 
         while self.form.rowCount():
             self.form.removeRow(0)
         self.names = list(names)
-        self.pickers = [LayerPicker(self.viewer, (ImageLayer,), optional=True) for _ in self.names]
+        kind = ChannelChoice if allow_missing else LayerPicker
+        self.pickers = [kind(self.viewer, (ImageLayer,), optional=True) for _ in self.names]
         matched = match_channels(self.names, [layer.name for layer in layers]) if layers else [None] * len(self.names)
         for name, picker, index in zip(self.names, self.pickers, matched):
             if index is not None:
@@ -110,18 +145,25 @@ class ChannelPicker(QWidget):
             self.form.addRow(name, picker)
         return [name for name, picker in zip(self.names, self.pickers) if picker.layer() is None]
 
-    def layers(self) -> list:
-        """The chosen layer of each channel, in the model's order.
+    def chosen(self) -> tuple[list[str], list]:
+        """The channels given and their layers, in the model's order; channels marked missing are left out.
 
         Raises
         ------
         ValueError
-            A channel has no layer.
+            A channel has neither a layer nor "missing", or every channel is missing.
         """
-        missing = [name for name, picker in zip(self.names, self.pickers) if picker.layer() is None]
-        if missing:
-            raise ValueError(f"pick the image layer of channel {', '.join(missing)} (model channels)")
-        return [picker.layer() for picker in self.pickers]
+        missing = [isinstance(picker, ChannelChoice) and picker.is_missing() for picker in self.pickers]
+        unset = [name for name, picker, gone in zip(self.names, self.pickers, missing)
+                 if picker.layer() is None and not gone]
+        if unset:
+            raise ValueError(f"pick the image layer of channel {', '.join(unset)} (model channels)"
+                             + (", or mark it missing" if any(isinstance(p, ChannelChoice) for p in self.pickers)
+                                else ""))
+        if all(missing):
+            raise ValueError(f"every channel ({', '.join(self.names)}) is marked missing; pick at least one layer")
+        given = [(name, picker.layer()) for name, picker, gone in zip(self.names, self.pickers, missing) if not gone]
+        return [name for name, _ in given], [layer for _, layer in given]
 
 
 class SegmentWidget(QWidget):
@@ -281,11 +323,20 @@ class SegmentWidget(QWidget):
             return None
         config = self.model.config
         try:
-            layers = self.channels.layers() if self.channels.names else self.layers.checked()
-            if len(layers) != config.in_channels:
-                raise ValueError(f"the model takes {config.in_channels} layers ({', '.join(config.channel_names)}); "
-                                 f"{len(layers)} are checked")
-            inputs = {"images": checked_images(layers), "model": self.model}
+            if self.channels.names:  # named channels: the drop-downs' layers, each image named as its channel
+                names, layers = self.channels.chosen()
+                images = checked_images(layers)
+                for image, name in zip(images, names):
+                    image.name = name  # how the pipeline matches fewer images to the model's channels
+                if len(layers) == config.in_channels:  # Explain offers these layers, in this order, as the inputs
+                    remember_model(self.viewer, self.model, [layer.name for layer in layers])
+            else:
+                layers = self.layers.checked()
+                if len(layers) != config.in_channels:
+                    raise ValueError(f"the model takes {config.in_channels} layers "
+                                     f"({', '.join(config.channel_names)}); {len(layers)} are checked")
+                images = checked_images(layers)
+            inputs = {"images": images, "model": self.model}
         except ValueError as error:
             show_error(f"Segment: {error}")
             return None
@@ -369,14 +420,19 @@ class SegmentWidget(QWidget):
         self.status.setText(str(error))
 
     def _preset_channels(self) -> None:
-        """Channel drop-downs for a bundle (its channels have names), preset from the image layers."""
-        shown = self.model.config.architecture == "monai"
+        """Channel drop-downs, preset from the image layers, for a bundle (its channels have names) or a
+        loaded model that segments without some of its modalities (each drop-down then offers "missing")."""
+        config = self.model.config
+        allow_missing = config.in_channels > 1 and (config.fusion == "late" or config.modality_dropout > 0)
+        shown = config.architecture == "monai" or allow_missing
         self.channels_label.setVisible(shown)
         if not shown:
             self.channels.set_channels([], [])
             return
+        self.channels_label.setText("model channels" + (" (\"missing\" where a case lacks one)" if allow_missing
+                                                        else " (every one needed)"))
         layers = self.layers.layers()  # every image layer offered, checked or not
-        unmatched = self.channels.set_channels(self.model.config.channel_names, layers)
+        unmatched = self.channels.set_channels(config.channel_names, layers, allow_missing=allow_missing)
         if unmatched:
             show_info(f"Segment: pick the layer of channel {', '.join(unmatched)}: no layer or several match by name")
 
