@@ -281,3 +281,17 @@ def test_interrupted_denoise_leaves_no_partial_file(tmp_path):
         assert "Traceback" not in result["err"]
         assert not result["output"].exists()
         assert _hidden(result["folder"]) == []
+
+
+def test_remove_temporaries_deletes_only_a_killed_writers_leftovers(tmp_path):
+    from napari_mmfuse.io.atomic import remove_temporaries, temporary_name
+
+    kept = tmp_path / "t1_clean.nii.gz"
+    kept.write_bytes(b"result")
+    (tmp_path / ".hidden_setting").write_text("not ours")
+    leftover_file = temporary_name(kept)
+    leftover_file.write_bytes(b"half")
+    leftover_folder = temporary_name(tmp_path / "seg.ome.zarr")
+    (leftover_folder / "0").mkdir(parents=True)
+    assert remove_temporaries(tmp_path) == sorted([leftover_file, leftover_folder])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden_setting", "t1_clean.nii.gz"]

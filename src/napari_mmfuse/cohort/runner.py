@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import pipeline
 from ..io import file_suffix
+from ..io.atomic import remove_temporaries
 from ..operations import Image
 from ..provenance import SIDECAR_SUFFIX, Provenance, content_hash, sidecar_path
 from .recipe import Recipe, Step, parse_recipe
@@ -84,6 +85,7 @@ class _Subject:
 
     def run(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(self.folder)  # an earlier attempt's, on a worker that was killed mid-write
         for name, path in self.subject.files.items():
             if path is not None:
                 kind = self.recipe.inputs[name].kind

@@ -41,6 +41,7 @@ __all__ = [
     "Interrupted",
     "atomic_output",
     "install_signal_handlers",
+    "remove_temporaries",
     "temporary_name",
     "write_bytes",
     "write_text",
@@ -113,6 +114,18 @@ def temporary_name(path, tag: str = "tmp") -> Path:
     """A unique hidden sibling of ``path``: ``.NAME.<tag>-<pid>-<random><suffix>``."""
     path = Path(path)
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}{_suffix(path.name)}")
+
+
+def remove_temporaries(folder) -> list[Path]:
+    """Delete the temporaries (``.NAME.tmp-*``) that a killed writer left in ``folder``; return them.
+
+    Only for a folder that one writer owns at a time (a cohort subject's output folder): a
+    temporary there belongs to an attempt that died, never to a write in progress.
+    """
+    leftovers = sorted(Path(folder).glob(".*.tmp-*"))
+    for path in leftovers:
+        _remove(path)
+    return leftovers
 
 
 def _fsync_file(path: Path) -> None:
