@@ -51,6 +51,31 @@ def test_modulated_matches_a_scipy_reimplementation(shape):
     np.testing.assert_allclose(result.weights.sum(0), 1, atol=1e-5)
 
 
+def test_modulated_three_inputs_match_a_scipy_reimplementation():
+    """N = 3: the first shaded by the mean of the others, the first highest score wins (the first on
+    ties), and the shaded first's contribution split between the others in proportion to their values."""
+    shape, gain, radius, brightness = (36, 40), 0.6, 2, 0.3
+    a, b = _smooth_pair(shape, seed=5)
+    c, _ = _smooth_pair(shape, seed=6)
+    result = fz.fuse([a, b, c], method="modulated", normalise=False, consistency=0, softness=0,
+                     gain=gain, radius=radius, brightness=brightness)
+    stack = np.stack([a, b, c]).astype(np.float64)
+    mean_others = stack[1:].mean(0)
+    candidates = np.stack([a * (1 + gain * mean_others), b, c])
+    activity = [ndimage.uniform_filter(np.sqrt(sum(g**2 for g in np.gradient(x))), 2 * radius + 1) for x in stack]
+    scores = np.stack([activity[i] + brightness * candidates[i] for i in range(3)])
+    winner = scores.argmax(0)
+    interior = (slice(3, -3),) * 2
+    assert all(0.05 < (winner[interior] == i).mean() for i in range(3))  # every input wins somewhere
+    fused = np.take_along_axis(candidates, winner[None], 0)[0]
+    np.testing.assert_allclose(result.fused[interior], np.clip(fused, 0, 1)[interior], atol=1e-5)
+    first = (winner == 0) / (1 + gain * mean_others)
+    rest = (winner == 0) - first
+    expected = np.stack([first, (winner == 1) + rest * b / (b + c), (winner == 2) + rest * c / (b + c)])
+    np.testing.assert_allclose(result.weights[(slice(None), *interior)], expected[(slice(None), *interior)], atol=1e-5)
+    np.testing.assert_allclose(result.weights.sum(0), 1, atol=1e-5)
+
+
 def test_modulated_shades_an_image_fused_with_itself():
     a, _ = _smooth_pair((32, 36))
     result = fz.fuse([a, a.copy()], method="modulated", normalise=False)
