@@ -88,11 +88,12 @@ def _cumsum(x: torch.Tensor, dim: int, out: torch.Tensor) -> torch.Tensor:
     """``torch.cumsum(x, dim)`` into ``out``, the same numbers; faster along a strided axis.
 
     torch accumulates float32 in float64 along each line, which is slow when the line is
-    strided (4-5x along the first of three axes); here a float64 running sum adds whole
-    slices (planes) in the same order and rounds each, giving the same values.
+    strided (4-5x along the first of three axes); on the CPU a float64 running sum adds
+    whole slices (planes) in the same order and rounds each, giving the same values.
     """
     slice_size = x.numel() // max(x.shape[dim], 1)
-    if dim == x.ndim - 1 or slice_size < _SLICE_CUMSUM or x.dtype not in (torch.float32, torch.float64):
+    if (dim == x.ndim - 1 or slice_size < _SLICE_CUMSUM or x.device.type != "cpu"
+            or x.dtype not in (torch.float32, torch.float64)):
         return torch.cumsum(x, dim, out=out)
     running = x.select(dim, 0).to(torch.float64, copy=True)
     out.select(dim, 0).copy_(running)
