@@ -120,6 +120,12 @@ def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot
     qtbot.wait(200)
     viewer.screenshot(str(SHOTS / "bundle_explained.png"), canvas_only=False)
 
+    # the other way in: Explain's own Load… on the bundle's models/model.pt (inputs ticked by channel name)
+    loaded = widget.load_model(str(tmp_path / "cache" / "brats_mri_segmentation" / "models" / "model.pt"))
+    assert loaded is not None and loaded.config.activation == "sigmoid" and widget.current_model() is loaded
+    assert [layer.name for layer in widget._checked_inputs(loaded)] == ["T1c", "T1", "T2", "FLAIR"]
+    assert widget.target.itemText(0) == "1 Tumor core"
+
 
 def test_bundle_is_explained_on_its_own_grid(tmp_path):
     """A bundle's maps are computed in its orientation and spacing (as it segments) and come back in place.
