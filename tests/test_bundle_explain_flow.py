@@ -5,7 +5,6 @@ the explanation of that label must sit on the T1c object and rank T1c first, bot
 attribution and by what removing it does.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from napari_mmfuse.core import bundle, space
 from napari_mmfuse.widgets import explain as explain_widget
 from napari_mmfuse.widgets import segment as segment_widget
 
-SHOTS = Path(__file__).parent.parent / "docs" / "screenshots" / "bundles"
 #: the layers as a user opens them (not in the bundle's channel order)
 OPENED = ("T1", "T1c", "T2", "FLAIR")
 
@@ -44,7 +42,8 @@ def truths(shape, affine, points, centre):
     return masks
 
 
-def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors,
+                                                       shots_dir):
     import monai.bundle
 
     affine, shape = grid("axial-lps")
@@ -77,8 +76,7 @@ def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot
     viewer.window._qt_window.resize(1500, 900)
     viewer.reset_view()
     qtbot.wait(200)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(SHOTS / "bundle_segmented.png"), canvas_only=False)
+    viewer.screenshot(str(shots_dir / "bundle_segmented.png"), canvas_only=False)
 
     # Explain: the session's model (the bundle) with its inputs checked in its channel order; explain the
     # tumour-core label as segmented, selected in its Labels layer
@@ -118,7 +116,7 @@ def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot
     viewer.layers["T1c Tumor core"].opacity = 0.25
     viewer.reset_view()
     qtbot.wait(200)
-    viewer.screenshot(str(SHOTS / "bundle_explained.png"), canvas_only=False)
+    viewer.screenshot(str(shots_dir / "bundle_explained.png"), canvas_only=False)
 
     # the other way in: Explain's own Load… on the bundle's models/model.pt (inputs ticked by channel name)
     loaded = widget.load_model(str(tmp_path / "cache" / "brats_mri_segmentation" / "models" / "model.pt"))

@@ -1,6 +1,5 @@
 """A zoo-style multi-label bundle in the real viewer: fetched by name, channels matched, one layer per label."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,8 @@ def errors(monkeypatch):
     return messages
 
 
-def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
+def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors,
+                                                       shots_dir):
     import monai.bundle
 
     affine, shape = grid("axial-lps")
@@ -61,12 +61,10 @@ def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot
     z = int(round(space.world_to_voxel(affine, centre[None])[0][0]))
     viewer.dims.set_current_step(0, z)
     viewer.reset_view()
-    shots = Path(__file__).parent.parent / "docs" / "screenshots" / "bundles"
-    shots.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(shots / "brats_like_bundle.png"), canvas_only=True)
+    viewer.screenshot(str(shots_dir / "brats_like_bundle.png"), canvas_only=True)
     from qtpy.QtWidgets import QScrollArea
 
-    widget.findChild(QScrollArea).widget().grab().save(str(shots / "brats_like_bundle_panel.png"))  # whole panel
+    widget.findChild(QScrollArea).widget().grab().save(str(shots_dir / "brats_like_bundle_panel.png"))  # whole panel
 
 
 def test_offline_bundle_field_says_so(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors):
