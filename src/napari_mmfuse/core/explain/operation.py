@@ -4,7 +4,7 @@ What the Explain widget and ``mmfuse explain`` both did before they ran a method
 modalities resampled onto the first image's grid through their world affines, the region
 (a label image, voxels > 0) resampled (nearest) onto that grid, for a model with its own
 grid (a bundle's orientation and spacing) both resampled onto that grid as it segments and
-the maps brought back (:class:`ModelGrid`), and, when asked for, the
+the maps brought back (:class:`~..segment.predict.ModelGrid`), and, when asked for, the
 per-modality answers after the map: the attribution (integrated gradients summed per
 modality) and, beside it, the check of what removing each modality does to the
 segmentation (:func:`~.run.modality_removal_steps`).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...operations import Image, Progress, relay
+from ..segment.predict import ModelGrid
 from .run import explain_steps, maps_attribution, modality_attribution_steps, modality_removal_steps
 
 #: Shares of the progress taken by the map and the per-modality attribution when the per-modality
@@ -60,45 +61,6 @@ def region_on_grid(region: Image, reference: Image, device=None) -> np.ndarray:
     return data > 0
 
 
-class ModelGrid:
-    """The grid a model works on (a bundle's orientation and spacing, as :func:`~..segment.predict` uses) and back.
-
-    Parameters
-    ----------
-    model : SegmentationNet
-    first : Image
-        The image whose grid the inputs are on and the maps go back to.
-    device : str, optional
-    """
-
-    def __init__(self, model, first: Image, device=None):
-        from ..segment.predict import model_grid
-
-        self.shape, self.affine, self.device = tuple(first.data.shape), np.asarray(first.affine), device
-        self.work_shape, self.work = model_grid(model.config, self.shape, self.affine)
-        self.regrid = self.work_shape != self.shape or not np.allclose(self.work, self.affine)
-
-    def forward(self, values):
-        """Channels ``(C, *S)`` (linear) or a mask ``(*S)`` (nearest) onto the model's grid; None stays None."""
-        from ..space import resample
-
-        if values is None or not self.regrid:
-            return values
-        if values.dtype == bool:
-            return resample(values.astype(np.uint8), self.affine, self.work_shape, self.work,
-                            interpolation="nearest", device=self.device) > 0
-        return resample(values, self.affine, self.work_shape, self.work, channel_axis=0, device=self.device)
-
-    def back(self, values):
-        """A map ``(*S)`` or maps ``(C, *S)`` on the model's grid back onto the first image's (linear)."""
-        from ..space import resample
-
-        if values is None or not self.regrid:
-            return values
-        leading = 0 if values.ndim > len(self.shape) else None
-        return resample(values, self.work, self.shape, self.affine, channel_axis=leading, device=self.device)
-
-
 def explain_images(images, model, region: Image | None = None, *, method: str, attribution: bool = False,
                    device=None, **options):
     """Explain one class of ``model`` on images: the run function of every explain operation.
@@ -135,7 +97,7 @@ def explain_images(images, model, region: Image | None = None, *, method: str, a
     stack = modalities_on_grid(images, device)
     first = images[0]
     mask = region_on_grid(region, first, device) if region is not None else None
-    grid = ModelGrid(model, first, device)
+    grid = ModelGrid(model.config, first.data.shape, first.affine, device)
     stack, mask = grid.forward(stack), grid.forward(mask)
     steps = explain_steps(model, stack, method=method, region=mask, device=device, **options)
     share = MAP_SHARE if attribution else 1.0

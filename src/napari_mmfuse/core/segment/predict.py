@@ -68,6 +68,45 @@ def model_grid(config, shape, affine) -> tuple[tuple[int, ...], np.ndarray]:
     return tuple(shape), affine
 
 
+class ModelGrid:
+    """The grid a model works on (:func:`model_grid`) for an input grid, and the way back.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    shape : tuple of int
+        The input grid's shape.
+    affine : ndarray, shape (n + 1, n + 1), or None
+        The input grid's index -> world affine; None: the model works on the input's grid.
+    device : str or torch.device, optional
+    """
+
+    def __init__(self, config, shape, affine, device=None):
+        self.shape, self.device = tuple(shape), device
+        self.affine = None if affine is None else np.asarray(affine)
+        if self.affine is None:
+            self.work_shape, self.work, self.regrid = self.shape, None, False
+        else:
+            self.work_shape, self.work = model_grid(config, self.shape, self.affine)
+            self.regrid = self.work_shape != self.shape or not np.allclose(self.work, self.affine)
+
+    def forward(self, values):
+        """Channels ``(C, *S)`` (linear) or a mask ``(*S)`` (nearest) onto the model's grid; None stays None."""
+        if values is None or not self.regrid:
+            return values
+        if values.dtype == bool:
+            return space.resample(values.astype(np.uint8), self.affine, self.work_shape, self.work,
+                                  interpolation="nearest", device=self.device) > 0
+        return space.resample(values, self.affine, self.work_shape, self.work, channel_axis=0, device=self.device)
+
+    def back(self, values):
+        """Values ``(*S)`` or ``(C, *S)`` on the model's grid back onto the input's (linear)."""
+        if values is None or not self.regrid:
+            return values
+        leading = 0 if values.ndim > len(self.shape) else None
+        return space.resample(values, self.work, self.shape, self.affine, channel_axis=leading, device=self.device)
+
+
 def nested_labels(masks, values) -> np.ndarray:
     """One label map from overlapping masks: each voxel takes the value of its smallest positive mask.
 
@@ -145,10 +184,8 @@ def predict(
         raise ValueError(f"the model is {config.spatial_dims}D but the images are {images.ndim - 1}D")
     shape = images.shape[1:]
     outside = outside_view(images)
-    work_shape, work_affine = model_grid(config, shape, affine) if affine is not None else (shape, None)
-    regrid = affine is not None and (work_shape != tuple(shape) or not np.allclose(work_affine, affine))
-    if regrid:
-        images = space.resample(images, affine, work_shape, work_affine, channel_axis=0, device=device)
+    grid = ModelGrid(config, shape, affine, device)
+    images = grid.forward(images)
     device = get_device(device)
     model = model.to(device).eval()
     x = torch.from_numpy(model.normalise(images))[None]
@@ -177,15 +214,12 @@ def predict(
     per_member = stacked.reshape((n_members, k) + stacked.shape[1:])
     weights = model.weights.numpy().reshape((-1,) + (1,) * (per_member.ndim - 1))
     probabilities = per_member[0] if n_members == 1 else (per_member * weights).sum(axis=0)
-    if regrid:  # probabilities back onto the input's grid; the labels are decided there
-        probabilities = space.resample(probabilities, work_affine, shape, affine, channel_axis=0, device=device)
+    probabilities = grid.back(probabilities)  # back onto the input's grid: the labels are decided there
     values = np.asarray(config.label_values, np.int32)
     if sigmoid:
         labels = nested_labels(probabilities >= 0.5, values)
     elif config.combine == "vote" and n_members > 1:
-        per_member = space.resample(per_member.reshape((-1,) + per_member.shape[2:]), work_affine, shape, affine,
-                                    channel_axis=0, device=device).reshape((n_members, k) + tuple(shape)) \
-            if regrid else per_member
+        per_member = grid.back(per_member.reshape((-1,) + per_member.shape[2:])).reshape((n_members, k) + tuple(shape))
         votes = np.zeros_like(per_member[0])
         for member, w in zip(per_member.argmax(axis=1), weights.ravel()):
             for index in range(k):
