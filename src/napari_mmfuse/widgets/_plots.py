@@ -10,6 +10,21 @@ from qtpy.QtWidgets import QWidget
 COLORS = ("#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8")
 
 
+def framed_painter(widget: QWidget, placeholder: str | None) -> QPainter | None:
+    """A painter on ``widget`` after drawing its dark framed background; with ``placeholder``,
+    that text is drawn centred instead and None is returned (nothing more to draw)."""
+    painter = QPainter(widget)
+    painter.setRenderHint(QPainter.Antialiasing)
+    painter.fillRect(widget.rect(), QColor("#262930"))
+    painter.setPen(QColor("#888888"))
+    painter.drawRect(widget.rect().adjusted(0, 0, -1, -1))
+    if placeholder is None:
+        return painter
+    painter.drawText(widget.rect(), Qt.AlignCenter, placeholder)
+    painter.end()
+    return None
+
+
 class CurvePlot(QWidget):
     """Values against their step, one colour per group (e.g. pyramid level).
 
@@ -40,14 +55,8 @@ class CurvePlot(QWidget):
 
     def paintEvent(self, event):  # noqa: N802 (Qt API)
         """Draw the curve scaled to the widget, with its range and last value."""
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.fillRect(self.rect(), QColor("#262930"))
-        painter.setPen(QColor("#888888"))
-        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        if len(self.values) < 2:
-            painter.drawText(self.rect(), Qt.AlignCenter, self.placeholder)
-            painter.end()
+        painter = framed_painter(self, self.placeholder if len(self.values) < 2 else None)
+        if painter is None:
             return
         low, high = min(self.values), max(self.values)
         span = (high - low) or 1.0
@@ -106,14 +115,8 @@ class RankedBars(QWidget):
 
     def paintEvent(self, event):  # noqa: N802 (Qt API)
         """Draw the names, then each column's title and its bars with value and rank."""
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.Antialiasing)
-        painter.fillRect(self.rect(), QColor("#262930"))
-        painter.setPen(QColor("#888888"))
-        painter.drawRect(self.rect().adjusted(0, 0, -1, -1))
-        if not self.columns:
-            painter.drawText(self.rect(), Qt.AlignCenter, self.placeholder)
-            painter.end()
+        painter = framed_painter(self, None if self.columns else self.placeholder)
+        if painter is None:
             return
         label_width = min(90, self.width() // 4)
         column_width = (self.width() - label_width - 8) / len(self.columns)
