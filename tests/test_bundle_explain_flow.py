@@ -11,9 +11,9 @@ import pytest
 from qtpy.QtCore import Qt
 from test_bundle_geometry import BRATS_CHANNELS, BRATS_OUTPUTS, BRATS_WIRING, OBJECTS, dice, grid, \
     make_brats_bundle, midpoints, monai_grid, phantom
-from test_bundle_zoo import offline
+from test_bundle_zoo import cached_brats_case
 
-from napari_mmfuse.core import bundle, space
+from napari_mmfuse.core import space
 from napari_mmfuse.widgets import explain as explain_widget
 from napari_mmfuse.widgets import segment as segment_widget
 
@@ -44,14 +44,7 @@ def truths(shape, affine, points, centre):
 
 def test_bundle_segments_and_is_explained_per_modality(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors,
                                                        shots_dir):
-    import monai.bundle
-
-    affine, shape = grid("axial-lps")
-    images, points, centre = phantom(shape, affine)
-    make_brats_bundle(tmp_path / "cache" / "brats_mri_segmentation", pixdim=(0.8, 0.8, 3.0),
-                      thresholds=midpoints(images))
-    monkeypatch.setenv(bundle.CACHE_VARIABLE, str(tmp_path / "cache"))
-    monkeypatch.setattr(monai.bundle, "download", offline)  # in the cache already: no download
+    affine, shape, images, points, centre = cached_brats_case(tmp_path, monkeypatch)
 
     viewer = make_napari_viewer(show=True)
     channel_of = {name: int(index) for index, name in BRATS_CHANNELS.items()}

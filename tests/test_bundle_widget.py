@@ -4,9 +4,8 @@
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
-from test_bundle_geometry import BRATS_OUTPUTS, BRATS_WIRING, OBJECTS, dice, grid, make_brats_bundle, midpoints, \
-    monai_grid, phantom
-from test_bundle_zoo import offline
+from test_bundle_geometry import BRATS_OUTPUTS, BRATS_WIRING, OBJECTS, dice, grid, monai_grid
+from test_bundle_zoo import cached_brats_case, offline
 
 from napari_mmfuse.core import bundle, space
 from napari_mmfuse.widgets import segment as segment_widget
@@ -24,14 +23,7 @@ def errors(monkeypatch):
 
 def test_zoo_style_bundle_segments_one_layer_per_label(make_napari_viewer, qtbot, tmp_path, monkeypatch, errors,
                                                        shots_dir):
-    import monai.bundle
-
-    affine, shape = grid("axial-lps")
-    images, points, centre = phantom(shape, affine)
-    make_brats_bundle(tmp_path / "cache" / "brats_mri_segmentation", pixdim=(0.8, 0.8, 3.0),
-                      thresholds=midpoints(images))
-    monkeypatch.setenv(bundle.CACHE_VARIABLE, str(tmp_path / "cache"))
-    monkeypatch.setattr(monai.bundle, "download", offline)  # cached: no download
+    affine, shape, images, points, centre = cached_brats_case(tmp_path, monkeypatch)
 
     viewer = make_napari_viewer(show=True)
     for channel, name in LAYERS.items():

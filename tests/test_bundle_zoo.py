@@ -32,6 +32,21 @@ def offline(*args, **kwargs):
                                               "Max retries exceeded\nFailed to resolve")
 
 
+def cached_brats_case(tmp_path, monkeypatch, pixdim=(0.8, 0.8, 3.0)):
+    """An axial LPS phantom and a brats-like bundle already in the bundle cache (MONAI's download refuses).
+
+    Returns ``affine, shape, images, points, centre`` as :func:`test_bundle_geometry.phantom` gives them.
+    """
+    import monai.bundle
+
+    affine, shape = grid("axial-lps")
+    images, points, centre = phantom(shape, affine)
+    make_brats_bundle(tmp_path / "cache" / "brats_mri_segmentation", pixdim=pixdim, thresholds=midpoints(images))
+    monkeypatch.setenv(bundle.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(monai.bundle, "download", offline)  # in the cache already: no download
+    return affine, shape, images, points, centre
+
+
 def write_case(folder, affine, images):
     """The four channels as NIfTI files named like a BraTS case; their paths in another order than the bundle's."""
     for (name, stem), image in zip(FILES.items(), images):
