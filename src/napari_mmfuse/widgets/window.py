@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidge
 
 from ..core.display import CT_PRESETS, PERCENTILES, WindowPreset, percentile_window
 from ._dock import scroll_contents
+from ._layers import original_data
 
 if TYPE_CHECKING:
     import napari
@@ -64,7 +65,8 @@ def apply_auto(viewer) -> None:
     """
     layer = _grey_image(viewer)
     if layer is not None:
-        layer.contrast_limits = percentile_window(layer.data[-1] if layer.multiscale else layer.data)
+        data = original_data(layer)  # a resliced layer's own voxels, not its 2D view
+        layer.contrast_limits = percentile_window(data[-1] if layer.multiscale else data)
 
 
 class WindowWidget(QWidget):
