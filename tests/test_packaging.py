@@ -44,6 +44,9 @@ def test_wheel_carries_manifest_and_installs(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert "napari_mmfuse/napari.yaml" in names
+        weights = "napari_mmfuse/core/fuse/fusion_net.pt"  # the trained fusion network ships in the wheel
+        assert weights in names
+        assert archive.read(weights) == (ROOT / "src" / weights).read_bytes()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         text = archive.read(entry_points).decode()
         assert "napari-mmfuse = napari_mmfuse:napari.yaml" in text
@@ -70,9 +73,12 @@ def test_wheel_carries_manifest_and_installs(tmp_path):
         "import json, napari_mmfuse, importlib.resources as r;"
         "from npe2 import PluginManifest;"
         "m = PluginManifest.from_file(r.files('napari_mmfuse') / 'napari.yaml');"
-        "print(json.dumps([napari_mmfuse.__file__, m.name]))"
+        "from napari_mmfuse.core.fuse import network;"
+        "network.load();"
+        "print(json.dumps([napari_mmfuse.__file__, m.name, str(network.WEIGHTS)]))"
     )
     out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path)
-    module_file, name = json.loads(out.stdout)
+    module_file, name, weights_file = json.loads(out.stdout)
     assert str(venv) in module_file  # the wheel's copy, not the source tree
+    assert str(venv) in weights_file  # the fusion network loads the wheel's weights
     assert name == "napari-mmfuse"

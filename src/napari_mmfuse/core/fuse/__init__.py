@@ -15,7 +15,8 @@ The methods' parameters, defaults, ranges and documentation are declared once, b
 
 - :mod:`.primitives`: pyramid reduction/expansion, per-pixel selection, guided filter;
 - :mod:`.wavelets`: the orthogonal DWT;
-- :mod:`.methods`, :mod:`.learned`: the grey methods;
+- :mod:`.methods`, :mod:`.learned`, :mod:`.network`: the grey methods (the network's trained
+  weights ship beside it; :mod:`.objectives` holds the differentiable metrics it was trained on);
 - :mod:`.colour`: YCbCr, colormaps; :mod:`.intensity`: modality intensity windows;
 - :mod:`.fusion`: :func:`fuse` and the method table; :mod:`.reference`: world-space fusion.
 """

@@ -22,11 +22,13 @@ from ..device import get_device
 from .colour import apply_colormap, infer_rgb, is_colour, rgb_to_ycbcr, ycbcr_to_rgb
 from .learned import learned
 from .methods import activity, average, guided, laplacian, maximum, minimum, modulated, pca, saliency, wavelet
+from .network import network
 
 #: Grey methods by name: ``method(stack, **params) -> (fused, weights)`` (see :mod:`.methods`);
 #: generator functions (``learned``) yield progress first. Their parameters are declared by
 #: the ``fuse`` operations (:mod:`napari_mmfuse.operations.fuse`).
 METHODS: dict[str, Callable] = {
+    "network": network,
     "modulated": modulated,
     "average": average,
     "maximum": maximum,

@@ -17,7 +17,7 @@ from .. import Image, Operation, Port, Progress
 
 #: Menu order (methods not listed follow by name).
 ORDER: tuple = (
-    "modulated", "average", "maximum", "minimum", "pca", "laplacian", "wavelet", "activity", "guided", "saliency", "learned",
+    "network", "modulated", "average", "maximum", "minimum", "pca", "laplacian", "wavelet", "activity", "guided", "saliency", "learned",
     "colour",
 )
 

@@ -10,11 +10,11 @@ from dataclasses import replace
 
 from .. import Param
 from ...core._names import FUSE_DEFAULT_METHOD as DEFAULT_METHOD
-from . import ORDER, blend, fusion_operation, learned, multiscale, spatial
+from . import ORDER, blend, fusion_operation, learned, multiscale, network, spatial
 
 #: The grey methods, in menu order: the choices of ``inner``.
-GREY_OPERATIONS = tuple(sorted(blend.OPERATIONS + multiscale.OPERATIONS + spatial.OPERATIONS + learned.OPERATIONS,
-                               key=lambda op: ORDER.index(op.name)))
+GREY_OPERATIONS = tuple(sorted(blend.OPERATIONS + multiscale.OPERATIONS + spatial.OPERATIONS + learned.OPERATIONS
+                               + network.OPERATIONS, key=lambda op: ORDER.index(op.name)))
 
 
 def _inner_params() -> tuple:
