@@ -56,7 +56,7 @@ def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     y = np.clip(ycbcr[..., 0], 0, 1)
     cb, cr = ycbcr[..., 1] / _RGB_TO_YCBCR_CB, ycbcr[..., 2] / _RGB_TO_YCBCR_CR
     chroma = np.stack([cr, -(0.299 * cr + 0.114 * cb) / 0.587, cb], axis=-1)  # RGB minus Y
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a tiny chroma: room enough
         room = np.where(chroma > 0, (1 - y[..., None]) / chroma, np.where(chroma < 0, -y[..., None] / chroma, np.inf))
     scale = np.clip(room.min(axis=-1), 0, 1)[..., None]
     return np.clip(y[..., None] + scale * chroma, 0, 1).astype(np.float32)
