@@ -56,7 +56,7 @@ def test_every_method_shapes_weights_and_inputs_untouched(method, shape):
         np.testing.assert_array_equal(original, kept)
 
 
-@pytest.mark.parametrize("method", [m for m in fz.METHODS if m != "modulated"])  # modulated shades: its own test
+@pytest.mark.parametrize("method", [m for m in fz.METHODS if m not in ("modulated", "network")])  # these brighten
 def test_identical_inputs_give_the_input(method):
     a, _ = _pair()
     scaled = (a - a.min()) / (a.max() - a.min())
@@ -429,14 +429,15 @@ def test_cli_default_method_follows_the_inputs(pngs, tmp_path, capsys):
     assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--method", "colour", "-o", str(explicit)]) == 0
     np.testing.assert_array_equal(iio.imread(out), iio.imread(explicit))
     assert iio.imread(out).shape == (40, 48, 3)
-    # grey inputs: the default grey method; its parameters pass without --method
-    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--param", "radius=3", "-o", str(out), "--overwrite"]) == 0
+    # grey inputs: the default grey method
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "-o", str(out), "--overwrite"]) == 0
     assert f"method: {fz.DEFAULT_METHOD}" in capsys.readouterr().err
-    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", fz.DEFAULT_METHOD, "--param", "radius=3",
+    assert main(["fuse", str(pngs["a"]), str(pngs["b"]), "--method", fz.DEFAULT_METHOD,
                  "-o", str(explicit), "--overwrite"]) == 0
     np.testing.assert_array_equal(iio.imread(out), iio.imread(explicit))
-    # the colour method's inner parameters pass without --method too
-    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--param", "radius=3", "--param", "colormap=jet",
+    # colour fusion's parameters and its inner method's pass without --method too
+    assert main(["fuse", str(pngs["a"]), str(pngs["pet"]), "--param", "inner=modulated", "--param", "radius=3",
+                 "--param", "colormap=jet",
                  "-o", str(out), "--overwrite"]) == 0
 
 
