@@ -307,6 +307,15 @@ def test_corrupted_file_reads_or_refuses(key, how, originals, tmp_path):
         assert isinstance(outcome, ReadError), f"{key} {how}: read as {outcome}"
 
 
+def test_gzip_nrrd_declaring_more_than_it_holds_is_refused_before_allocating(originals, tmp_path):
+    """SimpleITK allocates what a gzip NRRD declares before inflating it (seconds for 1400^3, at
+    times past the test timeout): the stream's inflated size is checked first."""
+    path = tmp_path / "lie.nrrd"
+    path.write_bytes(corrupt("nrrd-gzip", originals["nrrd-gzip"], "lie-large", tmp_path))
+    outcome = check_read(path)
+    assert isinstance(outcome, ReadError) and "1400x1400x1400" in str(outcome), outcome
+
+
 # --- OME-Zarr ------------------------------------------------------------------------------
 
 

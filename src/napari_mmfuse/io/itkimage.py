@@ -47,17 +47,21 @@ def _header_end(head: bytes, suffix: str) -> int | None:
             return None
         return match.end()
     if suffix == ".nrrd":
-        end = head.find(b"\n\n")
-        if end < 0:
-            return None
-        header = head[:end]
-        encoding = _NRRD_ENCODING.search(header)
-        if re.search(rb"^\s*data ?file\s*:", header, re.IGNORECASE | re.MULTILINE):
-            return None
-        if encoding is not None and encoding.group(1).lower() != b"raw":
-            return None
-        return end + 2
+        local = _nrrd_local_data(head)
+        return local[0] if local is not None and local[1] == b"raw" else None
     return None
+
+
+def _nrrd_local_data(head: bytes) -> tuple[int, bytes] | None:
+    """``(start, encoding)`` of a one-file NRRD's pixel data (encoding lower case, raw when unsaid), or None."""
+    end = head.find(b"\n\n")
+    if end < 0:
+        return None
+    header = head[:end]
+    if re.search(rb"^\s*data ?file\s*:", header, re.IGNORECASE | re.MULTILINE):
+        return None
+    encoding = _NRRD_ENCODING.search(header)
+    return end + 2, b"raw" if encoding is None else encoding.group(1).lower()
 
 
 _META_LINE = re.compile(rb"^([A-Za-z][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*?)[ \t\r]*$")
@@ -142,9 +146,11 @@ def native_stderr_muted():
         os.close(saved)
 
 
-def _inflated_size(path: Path, start: int, limit: float) -> int:
-    """Bytes the zlib stream from ``start`` inflates to (up to ``limit``), nothing kept; ReadError when corrupt."""
-    inflate, size = zlib.decompressobj(), 0
+def _inflated_size(path: Path, start: int, limit: float, wbits: int = zlib.MAX_WBITS) -> int:
+    """Bytes the zlib stream from ``start`` inflates to (up to ``limit``), nothing kept; ReadError when corrupt.
+
+    ``wbits`` as :func:`zlib.decompressobj` takes it (31: a gzip stream)."""
+    inflate, size = zlib.decompressobj(wbits), 0
     try:
         with open(path, "rb") as stream:
             stream.seek(start)
@@ -220,6 +226,9 @@ def check_itk_file(path) -> "sitk.ImageFileReader":
         check_data_size(path, declared, _inflated_size(path, local.end(), declared), f"the header ({shape})")
     if start is not None:
         check_data_size(path, declared, path.stat().st_size - start, f"the header ({shape}, {components} component(s))")
+    local = _nrrd_local_data(head) if suffix == ".nrrd" else None
+    if local is not None and local[1] in (b"gzip", b"gz"):  # SimpleITK would allocate all it declares first
+        check_data_size(path, declared, _inflated_size(path, local[0], declared, wbits=31), f"the header ({shape})")
     check_budget(path, 2 * declared, f"the {shape} image")
     return reader
 
