@@ -138,6 +138,17 @@ def sobel_magnitude(x: torch.Tensor, n_spatial: int) -> torch.Tensor:
     return total.sqrt_()
 
 
+def sobel_xy(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel responses (x, y) of every channel of (B, C, H, W), unnormalised, zero padding: the
+    image convolved (not correlated) with the 3x3 Sobel kernels, as Q^AB/F defines its edges."""
+    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=image.dtype, device=image.device)
+    ky = kx.t().contiguous()  # both already flipped: conv2d correlates
+    channels = image.shape[1]
+    sx = F.conv2d(image, kx.expand(channels, 1, 3, 3), padding=1, groups=channels)
+    sy = F.conv2d(image, ky.expand(channels, 1, 3, 3), padding=1, groups=channels)
+    return sx, sy
+
+
 def gradient_magnitude(x: torch.Tensor, n_spatial: int, eps: float = 0.0) -> torch.Tensor:
     """Central-difference gradient magnitude over the last ``n_spatial`` axes (edges replicated).
 

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
+
+from .kernels import sobel_xy
 
 # Xydeas-Petrovic constants (edge strength g, orientation alpha), L = 1.
 QABF_CONSTANTS = {
@@ -119,13 +120,8 @@ def fusion_mi(fused, sources, *, bins: int = 256, data_range: float = 255.0, bas
 
 def _sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel responses (x, y) of every plane along the first axis of (P, H, W), zero padding."""
-    x = torch.from_numpy(image)[:, None]
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype)
-    ky = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]], dtype=x.dtype)
-    # convolution (not correlation): flip the kernels
-    sx = F.conv2d(x, kx.flip(0, 1)[None, None], padding=1)[:, 0].numpy()
-    sy = F.conv2d(x, ky.flip(0, 1)[None, None], padding=1)[:, 0].numpy()
-    return sx, sy
+    sx, sy = sobel_xy(torch.from_numpy(image)[:, None])
+    return sx[:, 0].numpy(), sy[:, 0].numpy()
 
 
 def _planes(image: np.ndarray) -> np.ndarray:

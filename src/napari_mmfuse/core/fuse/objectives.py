@@ -4,9 +4,9 @@ Each function takes a fused batch ``fused`` (B, 1, H, W) and the sources ``sourc
 (B, N, H, W) on the 0-255 scale of the fusion literature and returns one value per batch
 item, shape (B,), with gradients with respect to ``fused``. They compute what the
 evaluators in :mod:`napari_mmfuse.core.quality` compute (the same windows, constants and
-border handling), except that nothing is rounded and the non-differentiable points are
-smoothed: edge strengths carry a tiny epsilon (under the square root). ``tests/test_fusion_network.py`` checks each against its
-evaluator on real pairs.
+border handling; Q^AB/F's Sobel edges are :func:`napari_mmfuse.core.kernels.sobel_xy` in both),
+except that nothing is rounded and edge strengths carry a tiny epsilon under the square root
+(differentiable where flat). ``tests/test_fusion_network.py`` checks each against its evaluator.
 """
 
 from __future__ import annotations
@@ -16,23 +16,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..kernels import sobel_xy
 from ..quality import QABF_CONSTANTS
 
 _EPS = 1e-6
 
 
-def _sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sobel responses (x, y) of (B, C, H, W) per channel, zero padding, as the evaluator convolves."""
-    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=image.dtype, device=image.device)
-    ky = kx.t().contiguous()
-    channels = image.shape[1]
-    sx = F.conv2d(image, kx.expand(channels, 1, 3, 3), padding=1, groups=channels)
-    sy = F.conv2d(image, ky.expand(channels, 1, 3, 3), padding=1, groups=channels)
-    return sx, sy
-
-
 def _strength_orientation(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    sx, sy = _sobel(image)
+    sx, sy = sobel_xy(image)
     strength = torch.sqrt(sx * sx + sy * sy + _EPS)
     flat_x = sx.abs() < _EPS
     orientation = torch.atan(sy / torch.where(flat_x, torch.ones_like(sx), sx))
